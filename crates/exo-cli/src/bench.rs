@@ -1,0 +1,125 @@
+//! `exo bench`: prompt-processing and generation throughput, measured like llama-bench.
+//!
+//! As in llama-bench, `pp` evaluates `p` random tokens from an empty cache in one batch and `tg`
+//! decodes `n` tokens one at a time from an empty cache (feeding random tokens, no sampling), so
+//! the two tools' figures compare directly. Each test runs once to warm up, then `reps` times.
+
+use std::time::Instant;
+
+use clap::Args;
+use exo_engine::Session;
+use rand::{Rng, SeedableRng};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A .gguf file, a Hugging Face directory, or a name in the model cache.
+    model: String,
+    /// Prompt tokens for the prompt-processing test (0: skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens for the generation test (0: skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    reps: usize,
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Tokens evaluated per forward call during prompt processing.
+    #[arg(short = 'b', long, default_value_t = 512)]
+    batch: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+pub fn main(a: BenchArgs) -> anyhow::Result<()> {
+    let threads = crate::set_threads(a.threads)?;
+    if a.reps == 0 {
+        anyhow::bail!("--reps must be at least 1");
+    }
+    let t_load = Instant::now();
+    let model = crate::model_path::load(&a.model)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let vocab = model.transformer.config().vocab_size as u32;
+    let ctx = a.n_prompt.max(a.n_gen + 1).max(1);
+    let mut session = Session::new(&model, ctx, a.batch.max(1));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let first = model.tokenizer.bos_id().filter(|_| model.tokenizer.adds_bos());
+
+    let mut pp = Vec::new();
+    if a.n_prompt > 0 {
+        for rep in 0..=a.reps {
+            let mut tokens: Vec<u32> = (0..a.n_prompt).map(|_| rng.random_range(0..vocab)).collect();
+            if let Some(b) = first {
+                tokens[0] = b;
+            }
+            session.clear();
+            let t = Instant::now();
+            session.prefill(&model, &tokens)?;
+            if rep > 0 {
+                pp.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let mut tg = Vec::new();
+    if a.n_gen > 0 {
+        for rep in 0..=a.reps {
+            session.clear();
+            let mut token = first.unwrap_or_else(|| rng.random_range(0..vocab));
+            let t = Instant::now();
+            let mut fed = Vec::with_capacity(a.n_gen);
+            for _ in 0..a.n_gen {
+                fed.push(token);
+                session.prefill(&model, &fed)?;
+                token = rng.random_range(0..vocab);
+            }
+            if rep > 0 {
+                tg.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let (pp_m, pp_sd) = if pp.is_empty() { (0.0, 0.0) } else { mean_sd(&pp) };
+    let (tg_m, tg_sd) = if tg.is_empty() { (0.0, 0.0) } else { mean_sd(&tg) };
+    let cfg = model.transformer.config();
+    if a.json {
+        let v = serde_json::json!({
+            "model": model.info.path.display().to_string(),
+            "arch": cfg.arch.name(),
+            "params": model.info.n_params,
+            "weight_bytes": model.transformer.weight_bytes(),
+            "threads": threads,
+            "n_prompt": a.n_prompt,
+            "n_gen": a.n_gen,
+            "reps": a.reps,
+            "pp_tps": pp_m,
+            "pp_tps_sd": pp_sd,
+            "tg_tps": tg_m,
+            "tg_tps_sd": tg_sd,
+            "load_s": load_s,
+        });
+        println!("{v}");
+    } else {
+        let size = model.transformer.weight_bytes() as f64 / (1u64 << 20) as f64;
+        let params = model.info.n_params as f64 / 1e6;
+        println!("| model | size | params | threads | test | t/s |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        let name = format!("{} {}", cfg.arch.name(), model.info.name);
+        if a.n_prompt > 0 {
+            println!("| {name} | {size:.1} MiB | {params:.1} M | {threads} | pp{} | {pp_m:.2} ± {pp_sd:.2} |", a.n_prompt);
+        }
+        if a.n_gen > 0 {
+            println!("| {name} | {size:.1} MiB | {params:.1} M | {threads} | tg{} | {tg_m:.2} ± {tg_sd:.2} |", a.n_gen);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! `exo info`.
+
+use clap::Args;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// A .gguf file, a Hugging Face directory, or a name in the model cache.
+    model: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(a: InfoArgs) -> anyhow::Result<()> {
+    let m = crate::model_path::load(&a.model)?;
+    let c = m.transformer.config();
+    let tok = &m.tokenizer;
+    let types: Vec<String> = m.transformer.tensor_types().iter().map(|(t, n)| format!("{t} ({n})")).collect();
+    // f32 K and V for every layer.
+    let kv_bytes_per_token = 2 * c.n_layers * c.kv_dim() * 4;
+    let v = serde_json::json!({
+        "path": m.info.path.display().to_string(),
+        "format": m.info.format,
+        "name": m.info.name,
+        "architecture": c.arch.name(),
+        "parameters": m.info.n_params,
+        "weight_bytes": m.transformer.weight_bytes(),
+        "layers": c.n_layers,
+        "hidden": c.hidden,
+        "heads": c.n_heads,
+        "kv_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "ffn": c.ffn_dim,
+        "vocab": c.vocab_size,
+        "context_length": c.train_ctx,
+        "kv_bytes_per_token": kv_bytes_per_token,
+        "tensor_types": types,
+        "chat_template": tok.chat_template().is_some(),
+        "bos_id": tok.bos_id(),
+        "eos_id": tok.eos_id(),
+        "adds_bos": tok.adds_bos(),
+    });
+    if a.json {
+        println!("{v}");
+        return Ok(());
+    }
+    let row = |k: &str, v: String| println!("{k:<18} {v}");
+    row("path", m.info.path.display().to_string());
+    row("format", m.info.format.to_string());
+    row("name", m.info.name.clone());
+    row("architecture", c.arch.name().to_string());
+    row("parameters", format!("{:.1} M", m.info.n_params as f64 / 1e6));
+    row("weights", format!("{:.1} MiB", m.transformer.weight_bytes() as f64 / (1u64 << 20) as f64));
+    row("layers", c.n_layers.to_string());
+    row("hidden / ffn", format!("{} / {}", c.hidden, c.ffn_dim));
+    row("heads / kv heads", format!("{} / {} (head dim {})", c.n_heads, c.n_kv_heads, c.head_dim));
+    row("vocabulary", c.vocab_size.to_string());
+    row("context length", c.train_ctx.to_string());
+    row("KV cache", format!("{} KiB per token (f32)", kv_bytes_per_token / 1024));
+    row("tensor types", types.join(", "));
+    row("chat template", if tok.chat_template().is_some() { "yes".into() } else { "no (fallback format used)".into() });
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `exo`: run, benchmark and inspect local models.
+//!
+//! Each subcommand lives in its own file and only parses flags and calls the library crates.
+//! Output contract: model text (or JSON) on stdout, everything else (logs, progress, stats) on
+//! stderr, so `exo run --raw --temperature 0 ...` prints exactly the generated text.
+
+mod bench;
+mod info;
+mod model_path;
+mod run;
+mod tokenize;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "exo", version, about = "Run open models locally: fast, private, correct.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat with a model, or answer one prompt.
+    Run(run::RunArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Measure prompt processing and generation speed (llama-bench style).
+    Bench(bench::BenchArgs),
+    /// Describe a model: architecture, sizes, quantization, template, context.
+    Info(info::InfoArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EXO_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Tokenize(a) => tokenize::main(a),
+        Command::Bench(a) => bench::main(a),
+        Command::Info(a) => info::main(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Fixes the kernel thread count before any kernel runs (`0`: all cores).
+fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
+    exo_kernels::threads::set_threads(n.unwrap_or(0)).map_err(anyhow::Error::msg)
+}

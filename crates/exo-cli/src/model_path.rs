@@ -1,0 +1,55 @@
+//! MODEL arguments: a path, or a name in the local model cache.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+/// The model cache: `$EXO_HOME/models`, default `~/.exo/models` (where
+/// `scripts/fetch-models.sh` puts models).
+pub fn models_dir() -> PathBuf {
+    let home = std::env::var_os("EXO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".exo"));
+    home.join("models")
+}
+
+/// Resolves MODEL: an existing path is used as is; otherwise `NAME`, `NAME.gguf` or a
+/// directory `NAME` in the cache.
+pub fn resolve(model: &str) -> anyhow::Result<PathBuf> {
+    let p = Path::new(model);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    let dir = models_dir();
+    for candidate in [dir.join(model), dir.join(format!("{model}.gguf"))] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().trim_end_matches(".gguf").to_string())
+                .filter(|n| !n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    if names.is_empty() {
+        bail!(
+            "model '{model}' is not a file or directory, and the model cache {} is empty (fetch models with scripts/fetch-models.sh)",
+            dir.display()
+        );
+    }
+    bail!("model '{model}' is not a file or directory, nor a name in {} (available: {})", dir.display(), names.join(", "))
+}
+
+/// Resolves and loads MODEL, reporting the load time on stderr.
+pub fn load(model: &str) -> anyhow::Result<exo_models::LoadedModel> {
+    let path = resolve(model)?;
+    let t = std::time::Instant::now();
+    let m = exo_models::load(&path, &exo_models::LoadOptions::default())
+        .with_context(|| format!("loading {}", path.display()))?;
+    tracing::info!("loaded {} in {:.2?}", path.display(), t.elapsed());
+    Ok(m)
+}

@@ -1,0 +1,207 @@
+//! `exo run`: one streamed answer, or an interactive chat.
+
+use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
+
+use anyhow::Context;
+use clap::Args;
+use exo_engine::{GenerateParams, SamplerConfig, Session};
+use exo_models::LoadedModel;
+use exo_tokenizer::ChatMessage;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A .gguf file, a Hugging Face directory, or a name in the model cache.
+    model: String,
+    /// Answer this prompt and exit; without it, chat interactively.
+    prompt: Option<String>,
+    /// Use the prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// System prompt for chat.
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens to generate per answer.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 512)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens below this fraction of the top probability (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalty on recently seen tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Subtracted from logits of tokens already present.
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Subtracted per occurrence of a token.
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Random seed (same seed, same output).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Context size in tokens (default: the model's training context, at most 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
+    /// Print prompt and generation speed to stderr after each answer.
+    #[arg(long)]
+    verbose: bool,
+}
+
+pub fn main(a: RunArgs) -> anyhow::Result<()> {
+    crate::set_threads(a.threads)?;
+    let model = crate::model_path::load(&a.model)?;
+    let train_ctx = model.transformer.config().train_ctx;
+    let ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));
+    if ctx == 0 {
+        anyhow::bail!("--ctx-size must be at least 1");
+    }
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampler: SamplerConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+            seed: a.seed,
+            ..SamplerConfig::default()
+        },
+        stop: a.stop.clone(),
+        ignore_eos: false,
+    };
+    params.sampler.validate().map_err(anyhow::Error::msg)?;
+    let mut session = Session::new(&model, ctx, 512);
+    match &a.prompt {
+        Some(prompt) => {
+            let ids = if a.raw {
+                model.tokenizer.encode(prompt, true, true)?
+            } else {
+                let mut messages = Vec::new();
+                if let Some(s) = &a.system {
+                    messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+                }
+                messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+                chat_ids(&model, &messages)?
+            };
+            answer(&model, &mut session, &ids, &params, a.verbose)?;
+            Ok(())
+        }
+        None => chat(&model, &mut session, &params, &a),
+    }
+}
+
+/// Renders `messages` with the model's template (or the fallback) and tokenizes the result.
+fn chat_ids(model: &LoadedModel, messages: &[ChatMessage]) -> anyhow::Result<Vec<u32>> {
+    let tok = &model.tokenizer;
+    let text = tok.chat_template_or_fallback().render(messages, true, None)?;
+    // Templates that write the BOS text themselves must not get a second BOS.
+    let bos_in_text = tok.bos_id().map(|b| tok.token_bytes(b)).is_some_and(|b| !b.is_empty() && text.as_bytes().starts_with(&b));
+    Ok(tok.encode(&text, !bos_in_text, true)?)
+}
+
+/// Streams one answer to stdout and returns its text.
+fn answer(
+    model: &LoadedModel,
+    session: &mut Session,
+    ids: &[u32],
+    params: &GenerateParams,
+    verbose: bool,
+) -> anyhow::Result<String> {
+    let mut stdout = std::io::stdout().lock();
+    let mut write_err = None;
+    let done = session.generate(model, ids, params, |text| {
+        match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_err = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(e) = write_err {
+        // A closed pipe (`exo run ... | head`) is a normal way to stop reading.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing to stdout");
+        }
+    }
+    if verbose {
+        let n = done.tokens.len();
+        let fresh = done.prompt_tokens - done.reused_tokens;
+        eprintln!(
+            "\n[prompt {} tokens ({} reused) {:.1} tok/s | generated {} tokens {:.1} tok/s | first token {:.0} ms | stop: {:?}]",
+            done.prompt_tokens,
+            done.reused_tokens,
+            fresh as f64 / done.prompt_time.as_secs_f64().max(1e-9),
+            n,
+            n.saturating_sub(1) as f64 / done.gen_time.as_secs_f64().max(1e-9),
+            done.time_to_first_token.as_secs_f64() * 1e3,
+            done.stop_reason
+        );
+    }
+    Ok(done.text)
+}
+
+/// The interactive loop: each line is a user turn; `/bye` or end of input quits.
+fn chat(model: &LoadedModel, session: &mut Session, params: &GenerateParams, a: &RunArgs) -> anyhow::Result<()> {
+    let mut messages = Vec::new();
+    if let Some(s) = &a.system {
+        messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+    }
+    eprintln!("Chatting with {} (/bye to quit, /clear to forget the conversation)", model.info.name);
+    let stdin = std::io::stdin();
+    let mut line = Vec::new();
+    loop {
+        eprint!(">>> ");
+        line.clear();
+        if stdin.lock().read_until(b'\n', &mut line)? == 0 {
+            eprintln!();
+            return Ok(());
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            eprintln!("error: the input line is not valid UTF-8; please retype it");
+            continue;
+        };
+        let text = text.trim();
+        match text {
+            "" => continue,
+            "/bye" | "/exit" | "/quit" => return Ok(()),
+            "/clear" => {
+                messages.truncate(usize::from(a.system.is_some()));
+                session.clear();
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage { role: "user".into(), content: text.to_string() });
+        let ids = chat_ids(model, &messages)?;
+        if ids.len() >= session.ctx() {
+            eprintln!(
+                "error: the conversation has {} tokens but the context size is {}; /clear to start over or use a larger --ctx-size",
+                ids.len(),
+                session.ctx()
+            );
+            messages.pop();
+            continue;
+        }
+        let reply = answer(model, session, &ids, params, a.verbose)?;
+        println!();
+        messages.push(ChatMessage { role: "assistant".into(), content: reply });
+    }
+}

@@ -1,0 +1,21 @@
+//! CPU hot loops for exo's forward pass.
+//!
+//! - [`matrix`]: a weight matrix in any supported storage type (ggml quant blocks straight from an
+//!   mmapped GGUF, f32/f16/bf16) and its product with f32 activations, on all threads.
+//! - [`ops`]: the element-wise and row-wise pieces of a transformer layer (RMSNorm, RoPE, softmax,
+//!   SiLU/GELU gating, attention over a contiguous KV cache), written over plain `f32` slices so a
+//!   decode step allocates nothing.
+//! - [`legacy_quants`]: SIMD dot products for Q4_1, Q5_0 and Q5_1, which candle computes only with
+//!   scalar code.
+//! - [`threads`]: the thread count, shared with candle's spinning barrier pool.
+//!
+//! candle's k-quant and Q8_0/Q4_0 kernels (AVX2/AVX-512/NEON) are used where they exist; this crate
+//! adds what candle lacks and drives everything without building candle `Tensor`s, because a
+//! decode step of a small model is ~500 operations and per-op allocation shows up at that scale.
+
+pub mod legacy_quants;
+pub mod matrix;
+pub mod ops;
+pub mod threads;
+
+pub use matrix::{KernelError, Matrix, MatrixData};

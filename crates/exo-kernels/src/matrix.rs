@@ -1,0 +1,388 @@
+//! A weight matrix in its storage type and its product with f32 activations.
+//!
+//! Layout follows ggml and PyTorch's `nn.Linear`: `rows` output features, each a contiguous run
+//! of `cols` input features (quantized rows are runs of blocks). `y = x · Wᵀ` for `m` activation
+//! rows at once: `m == 1` is a decode step, larger `m` a prompt chunk.
+
+use candle_core::quantized::k_quants::{self, GgmlType as CandleBlock};
+use exo_formats::{GgmlType, TensorBytes};
+use half::{bf16, f16};
+
+use crate::legacy_quants as legacy;
+use crate::threads::parallel_for;
+
+/// Errors from building or applying a [`Matrix`].
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The storage type has no kernel yet.
+    #[error("tensor '{name}': type {ty} has no CPU kernel in exo yet (supported: {supported})")]
+    Unsupported {
+        /// Tensor name, for the message.
+        name: String,
+        /// ggml type name.
+        ty: &'static str,
+        /// The types that can be computed.
+        supported: &'static str,
+    },
+    /// The byte length does not match rows × cols of the type.
+    #[error("tensor '{name}': {rows}x{cols} {ty} needs {need} bytes but has {have}")]
+    Size {
+        /// Tensor name.
+        name: String,
+        /// Output features.
+        rows: usize,
+        /// Input features.
+        cols: usize,
+        /// ggml type name.
+        ty: &'static str,
+        /// Bytes the shape requires.
+        need: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// Activation or output buffers of the wrong length (a caller bug, reported, not a panic).
+    #[error("matmul with '{name}': {what} has {have} elements, expected {need}")]
+    Shape {
+        /// Tensor name.
+        name: String,
+        /// Which buffer.
+        what: &'static str,
+        /// Elements expected.
+        need: usize,
+        /// Elements given.
+        have: usize,
+    },
+}
+
+/// The types [`Matrix::matmul`] computes.
+pub const SUPPORTED: &str = "f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K, q8_K";
+
+/// Whether [`Matrix`] can compute with weights of this type.
+pub fn is_supported(ty: GgmlType) -> bool {
+    use GgmlType as G;
+    matches!(
+        ty,
+        G::F32
+            | G::F16
+            | G::BF16
+            | G::Q4_0
+            | G::Q4_1
+            | G::Q5_0
+            | G::Q5_1
+            | G::Q8_0
+            | G::Q2K
+            | G::Q3K
+            | G::Q4K
+            | G::Q5K
+            | G::Q6K
+            | G::Q8K
+    )
+}
+
+/// Where a matrix's bytes live.
+#[derive(Clone)]
+pub enum MatrixData {
+    /// A view of a mapped file (zero copy).
+    Mapped(TensorBytes),
+    /// An owned copy, used when the mapped bytes are misaligned for the block type or when the
+    /// weights were converted (e.g. dequantized to f32).
+    Owned(std::sync::Arc<Vec<u32>>),
+}
+
+/// A weight matrix of `rows` × `cols` in one ggml storage type.
+#[derive(Clone)]
+pub struct Matrix {
+    name: String,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: MatrixData,
+}
+
+impl Matrix {
+    /// Wraps `bytes` holding `rows` rows of `cols` elements of type `ty`.
+    ///
+    /// Checks the type is computable and the length matches; copies the bytes when their address
+    /// is not aligned for the block type (safetensors data need not be aligned).
+    pub fn new(
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: TensorBytes,
+    ) -> Result<Self, KernelError> {
+        if !is_supported(ty) {
+            return Err(KernelError::Unsupported {
+                name: name.to_string(),
+                ty: ty.name(),
+                supported: SUPPORTED,
+            });
+        }
+        let size_err = |need| KernelError::Size {
+            name: name.to_string(),
+            rows,
+            cols,
+            ty: ty.name(),
+            need,
+            have: bytes.len(),
+        };
+        let row_bytes = ty.row_bytes(cols).ok_or_else(|| size_err(0))?;
+        let need = row_bytes.checked_mul(rows).ok_or_else(|| size_err(usize::MAX))?;
+        if bytes.len() != need {
+            return Err(size_err(need));
+        }
+        let data = if (bytes.as_ptr() as usize) % 4 == 0 {
+            MatrixData::Mapped(bytes)
+        } else {
+            MatrixData::Owned(std::sync::Arc::new(bytes_to_words(&bytes)))
+        };
+        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
+    }
+
+    /// An f32 matrix from owned values (row-major, `rows * cols` long).
+    pub fn from_f32(name: &str, rows: usize, cols: usize, values: Vec<f32>) -> Result<Self, KernelError> {
+        if values.len() != rows * cols {
+            return Err(KernelError::Size {
+                name: name.to_string(),
+                rows,
+                cols,
+                ty: "f32",
+                need: rows * cols * 4,
+                have: values.len() * 4,
+            });
+        }
+        let words = values.into_iter().map(f32::to_bits).collect();
+        Ok(Self {
+            name: name.to_string(),
+            ty: GgmlType::F32,
+            rows,
+            cols,
+            row_bytes: cols * 4,
+            data: MatrixData::Owned(std::sync::Arc::new(words)),
+        })
+    }
+
+    /// Tensor name (for messages).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Storage type.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes of weight data.
+    pub fn n_bytes(&self) -> usize {
+        self.row_bytes * self.rows
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.data {
+            MatrixData::Mapped(b) => b,
+            MatrixData::Owned(w) => {
+                // SAFETY: a Vec<u32> is valid to read as bytes; the length is what `new` checked.
+                unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, self.row_bytes * self.rows) }
+            }
+        }
+    }
+
+    fn blocks<T>(&self) -> &[T] {
+        let bytes = self.bytes();
+        debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+        debug_assert_eq!(bytes.len() % std::mem::size_of::<T>(), 0);
+        // SAFETY: `new` checked the length against the type's block size and the address against
+        // 4-byte alignment, the largest alignment of any block type here; every bit pattern is a
+        // valid block (plain integers and halfs).
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / std::mem::size_of::<T>()) }
+    }
+
+    /// `out[i][r] = Σ_c x[i][c] · W[r][c]` for `m` rows of activations.
+    ///
+    /// `x` is `m * cols` long and `out` `m * rows`. Quantized types quantize `x` to the matching
+    /// 8-bit activation format first, as ggml does.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        self.check_len("activations", x.len(), m * self.cols)?;
+        self.check_len("output", out.len(), m * self.rows)?;
+        let mkn = (m, self.cols, self.rows);
+        use GgmlType as G;
+        let res = match self.ty {
+            G::F32 => k_quants::matmul::<f32>(mkn, x, self.blocks(), out),
+            G::F16 => return Ok(self.matmul_half::<f16>(x, m, out)),
+            G::BF16 => return Ok(self.matmul_half::<bf16>(x, m, out)),
+            G::Q4_0 => k_quants::matmul::<k_quants::BlockQ4_0>(mkn, x, self.blocks(), out),
+            G::Q8_0 => k_quants::matmul::<k_quants::BlockQ8_0>(mkn, x, self.blocks(), out),
+            G::Q2K => k_quants::matmul::<k_quants::BlockQ2K>(mkn, x, self.blocks(), out),
+            G::Q3K => k_quants::matmul::<k_quants::BlockQ3K>(mkn, x, self.blocks(), out),
+            G::Q4K => k_quants::matmul::<k_quants::BlockQ4K>(mkn, x, self.blocks(), out),
+            G::Q5K => k_quants::matmul::<k_quants::BlockQ5K>(mkn, x, self.blocks(), out),
+            G::Q6K => k_quants::matmul::<k_quants::BlockQ6K>(mkn, x, self.blocks(), out),
+            G::Q8K => k_quants::matmul::<k_quants::BlockQ8K>(mkn, x, self.blocks(), out),
+            G::Q4_1 => return Ok(self.matmul_legacy::<legacy::BlockQ4_1>(x, m, out)),
+            G::Q5_0 => return Ok(self.matmul_legacy::<legacy::BlockQ5_0>(x, m, out)),
+            G::Q5_1 => return Ok(self.matmul_legacy::<legacy::BlockQ5_1>(x, m, out)),
+            _ => unreachable!("Matrix::new admits only supported types"),
+        };
+        // candle's matmul only fails on length mismatches, which are checked above.
+        res.map_err(|_| KernelError::Shape { name: self.name.clone(), what: "matmul", need: 0, have: 0 })
+    }
+
+    fn check_len(&self, what: &'static str, have: usize, need: usize) -> Result<(), KernelError> {
+        if have == need {
+            Ok(())
+        } else {
+            Err(KernelError::Shape { name: self.name.clone(), what, need, have })
+        }
+    }
+
+    /// Writes row `r` as f32 into `out` (`cols` long): an embedding lookup.
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        if r >= self.rows {
+            return Err(KernelError::Shape { name: self.name.clone(), what: "row index", need: self.rows, have: r });
+        }
+        self.check_len("row output", out.len(), self.cols)?;
+        let row = &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes];
+        dequantize_bytes(self.ty, row, out);
+        Ok(())
+    }
+
+    /// The whole matrix as f32 values (row-major).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        let bytes = self.bytes();
+        for (r, dst) in out.chunks_exact_mut(self.cols).enumerate() {
+            dequantize_bytes(self.ty, &bytes[r * self.row_bytes..(r + 1) * self.row_bytes], dst);
+        }
+        out
+    }
+
+    /// The same weights dequantized to an owned f32 matrix (the reference "float path").
+    pub fn dequantized(&self) -> Matrix {
+        Matrix::from_f32(&self.name, self.rows, self.cols, self.to_f32())
+            .expect("to_f32 returns rows * cols values")
+    }
+
+    fn matmul_half<T: HalfFloat>(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let w: &[T] = self.blocks();
+        let (k, n) = (self.cols, self.rows);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        parallel_for(n, |range| {
+            let mut buf = [0f32; 256];
+            for r in range {
+                let row = &w[r * k..(r + 1) * k];
+                for i in 0..m {
+                    let xi = &x[i * k..(i + 1) * k];
+                    let mut acc = 0f32;
+                    for (wc, xc) in row.chunks(256).zip(xi.chunks(256)) {
+                        T::to_f32_slice(wc, &mut buf[..wc.len()]);
+                        acc += crate::ops::dot(&buf[..wc.len()], xc);
+                    }
+                    // SAFETY: each (i, r) is written by exactly one thread.
+                    unsafe { *out_ptr.get().add(i * n + r) = acc };
+                }
+            }
+        });
+    }
+
+    fn matmul_legacy<B: legacy::LegacyBlock>(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let w: &[B] = self.blocks();
+        let (k, n) = (self.cols, self.rows);
+        let bpr = k / 32;
+        B::with_quantized(x, m, k, |xq| {
+            let out_ptr = SendPtr(out.as_mut_ptr());
+            let quads = n / 4;
+            parallel_for(quads + usize::from(n % 4 != 0), |range| {
+                for q in range {
+                    let r0 = q * 4;
+                    for i in 0..m {
+                        let xi = &xq[i * bpr..(i + 1) * bpr];
+                        // SAFETY: each (i, r) is written by exactly one thread.
+                        let dst = unsafe { out_ptr.get().add(i * n) };
+                        if r0 + 4 <= n {
+                            let rows = [0, 1, 2, 3].map(|j| &w[(r0 + j) * bpr..(r0 + j + 1) * bpr]);
+                            let d = B::dot4(rows, xi);
+                            for (j, v) in d.into_iter().enumerate() {
+                                unsafe { *dst.add(r0 + j) = v };
+                            }
+                        } else {
+                            for r in r0..n {
+                                unsafe { *dst.add(r) = B::dot(&w[r * bpr..(r + 1) * bpr], xi) };
+                            }
+                        }
+                    }
+                }
+            });
+        });
+    }
+}
+
+/// Dequantizes one row of `ty` blocks into `out`.
+fn dequantize_bytes(ty: GgmlType, row: &[u8], out: &mut [f32]) {
+    fn cast<T>(b: &[u8]) -> &[T] {
+        // SAFETY: rows of an aligned matrix start at multiples of the block size, which keeps the
+        // block alignment (all block sizes are multiples of their alignment).
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len() / std::mem::size_of::<T>()) }
+    }
+    use GgmlType as G;
+    match ty {
+        G::F32 => out.copy_from_slice(cast::<f32>(row)),
+        G::F16 => f16::to_f32_slice(cast(row), out),
+        G::BF16 => bf16::to_f32_slice(cast(row), out),
+        G::Q4_0 => k_quants::BlockQ4_0::to_float(cast(row), out),
+        G::Q8_0 => k_quants::BlockQ8_0::to_float(cast(row), out),
+        G::Q2K => k_quants::BlockQ2K::to_float(cast(row), out),
+        G::Q3K => k_quants::BlockQ3K::to_float(cast(row), out),
+        G::Q4K => k_quants::BlockQ4K::to_float(cast(row), out),
+        G::Q5K => k_quants::BlockQ5K::to_float(cast(row), out),
+        G::Q6K => k_quants::BlockQ6K::to_float(cast(row), out),
+        G::Q8K => k_quants::BlockQ8K::to_float(cast(row), out),
+        G::Q4_1 => legacy::dequantize_row_q4_1(cast(row), out),
+        G::Q5_0 => legacy::dequantize_row_q5_0(cast(row), out),
+        G::Q5_1 => legacy::dequantize_row_q5_1(cast(row), out),
+        _ => unreachable!("Matrix::new admits only supported types"),
+    }
+}
+
+fn bytes_to_words(bytes: &[u8]) -> Vec<u32> {
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    // SAFETY: the destination has at least `bytes.len()` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len()) };
+    words
+}
+
+/// A raw pointer that threads writing disjoint elements may share.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: users write disjoint elements only, documented at each use.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole Sync wrapper).
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// f16 and bf16 weights, widened to f32 chunk by chunk.
+trait HalfFloat: Copy + Send + Sync {
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+}
+impl HalfFloat for f16 {
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst)
+    }
+}
+impl HalfFloat for bf16 {
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst)
+    }
+}

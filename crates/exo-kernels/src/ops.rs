@@ -1,0 +1,279 @@
+//! Row-wise pieces of a transformer layer over plain `f32` slices.
+//!
+//! Loops are written in 8- or 16-wide chunks that the compiler vectorizes under
+//! `-C target-cpu=native`; none allocates.
+
+use crate::matrix::SendPtr;
+use crate::threads::parallel_for;
+
+/// Dot product of two equal-length slices.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let chunks = n / 16;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 16..c * 16 + 16], &b[c * 16..c * 16 + 16]);
+        for j in 0..16 {
+            acc[j] = x[j].mul_add(y[j], acc[j]);
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for j in chunks * 16..n {
+        s += a[j] * b[j];
+    }
+    s
+}
+
+/// `y += a * x`.
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi = xi.mul_add(a, *yi);
+    }
+}
+
+/// RMSNorm of each `dim`-long row of `x` into `out`: `x / sqrt(mean(x²) + eps) * w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = w.len();
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let scale = rms_scale(xr, eps);
+        for ((o, xi), wi) in or.iter_mut().zip(xr).zip(w) {
+            *o = xi * scale * wi;
+        }
+    }
+}
+
+/// RMSNorm in place (used for per-head q/k norms).
+pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let dim = w.len();
+    for xr in x.chunks_exact_mut(dim) {
+        let scale = rms_scale(xr, eps);
+        for (xi, wi) in xr.iter_mut().zip(w) {
+            *xi *= scale * wi;
+        }
+    }
+}
+
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    // Accumulate in f64 as ggml does for this sum; it keeps long rows from losing precision.
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()
+}
+
+/// `x += y`.
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `gate = silu(gate) * up` (SwiGLU).
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `gate = gelu_tanh(gate) * up` (GeGLU with the tanh approximation, as Gemma uses).
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let t = (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh();
+        *g = 0.5 * x * (1.0 + t) * u;
+    }
+}
+
+/// Softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// How rotary embeddings pair up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2i, 2i+1): llama.cpp's "normal" mode, used for GGUF llama models whose
+    /// converter permuted the q/k weights.
+    Interleaved,
+    /// Halves (i, i + d/2): GPT-NeoX style, Hugging Face's `rotate_half`.
+    Neox,
+}
+
+/// Precomputed cos/sin tables for positions `0..max_pos`.
+pub struct RopeTable {
+    style: RopeStyle,
+    head_dim: usize,
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// Tables for `max_pos` positions of `rot_dim` rotated dimensions with the given base (theta)
+    /// and optional per-pair frequency divisors (Llama 3 rope scaling).
+    pub fn new(style: RopeStyle, head_dim: usize, base: f32, max_pos: usize, freq_factors: Option<&[f32]>) -> Self {
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; max_pos * half];
+        let mut sin = vec![0f32; max_pos * half];
+        for i in 0..half {
+            let mut inv_freq = 1.0 / (base as f64).powf(2.0 * i as f64 / head_dim as f64);
+            if let Some(f) = freq_factors.and_then(|f| f.get(i)) {
+                inv_freq /= *f as f64;
+            }
+            for p in 0..max_pos {
+                let angle = p as f64 * inv_freq;
+                cos[p * half + i] = angle.cos() as f32;
+                sin[p * half + i] = angle.sin() as f32;
+            }
+        }
+        Self { style, head_dim, half, cos, sin }
+    }
+
+    /// Positions the table covers.
+    pub fn max_pos(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// Rotates every head of one token's `x` (`n_heads * head_dim` long) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let (c, s) = (&self.cos[pos * self.half..(pos + 1) * self.half], &self.sin[pos * self.half..(pos + 1) * self.half]);
+        for head in x.chunks_exact_mut(self.head_dim) {
+            match self.style {
+                RopeStyle::Interleaved => {
+                    for i in 0..self.half {
+                        let (a, b) = (head[2 * i], head[2 * i + 1]);
+                        head[2 * i] = a * c[i] - b * s[i];
+                        head[2 * i + 1] = a * s[i] + b * c[i];
+                    }
+                }
+                RopeStyle::Neox => {
+                    let (lo, hi) = head.split_at_mut(self.half);
+                    for i in 0..self.half {
+                        let (a, b) = (lo[i], hi[i]);
+                        lo[i] = a * c[i] - b * s[i];
+                        hi[i] = a * s[i] + b * c[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Shapes and options of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+    /// Multiplier applied to q·k.
+    pub scale: f32,
+    /// Only the last `window` positions are visible (sliding-window layers); `None` for all.
+    pub window: Option<usize>,
+}
+
+/// Causal attention for `t` new tokens at positions `pos0..pos0+t` over a contiguous cache.
+///
+/// `q` is `t × n_heads × head_dim`; `k_cache`/`v_cache` hold rows of `n_kv_heads × head_dim` for
+/// positions `0..pos0+t` (the new tokens already written). Output `out` is
+/// `t × n_heads × head_dim`. Score scratch is per thread and only grows, so steady-state decoding
+/// does not allocate.
+pub fn attention(
+    shape: AttentionShape,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    thread_local! {
+        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let AttentionShape { n_heads, n_kv_heads, head_dim, scale, window } = shape;
+    let kv_dim = n_kv_heads * head_dim;
+    let q_dim = n_heads * head_dim;
+    let group = n_heads / n_kv_heads;
+    let total = pos0 + t;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    // Work items are (token, head) pairs.
+    parallel_for(t * n_heads, |range| SCORES.with(|cell| {
+        let mut scores = cell.borrow_mut();
+        if scores.len() < total {
+            scores.resize(total, 0.0);
+        }
+        let sc = &mut scores[..total];
+        for item in range {
+            let (i, h) = (item / n_heads, item % n_heads);
+            let qh = &q[i * q_dim + h * head_dim..i * q_dim + (h + 1) * head_dim];
+            let kvh = h / group;
+            let last = pos0 + i; // inclusive
+            let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
+            let sc = &mut sc[first..=last];
+            for (p, s) in (first..=last).zip(sc.iter_mut()) {
+                let kr = &k_cache[p * kv_dim + kvh * head_dim..p * kv_dim + (kvh + 1) * head_dim];
+                *s = dot(qh, kr) * scale;
+            }
+            softmax(sc);
+            // SAFETY: each (token, head) output slice is written by exactly one work item.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_dim + h * head_dim), head_dim) };
+            o.fill(0.0);
+            for (p, &w) in (first..=last).zip(sc.iter()) {
+                let vr = &v_cache[p * kv_dim + kvh * head_dim..p * kv_dim + (kvh + 1) * head_dim];
+                axpy(w, vr, o);
+            }
+        }
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_orders() {
+        let mut x = [1.0, 2.0, 3.0, -1e9];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        // e^1 / (e^1 + e^2 + e^3) computed by hand: 0.09003057
+        assert!((x[0] - 0.090_030_57).abs() < 1e-6);
+        assert_eq!(x[3], 0.0);
+    }
+
+    #[test]
+    fn rope_neox_and_interleaved_rotate_the_same_pairs_differently() {
+        let t = RopeTable::new(RopeStyle::Neox, 4, 10000.0, 4, None);
+        let mut x = [1.0, 0.0, 0.0, 0.0];
+        t.apply(&mut x, 1);
+        // pair (0, 2) with frequency 1: rotate (1, 0) by 1 radian.
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
+        let t = RopeTable::new(RopeStyle::Interleaved, 4, 10000.0, 4, None);
+        let mut x = [1.0, 0.0, 0.0, 0.0];
+        t.apply(&mut x, 1);
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_single_position_returns_value() {
+        let shape = AttentionShape { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0, window: None };
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let k = [0.5, 0.5];
+        let v = [3.0, -2.0];
+        let mut out = [0f32; 4];
+        attention(shape, &q, &k, &v, 0, 1, &mut out);
+        assert_eq!(out, [3.0, -2.0, 3.0, -2.0]);
+    }
+}

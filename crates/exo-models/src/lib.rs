@@ -1,0 +1,194 @@
+//! Model definitions and loading.
+//!
+//! [`load`] opens a GGUF file or a Hugging Face directory, reads the architecture's config
+//! (`llama.rs`, `qwen2.rs`, `gemma3.rs`), loads the weights through [`weights::Weights`] and the
+//! tokenizer, and returns a [`LoadedModel`]. All architectures run through the one forward pass
+//! in [`transformer`]; quantized and float weights differ only inside each weight [`Matrix`].
+//!
+//! [`Matrix`]: exo_kernels::Matrix
+
+pub mod config;
+pub mod gemma3;
+pub mod llama;
+pub mod qwen2;
+pub mod transformer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{Arch, ModelConfig};
+use exo_formats::{GgufFile, HfModelDir};
+use exo_tokenizer::Tokenizer;
+pub use transformer::{State, Transformer};
+use weights::{WeightFile, Weights};
+
+/// Errors from loading or running a model. Messages name the file, the tensor or field, and the
+/// limit involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be parsed.
+    #[error(transparent)]
+    Format(#[from] exo_formats::FormatError),
+    /// A weight cannot be computed (unsupported type or bad size).
+    #[error(transparent)]
+    Kernel(#[from] exo_kernels::KernelError),
+    /// The tokenizer could not be built.
+    #[error(transparent)]
+    Tokenizer(#[from] exo_tokenizer::TokenizerError),
+    /// The path is neither a GGUF file nor a Hugging Face directory.
+    #[error("{path}: not a model: expected a .gguf file or a directory with config.json")]
+    NotAModel {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// `general.architecture` / `model_type` names an architecture exo does not run.
+    #[error("{source}: unknown architecture '{arch}' (supported: llama, qwen2, gemma3)")]
+    UnknownArch {
+        /// The file.
+        source: String,
+        /// The name found.
+        arch: String,
+    },
+    /// A hyper-parameter is missing or inconsistent.
+    #[error("{source}: {what}")]
+    Config {
+        /// The file.
+        source: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A tensor the architecture needs is absent.
+    #[error("{source}: missing tensor '{name}'")]
+    MissingTensor {
+        /// The file.
+        source: String,
+        /// The tensor name looked up.
+        name: String,
+    },
+    /// A tensor's shape disagrees with the config.
+    #[error("{source}: tensor '{name}' has shape {found} but the config implies {expected}")]
+    Shape {
+        /// The file.
+        source: String,
+        /// Tensor name.
+        name: String,
+        /// Shape the config implies (rows, cols).
+        expected: String,
+        /// Shape in the file (rows, cols).
+        found: String,
+    },
+    /// The sequence would exceed the context the state was created for.
+    #[error("context full: {need} tokens needed but the context size is {ctx}")]
+    ContextFull {
+        /// Tokens the call needs in total.
+        need: usize,
+        /// Capacity.
+        ctx: usize,
+    },
+    /// More tokens in one call than the state's batch capacity.
+    #[error("{tokens} tokens in one forward call; the batch limit is {max}")]
+    Batch {
+        /// Tokens passed.
+        tokens: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken {
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+}
+
+/// How to load weights.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Widen every weight to f32 (the float reference path; slower, more memory).
+    pub dequantize: bool,
+}
+
+/// A model ready to run, with its tokenizer and a description for `exo info`.
+pub struct LoadedModel {
+    /// Weights and forward pass.
+    pub transformer: Transformer,
+    /// Text ↔ token ids and the chat template.
+    pub tokenizer: Tokenizer,
+    /// Where it came from and what it is.
+    pub info: ModelInfo,
+}
+
+/// A description of a loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The file or directory loaded.
+    pub path: PathBuf,
+    /// "gguf" or "safetensors".
+    pub format: &'static str,
+    /// `general.name` or the directory name.
+    pub name: String,
+    /// Parameters (elements of all weights).
+    pub n_params: u64,
+    /// Bytes of weights on disk.
+    pub file_bytes: u64,
+}
+
+/// Loads the model at `path` (a `.gguf` file or a Hugging Face directory).
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> {
+    let file = if path.is_dir() {
+        WeightFile::Hf(HfModelDir::open(path)?)
+    } else if path.is_file() {
+        WeightFile::Gguf(GgufFile::open(path)?)
+    } else {
+        return Err(ModelError::NotAModel { path: path.to_path_buf() });
+    };
+    let (config, tokenizer, info) = match &file {
+        WeightFile::Gguf(g) => gguf_parts(g)?,
+        WeightFile::Hf(h) => hf_parts(h)?,
+    };
+    let weights = Weights::new(&file, config.arch, opts.dequantize);
+    let transformer = Transformer::load(config, &weights)?;
+    Ok(LoadedModel { transformer, tokenizer, info })
+}
+
+fn gguf_parts(g: &GgufFile) -> Result<(ModelConfig, Tokenizer, ModelInfo), ModelError> {
+    let source = g.path().display().to_string();
+    let arch_name = g.get_str("general.architecture")?.to_string();
+    let arch = Arch::from_name(&arch_name).ok_or(ModelError::UnknownArch { source, arch: arch_name })?;
+    let config = match arch {
+        Arch::Llama => llama::config_from_gguf(g)?,
+        Arch::Qwen2 => qwen2::config_from_gguf(g)?,
+        Arch::Gemma3 => gemma3::config_from_gguf(g)?,
+    };
+    let tokenizer = Tokenizer::from_gguf(g)?;
+    let n_params = g.tensors().iter().map(|t| t.dims.iter().product::<usize>() as u64).sum();
+    let info = ModelInfo {
+        path: g.path().to_path_buf(),
+        format: "gguf",
+        name: g.opt_str("general.name").unwrap_or_default().to_string(),
+        n_params,
+        file_bytes: g.tensors().iter().map(|t| t.n_bytes as u64).sum(),
+    };
+    Ok((config, tokenizer, info))
+}
+
+fn hf_parts(h: &HfModelDir) -> Result<(ModelConfig, Tokenizer, ModelInfo), ModelError> {
+    let source = h.dir().join("config.json").display().to_string();
+    let cfg = h.config();
+    let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let arch = Arch::from_name(&model_type).ok_or(ModelError::UnknownArch { source: source.clone(), arch: model_type })?;
+    let config = match arch {
+        Arch::Llama => llama::config_from_hf(cfg, &source)?,
+        Arch::Qwen2 => qwen2::config_from_hf(cfg, &source)?,
+        Arch::Gemma3 => gemma3::config_from_hf(cfg, &source)?,
+    };
+    let tokenizer = Tokenizer::from_hf_dir(h)?;
+    let names = h.tensor_names();
+    let n_params = names.iter().filter_map(|n| h.tensor(n)).map(|t| t.shape.iter().product::<usize>() as u64).sum();
+    let file_bytes = names.iter().filter_map(|n| h.tensor(n)).map(|t| h.tensor_bytes(t).len() as u64).sum();
+    let name = h.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let info = ModelInfo { path: h.dir().to_path_buf(), format: "safetensors", name, n_params, file_bytes };
+    Ok((config, tokenizer, info))
+}

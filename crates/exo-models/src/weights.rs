@@ -1,0 +1,180 @@
+//! Named weights from a GGUF file or a Hugging Face directory, checked against the config.
+//!
+//! Models ask for tensors by their GGUF names (`blk.3.attn_q.weight`); for a Hugging Face
+//! directory the name is translated to the checkpoint's (`model.layers.3.self_attn.q_proj.weight`).
+//! Bytes stay in the mapped files: nothing is copied unless the caller asks for dequantized
+//! weights or a tensor's address is misaligned.
+
+use exo_formats::{FloatType, GgmlType, GgufFile, HfModelDir};
+use exo_kernels::Matrix;
+
+use crate::config::Arch;
+use crate::ModelError;
+
+/// Where weights come from.
+pub enum WeightFile {
+    /// A GGUF file (quantized or float).
+    Gguf(GgufFile),
+    /// A Hugging Face directory of safetensors.
+    Hf(HfModelDir),
+}
+
+/// Reads tensors for one model.
+pub struct Weights<'a> {
+    file: &'a WeightFile,
+    arch: Arch,
+    dequantize: bool,
+}
+
+impl<'a> Weights<'a> {
+    /// A reader over `file` for architecture `arch`; with `dequantize`, every matrix is widened to
+    /// f32 (the reference float path tests compare against `transformers`).
+    pub fn new(file: &'a WeightFile, arch: Arch, dequantize: bool) -> Self {
+        Self { file, arch, dequantize }
+    }
+
+    /// The file, for error messages.
+    pub fn source(&self) -> String {
+        match self.file {
+            WeightFile::Gguf(g) => g.path().display().to_string(),
+            WeightFile::Hf(h) => h.dir().display().to_string(),
+        }
+    }
+
+    /// Whether the tensor exists.
+    pub fn has(&self, name: &str) -> bool {
+        match self.file {
+            WeightFile::Gguf(g) => g.tensor(name).is_some(),
+            WeightFile::Hf(h) => h.tensor(&hf_name(self.arch, name)).is_some(),
+        }
+    }
+
+    /// A `rows × cols` matrix (`rows` output features).
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix, ModelError> {
+        let (ty, dims, bytes) = self.raw(name)?;
+        if dims != [rows, cols] {
+            return Err(self.shape_err(name, &[rows, cols], &dims));
+        }
+        let m = Matrix::new(name, ty, rows, cols, bytes)?;
+        Ok(if self.dequantize && ty != GgmlType::F32 { m.dequantized() } else { m })
+    }
+
+    /// A vector (norm weight or bias) of `len` values as f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let (ty, dims, bytes) = self.raw(name)?;
+        if dims != [len] {
+            return Err(self.shape_err(name, &[len], &dims));
+        }
+        let m = Matrix::new(name, ty, 1, len, bytes)?;
+        Ok(m.to_f32())
+    }
+
+    /// Like [`Weights::vector`] but `None` when the tensor is absent.
+    pub fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        if self.has(name) {
+            self.vector(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Type, dims in (rows, cols) order, and bytes of a tensor.
+    fn raw(&self, name: &str) -> Result<(GgmlType, Vec<usize>, exo_formats::TensorBytes), ModelError> {
+        let missing = |n: String| ModelError::MissingTensor { source: self.source(), name: n };
+        match self.file {
+            WeightFile::Gguf(g) => {
+                let info = g.tensor(name).ok_or_else(|| missing(name.to_string()))?;
+                // ggml lists the contiguous dimension first; exo uses (rows, cols).
+                let dims: Vec<usize> = info.dims.iter().rev().copied().collect();
+                Ok((info.ggml_type, squeeze(dims), g.tensor_bytes(info)))
+            }
+            WeightFile::Hf(h) => {
+                let hf = hf_name(self.arch, name);
+                let info = h.tensor(&hf).ok_or_else(|| missing(hf.clone()))?;
+                let ty = match info.dtype {
+                    FloatType::F32 => GgmlType::F32,
+                    FloatType::F16 => GgmlType::F16,
+                    FloatType::BF16 => GgmlType::BF16,
+                    FloatType::Other(dtype) => {
+                        return Err(ModelError::Config {
+                            source: self.source(),
+                            what: format!("tensor '{hf}' has dtype {dtype}; exo reads f32, f16 and bf16 safetensors"),
+                        })
+                    }
+                };
+                Ok((ty, squeeze(info.shape.clone()), h.tensor_bytes(info)))
+            }
+        }
+    }
+
+    fn shape_err(&self, name: &str, expected: &[usize], found: &[usize]) -> ModelError {
+        ModelError::Shape {
+            source: self.source(),
+            name: name.to_string(),
+            expected: format!("{expected:?}"),
+            found: format!("{found:?}"),
+        }
+    }
+}
+
+/// Drops leading unit dimensions (GGUF stores some matrices as 3-D with a leading 1).
+fn squeeze(mut dims: Vec<usize>) -> Vec<usize> {
+    while dims.len() > 2 && dims[0] == 1 {
+        dims.remove(0);
+    }
+    dims
+}
+
+/// The Hugging Face checkpoint name of a GGUF tensor name.
+pub fn hf_name(arch: Arch, gguf: &str) -> String {
+    let (stem, suffix) = match gguf.rsplit_once('.') {
+        Some((s, x @ ("weight" | "bias"))) => (s, x),
+        _ => (gguf, "weight"),
+    };
+    let mapped = match stem {
+        "token_embd" => "model.embed_tokens".to_string(),
+        "output_norm" => "model.norm".to_string(),
+        "output" => "lm_head".to_string(),
+        _ => match stem.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            Some((layer, part)) => {
+                let hf_part = match (part, arch) {
+                    ("attn_q", _) => "self_attn.q_proj",
+                    ("attn_k", _) => "self_attn.k_proj",
+                    ("attn_v", _) => "self_attn.v_proj",
+                    ("attn_output", _) => "self_attn.o_proj",
+                    ("attn_q_norm", _) => "self_attn.q_norm",
+                    ("attn_k_norm", _) => "self_attn.k_norm",
+                    ("attn_norm", _) => "input_layernorm",
+                    // Gemma's post_attention_layernorm normalises the attention output; in the
+                    // llama family the same HF name is the norm in front of the MLP.
+                    ("ffn_norm", Arch::Gemma3) => "pre_feedforward_layernorm",
+                    ("ffn_norm", _) => "post_attention_layernorm",
+                    ("post_attention_norm", _) => "post_attention_layernorm",
+                    ("post_ffw_norm", _) => "post_feedforward_layernorm",
+                    ("ffn_gate", _) => "mlp.gate_proj",
+                    ("ffn_up", _) => "mlp.up_proj",
+                    ("ffn_down", _) => "mlp.down_proj",
+                    (other, _) => other,
+                };
+                format!("model.layers.{layer}.{hf_part}")
+            }
+            None => stem.to_string(),
+        },
+    };
+    format!("{mapped}.{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_names_follow_the_transformers_checkpoints() {
+        assert_eq!(hf_name(Arch::Llama, "blk.3.attn_q.weight"), "model.layers.3.self_attn.q_proj.weight");
+        assert_eq!(hf_name(Arch::Qwen2, "blk.0.attn_k.bias"), "model.layers.0.self_attn.k_proj.bias");
+        assert_eq!(hf_name(Arch::Llama, "blk.1.ffn_norm.weight"), "model.layers.1.post_attention_layernorm.weight");
+        assert_eq!(hf_name(Arch::Gemma3, "blk.1.ffn_norm.weight"), "model.layers.1.pre_feedforward_layernorm.weight");
+        assert_eq!(hf_name(Arch::Gemma3, "blk.1.post_attention_norm.weight"), "model.layers.1.post_attention_layernorm.weight");
+        assert_eq!(hf_name(Arch::Llama, "output.weight"), "lm_head.weight");
+    }
+}
