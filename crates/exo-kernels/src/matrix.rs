@@ -112,31 +112,19 @@ impl Matrix {
         cols: usize,
         bytes: TensorBytes,
     ) -> Result<Self, KernelError> {
-        if !is_supported(ty) {
-            return Err(KernelError::Unsupported {
-                name: name.to_string(),
-                ty: ty.name(),
-                supported: SUPPORTED,
-            });
-        }
-        let size_err = |need| KernelError::Size {
-            name: name.to_string(),
-            rows,
-            cols,
-            ty: ty.name(),
-            need,
-            have: bytes.len(),
-        };
-        let row_bytes = ty.row_bytes(cols).ok_or_else(|| size_err(0))?;
-        let need = row_bytes.checked_mul(rows).ok_or_else(|| size_err(usize::MAX))?;
-        if bytes.len() != need {
-            return Err(size_err(need));
-        }
+        let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
         let data = if (bytes.as_ptr() as usize) % 4 == 0 {
             MatrixData::Mapped(bytes)
         } else {
             MatrixData::Owned(std::sync::Arc::new(bytes_to_words(&bytes)))
         };
+        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
+    }
+
+    /// A matrix of type `ty` copied from bytes in ggml layout (weights built or converted in memory).
+    pub fn from_bytes(name: &str, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, KernelError> {
+        let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
+        let data = MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes)));
         Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
     }
 
@@ -321,6 +309,20 @@ impl Matrix {
             });
         });
     }
+}
+
+/// Checks that `ty` is computable and `len` bytes hold `rows` × `cols` of it; returns the row size.
+fn check_size(name: &str, ty: GgmlType, rows: usize, cols: usize, len: usize) -> Result<usize, KernelError> {
+    if !is_supported(ty) {
+        return Err(KernelError::Unsupported { name: name.to_string(), ty: ty.name(), supported: SUPPORTED });
+    }
+    let size_err = |need| KernelError::Size { name: name.to_string(), rows, cols, ty: ty.name(), need, have: len };
+    let row_bytes = ty.row_bytes(cols).ok_or_else(|| size_err(0))?;
+    let need = row_bytes.checked_mul(rows).ok_or_else(|| size_err(usize::MAX))?;
+    if len != need {
+        return Err(size_err(need));
+    }
+    Ok(row_bytes)
 }
 
 /// Dequantizes one row of `ty` blocks into `out`.
