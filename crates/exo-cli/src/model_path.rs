@@ -2,16 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 
-/// The model cache: `$EXO_HOME/models`, default `~/.exo/models` (where
-/// `scripts/fetch-models.sh` puts models).
-pub fn models_dir() -> PathBuf {
-    let home = std::env::var_os("EXO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".exo"));
-    home.join("models")
-}
+use anyhow::{bail, Context};
 
 /// Resolves MODEL: an existing path is used as is; otherwise `NAME`, `NAME.gguf` or a
 /// directory `NAME` in the cache.
@@ -20,7 +12,7 @@ pub fn resolve(model: &str) -> anyhow::Result<PathBuf> {
     if p.exists() {
         return Ok(p.to_path_buf());
     }
-    let dir = models_dir();
+    let dir = exo_models::models_dir();
     for candidate in [dir.join(model), dir.join(format!("{model}.gguf"))] {
         if candidate.exists() {
             return Ok(candidate);

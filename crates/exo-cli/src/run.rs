@@ -98,7 +98,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
                     messages.push(ChatMessage { role: "system".into(), content: s.clone() });
                 }
                 messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
-                chat_ids(&model, &messages)?
+                chat_ids(&model, &messages, a.verbose)?
             };
             answer(&model, &mut session, &ids, &params, a.verbose)?;
             Ok(())
@@ -108,9 +108,12 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Renders `messages` with the model's template (or the fallback) and tokenizes the result.
-fn chat_ids(model: &LoadedModel, messages: &[ChatMessage]) -> anyhow::Result<Vec<u32>> {
+fn chat_ids(model: &LoadedModel, messages: &[ChatMessage], verbose: bool) -> anyhow::Result<Vec<u32>> {
     let tok = &model.tokenizer;
     let text = tok.chat_template_or_fallback().render(messages, true, None)?;
+    if verbose {
+        eprintln!("[prompt]\n{text}[/prompt]");
+    }
     // Templates that write the BOS text themselves must not get a second BOS.
     let bos_in_text = tok.bos_id().map(|b| tok.token_bytes(b)).is_some_and(|b| !b.is_empty() && text.as_bytes().starts_with(&b));
     Ok(tok.encode(&text, !bos_in_text, true)?)
@@ -190,7 +193,7 @@ fn chat(model: &LoadedModel, session: &mut Session, params: &GenerateParams, a: 
             _ => {}
         }
         messages.push(ChatMessage { role: "user".into(), content: text.to_string() });
-        let ids = chat_ids(model, &messages)?;
+        let ids = chat_ids(model, &messages, a.verbose)?;
         if ids.len() >= session.ctx() {
             eprintln!(
                 "error: the conversation has {} tokens but the context size is {}; /clear to start over or use a larger --ctx-size",

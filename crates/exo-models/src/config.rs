@@ -111,7 +111,7 @@ impl ModelConfig {
 
     /// Checks the relations the forward pass relies on; `source` names the file for messages.
     pub fn validate(&self, source: &str) -> Result<(), crate::ModelError> {
-        let bad = |what: String| Err(crate::ModelError::Config { source: source.to_string(), what });
+        let bad = |what: String| Err(crate::ModelError::Config { file: source.to_string(), what });
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 || self.hidden == 0 {
             return bad(format!(
                 "heads {} / kv heads {} / head dim {} / hidden {} must all be positive",
@@ -197,7 +197,7 @@ pub fn from_hf(cfg: &serde_json::Value, arch: Arch, source: &str) -> Result<Mode
     let field = |k: &str| cfg.get(k).filter(|v| !v.is_null());
     let req = |k: &str| -> Result<usize, crate::ModelError> {
         field(k).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| crate::ModelError::Config {
-            source: source.to_string(),
+            file: source.to_string(),
             what: format!("config.json: field '{k}' is missing or not a non-negative integer"),
         })
     };

@@ -42,34 +42,34 @@ pub enum ModelError {
         path: PathBuf,
     },
     /// `general.architecture` / `model_type` names an architecture exo does not run.
-    #[error("{source}: unknown architecture '{arch}' (supported: llama, qwen2, gemma3)")]
+    #[error("{file}: unknown architecture '{arch}' (supported: llama, qwen2, gemma3)")]
     UnknownArch {
         /// The file.
-        source: String,
+        file: String,
         /// The name found.
         arch: String,
     },
     /// A hyper-parameter is missing or inconsistent.
-    #[error("{source}: {what}")]
+    #[error("{file}: {what}")]
     Config {
         /// The file.
-        source: String,
+        file: String,
         /// What is wrong.
         what: String,
     },
     /// A tensor the architecture needs is absent.
-    #[error("{source}: missing tensor '{name}'")]
+    #[error("{file}: missing tensor '{name}'")]
     MissingTensor {
         /// The file.
-        source: String,
+        file: String,
         /// The tensor name looked up.
         name: String,
     },
     /// A tensor's shape disagrees with the config.
-    #[error("{source}: tensor '{name}' has shape {found} but the config implies {expected}")]
+    #[error("{file}: tensor '{name}' has shape {found} but the config implies {expected}")]
     Shape {
         /// The file.
-        source: String,
+        file: String,
         /// Tensor name.
         name: String,
         /// Shape the config implies (rows, cols).
@@ -101,6 +101,15 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab: usize,
     },
+}
+
+/// The local model cache: `$EXO_HOME/models`, default `~/.exo/models` (where
+/// `scripts/fetch-models.sh` puts models, and where names given instead of paths are looked up).
+pub fn models_dir() -> PathBuf {
+    let home = std::env::var_os("EXO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".exo"));
+    home.join("models")
 }
 
 /// How to load weights.
@@ -156,7 +165,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> 
 fn gguf_parts(g: &GgufFile) -> Result<(ModelConfig, Tokenizer, ModelInfo), ModelError> {
     let source = g.path().display().to_string();
     let arch_name = g.get_str("general.architecture")?.to_string();
-    let arch = Arch::from_name(&arch_name).ok_or(ModelError::UnknownArch { source, arch: arch_name })?;
+    let arch = Arch::from_name(&arch_name).ok_or(ModelError::UnknownArch { file: source, arch: arch_name })?;
     let config = match arch {
         Arch::Llama => llama::config_from_gguf(g)?,
         Arch::Qwen2 => qwen2::config_from_gguf(g)?,
@@ -178,7 +187,7 @@ fn hf_parts(h: &HfModelDir) -> Result<(ModelConfig, Tokenizer, ModelInfo), Model
     let source = h.dir().join("config.json").display().to_string();
     let cfg = h.config();
     let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let arch = Arch::from_name(&model_type).ok_or(ModelError::UnknownArch { source: source.clone(), arch: model_type })?;
+    let arch = Arch::from_name(&model_type).ok_or(ModelError::UnknownArch { file: source.clone(), arch: model_type })?;
     let config = match arch {
         Arch::Llama => llama::config_from_hf(cfg, &source)?,
         Arch::Qwen2 => qwen2::config_from_hf(cfg, &source)?,

@@ -31,7 +31,7 @@ pub fn config_from_hf(cfg: &serde_json::Value, source: &str) -> Result<ModelConf
 fn llama3_freq_factors(s: &serde_json::Value, c: &ModelConfig, source: &str) -> Result<Vec<f32>, ModelError> {
     let num = |k: &str| {
         s.get(k).and_then(|v| v.as_f64()).ok_or_else(|| ModelError::Config {
-            source: source.to_string(),
+            file: source.to_string(),
             what: format!("config.json: rope scaling field '{k}' is missing or not a number"),
         })
     };

@@ -80,7 +80,7 @@ impl<'a> Weights<'a> {
 
     /// Type, dims in (rows, cols) order, and bytes of a tensor.
     fn raw(&self, name: &str) -> Result<(GgmlType, Vec<usize>, exo_formats::TensorBytes), ModelError> {
-        let missing = |n: String| ModelError::MissingTensor { source: self.source(), name: n };
+        let missing = |n: String| ModelError::MissingTensor { file: self.source(), name: n };
         match self.file {
             WeightFile::Gguf(g) => {
                 let info = g.tensor(name).ok_or_else(|| missing(name.to_string()))?;
@@ -97,7 +97,7 @@ impl<'a> Weights<'a> {
                     FloatType::BF16 => GgmlType::BF16,
                     FloatType::Other(dtype) => {
                         return Err(ModelError::Config {
-                            source: self.source(),
+                            file: self.source(),
                             what: format!("tensor '{hf}' has dtype {dtype}; exo reads f32, f16 and bf16 safetensors"),
                         })
                     }
@@ -107,10 +107,18 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The tensor's name as the file spells it.
+    fn file_name(&self, name: &str) -> String {
+        match self.file {
+            WeightFile::Gguf(_) => name.to_string(),
+            WeightFile::Hf(_) => hf_name(self.arch, name),
+        }
+    }
+
     fn shape_err(&self, name: &str, expected: &[usize], found: &[usize]) -> ModelError {
         ModelError::Shape {
-            source: self.source(),
-            name: name.to_string(),
+            file: self.source(),
+            name: self.file_name(name),
             expected: format!("{expected:?}"),
             found: format!("{found:?}"),
         }

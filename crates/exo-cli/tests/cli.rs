@@ -1,0 +1,216 @@
+//! The `exo` command-line contract, run as a user runs it: stdout content, exit codes, and a
+//! clear one-line error naming the cause for each kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const SMOLLM2: &str = "smollm2-135m-instruct";
+
+fn exo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_exo")).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `exo args`, expecting failure with a message containing every one of `needles`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = exo(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "exo {args:?} should fail; stderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "exo {args:?}: stderr should mention '{n}': {err}");
+    }
+    assert!(!err.contains("panicked"), "exo {args:?} panicked: {err}");
+}
+
+fn model_file(name: &str) -> PathBuf {
+    let p = exo_models::models_dir().join(format!("{name}.gguf"));
+    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh all", p.display());
+    p
+}
+
+fn llamacpp_fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/llamacpp/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn raw_greedy_stdout_is_exactly_the_generated_text() {
+    // The chat-formatted prompt of the fixture, where llama.cpp's greedy answer ends with an
+    // end-of-generation token: exo must print exactly llama.cpp's text up to that point.
+    let fx = llamacpp_fixture(SMOLLM2);
+    let case = fx["greedy"].as_array().unwrap().iter().find(|c| !c["eog_at"].is_null()).unwrap();
+    let path = model_file(SMOLLM2);
+    let o = exo(&["run", path.to_str().unwrap(), case["prompt"].as_str().unwrap(), "--raw", "--temperature", "0", "-n", "32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert_eq!(text, "The capital of France is Paris.");
+    assert!(case["text"].as_str().unwrap().starts_with(&text));
+}
+
+#[test]
+fn model_names_resolve_in_the_cache() {
+    model_file(SMOLLM2);
+    let o = exo(&["run", SMOLLM2, "Hello", "--raw", "--temperature", "0", "-n", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).is_empty());
+}
+
+#[test]
+fn chat_answer_mentions_paris() {
+    let path = model_file(SMOLLM2);
+    let o = exo(&["run", path.to_str().unwrap(), "What is the capital of France? Answer in one sentence.", "--temperature", "0", "-n", "48"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Paris"), "answer: {}", stdout(&o));
+}
+
+#[test]
+fn same_seed_same_text_and_stop_strings_cut() {
+    let path = model_file(SMOLLM2);
+    let p = path.to_str().unwrap();
+    let run = |seed: &str| stdout(&exo(&["run", p, "Once upon a time", "--raw", "--seed", seed, "--temperature", "1.0", "-n", "24"]));
+    assert_eq!(run("42"), run("42"));
+    let full = run("42");
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() > 12, "24 sampled tokens give more than 12 characters: {full:?}");
+    let stop: String = chars[10..12].iter().collect();
+    let o = exo(&["run", p, "Once upon a time", "--raw", "--seed", "42", "--temperature", "1.0", "-n", "24", "--stop", &stop]);
+    assert_eq!(stdout(&o), full[..full.find(&stop).unwrap()]);
+}
+
+#[test]
+fn tokenize_prints_llamacpps_ids() {
+    let fx = llamacpp_fixture(SMOLLM2);
+    let case = fx["tokenize"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["add_bos"] == true && c["special"] == false && !c["text"].as_str().unwrap().is_empty())
+        .unwrap();
+    let path = model_file(SMOLLM2);
+    let o = exo(&["tokenize", path.to_str().unwrap(), case["text"].as_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(got, case["ids"]);
+}
+
+#[test]
+fn bench_json_and_info() {
+    let path = model_file(SMOLLM2);
+    let o = exo(&["bench", path.to_str().unwrap(), "-p", "16", "-n", "4", "-r", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["pp_tps"].as_f64().unwrap() > 0.0 && v["tg_tps"].as_f64().unwrap() > 0.0, "{v}");
+    let o = exo(&["info", path.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["layers"], 30);
+    assert_eq!(v["chat_template"], true);
+    assert_eq!(v["context_length"], 8192);
+}
+
+#[test]
+fn unknown_model_names_the_cache() {
+    fails_with(&["run", "no-such-model", "hi"], &["no-such-model", "models"]);
+}
+
+#[test]
+fn wrong_magic_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.gguf");
+    std::fs::write(&f, b"NOPE and some more bytes to read").unwrap();
+    fails_with(&["info", f.to_str().unwrap()], &["bad.gguf", "not a GGUF file"]);
+}
+
+#[test]
+fn truncated_model_names_the_tensor() {
+    let src = std::fs::read(model_file(SMOLLM2)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("cut.gguf");
+    std::fs::write(&f, &src[..src.len() / 2]).unwrap();
+    fails_with(&["run", f.to_str().unwrap(), "hi", "--raw"], &["cut.gguf", "ends at byte", "but the file has"]);
+}
+
+#[test]
+fn prompt_longer_than_context_names_both_numbers() {
+    let path = model_file(SMOLLM2);
+    let long = "word ".repeat(40);
+    fails_with(&["run", path.to_str().unwrap(), &long, "--raw", "--ctx-size", "16"], &["context size is 16", "tokens"]);
+}
+
+#[test]
+fn non_utf8_prompt_is_refused_cleanly() {
+    use std::os::unix::ffi::OsStrExt;
+    let path = model_file(SMOLLM2);
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let o = Command::new(env!("CARGO_BIN_EXE_exo")).arg("run").arg(&path).arg(bad).arg("--raw").output().unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("UTF-8") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_sampling_values_are_named() {
+    let path = model_file(SMOLLM2);
+    fails_with(&["run", path.to_str().unwrap(), "hi", "--top-p", "1.5"], &["top_p 1.5"]);
+}
+
+/// A copy of the tiny Hugging Face llama fixture with `edit` applied to its directory.
+fn edited_hf_copy(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf-tiny-llama");
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    edit(dir.path());
+    dir
+}
+
+fn edit_config(dir: &Path, key: &str, value: Value) {
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[key] = value;
+    std::fs::write(path, cfg.to_string()).unwrap();
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let d = edited_hf_copy(|d| edit_config(d, "model_type", "mamba".into()));
+    fails_with(&["info", d.path().to_str().unwrap()], &["config.json", "unknown architecture 'mamba'"]);
+    // The same through GGUF metadata: a file holding only `general.architecture = rwkv`.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes());
+    for s in ["general.architecture"] {
+        bytes.extend((s.len() as u64).to_le_bytes());
+        bytes.extend(s.as_bytes());
+    }
+    bytes.extend(8u32.to_le_bytes());
+    bytes.extend(4u64.to_le_bytes());
+    bytes.extend(b"rwkv");
+    let f = d.path().join("rwkv.gguf");
+    std::fs::write(&f, bytes).unwrap();
+    fails_with(&["info", f.to_str().unwrap()], &["rwkv.gguf", "unknown architecture 'rwkv'"]);
+}
+
+#[test]
+fn missing_tokenizer_is_named() {
+    let d = edited_hf_copy(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    fails_with(&["info", d.path().to_str().unwrap()], &["tokenizer.json"]);
+}
+
+#[test]
+fn shape_disagreeing_with_config_is_named() {
+    let d = edited_hf_copy(|d| edit_config(d, "intermediate_size", 40.into()));
+    fails_with(&["info", d.path().to_str().unwrap()], &["model.layers.0.mlp.gate_proj.weight", "40"]);
+}
