@@ -44,7 +44,7 @@ pub struct BlockQ5_0 {
     pub d: f16,
     /// Fifth bits: bit `j` of this little-endian `u32` is bit 4 of element `j`.
     pub qh: [u8; 4],
-    /// Low four bits, packed as in [`BlockQ4_1::qs`].
+    /// Low four bits, packed as in [`BlockQ4_1`].
     pub qs: [u8; QK / 2],
 }
 
@@ -56,9 +56,9 @@ pub struct BlockQ5_1 {
     pub d: f16,
     /// Offset (the block minimum).
     pub m: f16,
-    /// Fifth bits, as in [`BlockQ5_0::qh`].
+    /// Fifth bits, as in [`BlockQ5_0`].
     pub qh: [u8; 4],
-    /// Low four bits, packed as in [`BlockQ4_1::qs`].
+    /// Low four bits, packed as in [`BlockQ4_1`].
     pub qs: [u8; QK / 2],
 }
 
@@ -225,10 +225,15 @@ pub(crate) trait Codes: Copy + Sync {
     #[inline]
     fn codes(&self) -> [u8; QK] {
         let (qs, qh) = (self.qs(), self.qh());
-        std::array::from_fn(|j| {
-            let nibble = if j < QK / 2 { qs[j] & 0x0F } else { qs[j - QK / 2] >> 4 };
-            nibble | (((qh >> j) & 1) as u8) << 4
-        })
+        // Bit tests against constant masks, rather than `qh >> j`, let this vectorize on targets
+        // without per-lane shifts.
+        let fifth = |j: usize| if Self::HAS_QH && qh & (1 << j) != 0 { 16 } else { 0 };
+        let mut q = [0u8; QK];
+        for j in 0..QK / 2 {
+            q[j] = (qs[j] & 0x0F) | fifth(j);
+            q[j + QK / 2] = (qs[j] >> 4) | fifth(j + QK / 2);
+        }
+        q
     }
 }
 
