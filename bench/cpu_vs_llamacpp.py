@@ -96,6 +96,16 @@ for chunk in llm.create_completion(sys.argv[3], max_tokens=1, temperature=0.0, s
 """
 
 
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} logical CPUs"
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def mean_sd(xs):
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -114,7 +124,7 @@ def main():
 
     import llama_cpp
     rows, raw = [], {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
-                     "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": ") if os.path.exists("/proc/cpuinfo") else "",
+                     "cpu": cpu_name(),
                      "threads": a.threads, "llama_cpp_python": llama_cpp.__version__, "models": {}}
     for name in a.models.split(","):
         path = os.path.join(models_dir(), name + ".gguf")

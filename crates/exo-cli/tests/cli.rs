@@ -57,6 +57,29 @@ fn raw_greedy_stdout_is_exactly_the_generated_text() {
 }
 
 #[test]
+fn interactive_chat_keeps_the_conversation() {
+    use std::io::Write;
+    let path = model_file(SMOLLM2);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exo"))
+        .args(["run", path.to_str().unwrap(), "--temperature", "0", "-n", "40"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France? Answer in one sentence.\nAnd of Germany?\n/bye\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The second question only makes sense with the first turn in the context.
+    assert_eq!(stdout(&o), "The capital of France is Paris.\nThe capital of Germany is Berlin.\n");
+}
+
+#[test]
 fn model_names_resolve_in_the_cache() {
     model_file(SMOLLM2);
     let o = exo(&["run", SMOLLM2, "Hello", "--raw", "--temperature", "0", "-n", "4"]);

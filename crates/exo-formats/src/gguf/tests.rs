@@ -97,6 +97,14 @@ fn reads_metadata_and_tensors() {
 }
 
 #[test]
+fn reads_version_2() {
+    let mut bytes = valid();
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let (_f, g) = open_bytes(&bytes);
+    assert_eq!(g.unwrap().version(), 2);
+}
+
+#[test]
 fn wrong_magic() {
     let mut bytes = valid();
     bytes[..4].copy_from_slice(b"GGML");
