@@ -109,6 +109,37 @@ impl ModelConfig {
         self.n_kv_heads * self.head_dim
     }
 
+    /// The llama-family choices every architecture starts from (SwiGLU, NeoX rotary pairs,
+    /// 1/sqrt(head_dim) attention scale, no extra norms or windows); sizes are left zero for the
+    /// caller to fill in. Hugging Face checkpoints keep q/k unpermuted and rotate halves, hence NeoX.
+    fn llama_family(arch: Arch, n_layers: usize, head_dim: usize) -> Self {
+        Self {
+            arch,
+            vocab_size: 0,
+            hidden: 0,
+            n_layers,
+            n_heads: 0,
+            n_kv_heads: 0,
+            head_dim,
+            ffn_dim: 0,
+            rms_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_theta_local: 10_000.0,
+            rope_style: RopeStyle::Neox,
+            rope_freq_factors: None,
+            train_ctx: 2048,
+            activation: Activation::Silu,
+            embed_scale: None,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            qk_norm: false,
+            post_norms: false,
+            sliding_window: None,
+            sliding_layers: vec![false; n_layers],
+            norm_weight_offset: 0.0,
+            final_logit_softcap: None,
+        }
+    }
+
     /// Checks the relations the forward pass relies on; `source` names the file for messages.
     pub fn validate(&self, source: &str) -> Result<(), crate::ModelError> {
         let bad = |what: String| Err(crate::ModelError::Config { file: source.to_string(), what });
@@ -177,18 +208,9 @@ pub fn from_gguf(g: &exo_formats::GgufFile, arch: Arch) -> Result<ModelConfig, c
         rms_eps: g.opt_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
         rope_theta,
         rope_theta_local: rope_theta,
-        rope_style: RopeStyle::Neox,
         rope_freq_factors,
         train_ctx: g.opt_u64(&key("context_length")).map_or(2048, |v| v as usize),
-        activation: Activation::Silu,
-        embed_scale: None,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        qk_norm: false,
-        post_norms: false,
-        sliding_window: None,
-        sliding_layers: vec![false; n_layers],
-        norm_weight_offset: 0.0,
-        final_logit_softcap: None,
+        ..ModelConfig::llama_family(arch, n_layers, head_dim)
     })
 }
 
@@ -235,18 +257,7 @@ pub fn from_hf(cfg: &serde_json::Value, arch: Arch, source: &str) -> Result<Mode
         rms_eps: field("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6) as f32,
         rope_theta,
         rope_theta_local,
-        // Hugging Face checkpoints keep q/k unpermuted and rotate halves.
-        rope_style: RopeStyle::Neox,
-        rope_freq_factors: None,
         train_ctx: opt("max_position_embeddings").unwrap_or(2048),
-        activation: Activation::Silu,
-        embed_scale: None,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        qk_norm: false,
-        post_norms: false,
-        sliding_window: None,
-        sliding_layers: vec![false; n_layers],
-        norm_weight_offset: 0.0,
-        final_logit_softcap: None,
+        ..ModelConfig::llama_family(arch, n_layers, head_dim)
     })
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixture, gguf_tokenizer, GGUF_MODELS};
+use common::{assert_encodes_like_llamacpp, fixture, gguf_tokenizer, GGUF_MODELS};
 
 fn ids_of(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
@@ -16,24 +16,7 @@ fn check_tokenize(model: &str) {
     let fx = fixture(&format!("llamacpp/{model}.json"));
     let cases = fx["tokenize"].as_array().expect("tokenize cases");
     assert!(!cases.is_empty());
-    let mut bad = Vec::new();
-    for c in cases {
-        let text = c["text"].as_str().expect("text");
-        let add_bos = c["add_bos"].as_bool().expect("add_bos");
-        let special = c["special"].as_bool().expect("special");
-        let want = ids_of(&c["ids"]);
-        let got = tok.encode(text, add_bos, special).expect("encode");
-        if got != want {
-            bad.push(format!("{text:?} add_bos={add_bos} special={special}\n  want {want:?}\n  got  {got:?}"));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{model}: {} of {} cases differ from llama.cpp:\n{}",
-        bad.len(),
-        cases.len(),
-        bad.join("\n")
-    );
+    assert_encodes_like_llamacpp(model, &tok, cases);
 }
 
 /// Prompt ids of the greedy cases match, and decoding the generated ids gives llama.cpp's text

@@ -3,30 +3,14 @@
 
 mod common;
 
-use common::{fixture, gguf_tokenizer};
+use common::{assert_encodes_like_llamacpp, fixture, gguf_tokenizer};
 
 fn check(model: &str) {
     let tok = gguf_tokenizer(model);
     let fx = fixture(&format!("llamacpp_fuzz/{model}.json"));
     let cases = fx["cases"].as_array().expect("cases");
     assert!(!cases.is_empty());
-    let mut bad = Vec::new();
-    for c in cases {
-        let text = c["text"].as_str().expect("text");
-        let special = c["special"].as_bool().expect("special");
-        let want: Vec<u32> = c["ids"].as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect();
-        let got = tok.encode(text, false, special).expect("encode");
-        if got != want {
-            bad.push(format!("{text:?} special={special}\n  want {want:?}\n  got  {got:?}"));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{model}: {} of {} cases differ from llama.cpp:\n{}",
-        bad.len(),
-        cases.len(),
-        bad.join("\n")
-    );
+    assert_encodes_like_llamacpp(model, &tok, cases);
 }
 
 #[test]

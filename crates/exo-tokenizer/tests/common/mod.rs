@@ -118,3 +118,20 @@ pub fn load_gguf(path: &std::path::Path) -> Result<exo_tokenizer::Tokenizer, exo
     let g = exo_formats::GgufFile::open(path).unwrap_or_else(|e| panic!("{e}"));
     exo_tokenizer::Tokenizer::from_gguf(&g)
 }
+
+/// Encodes every `{"text", "add_bos" (default false), "special", "ids"}` case and fails listing
+/// each one whose ids differ from llama.cpp's.
+pub fn assert_encodes_like_llamacpp(model: &str, tok: &exo_tokenizer::Tokenizer, cases: &[serde_json::Value]) {
+    let mut bad = Vec::new();
+    for c in cases {
+        let text = c["text"].as_str().expect("text");
+        let add_bos = c["add_bos"].as_bool().unwrap_or(false);
+        let special = c["special"].as_bool().expect("special");
+        let want: Vec<u32> = c["ids"].as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect();
+        let got = tok.encode(text, add_bos, special).expect("encode");
+        if got != want {
+            bad.push(format!("{text:?} add_bos={add_bos} special={special}\n  want {want:?}\n  got  {got:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{model}: {} of {} cases differ from llama.cpp:\n{}", bad.len(), cases.len(), bad.join("\n"));
+}
