@@ -20,6 +20,10 @@ fn model(name: &str) -> LoadedModel {
     load(&p, &LoadOptions::default()).unwrap()
 }
 
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
@@ -32,15 +36,17 @@ fn next_logprobs(m: &LoadedModel, session: &mut Session, prompt: &[u32]) -> Vec<
     lp
 }
 
-/// How far our log-probabilities may be from llama.cpp's: `BASE + SLOPE * |logprob|` nats.
+/// How far outside llama.cpp's own envelope our log-probabilities may fall, in nats.
 ///
-/// Set from llama.cpp's disagreement with itself: on these Q4 models, switching its KV cache
-/// from f16 to f32 or turning flash attention on moves the top-10 log-probabilities by up to
-/// 0.2 nats (SmolLM2: token 827 at -3.68 / -3.80 / -3.50; Qwen-1.5B: token 2326 at -3.78 /
-/// -3.88), more in the far tail. exo keeps K/V in f32 and attends in f32, which is none of those
-/// configurations exactly.
-const BASE: f32 = 0.25;
-const SLOPE: f32 = 0.03;
+/// The envelope is llama.cpp's log-probability of each token under its default configuration
+/// (f16 KV cache) and with an f32 KV cache with and without flash attention: on these Q4 models
+/// those alone move top-10 log-probabilities by up to 0.65 nats (Gemma-3 token 1 after its
+/// second prompt: -9.13 / -8.60 / -8.48). The cause is that both engines round activations to
+/// 8 bits before every quantized matmul: the output is discontinuous in its input, so any change
+/// of summation order flips some roundings. Perturbing exo's matmul outputs by 1e-7 relative
+/// moved Gemma-3's tail log-probabilities by up to 0.3 nats; exo's kernels sum in a different
+/// order from llama.cpp's, hence this margin. The top token and greedy runs are held tighter.
+const OUTSIDE: f32 = 0.35;
 /// A greedy divergence is accepted only where llama.cpp's own top-2 margin was below this.
 const NEAR_TIE: f32 = 0.3;
 
@@ -60,9 +66,14 @@ fn check_model(name: &str) {
                 (id, lp[id], p[1].as_f64().unwrap() as f32)
             })
             .collect();
-        for &(id, got, want) in &pairs {
-            let tol = BASE + SLOPE * want.abs();
-            assert!((got - want).abs() < tol, "{name}: token {id}: logprob {got} vs llama.cpp {want} (all: {pairs:?})");
+        let variants: Vec<Vec<f32>> = case["variants"].as_object().unwrap().values().map(floats).collect();
+        for (j, &(id, got, want)) in pairs.iter().enumerate() {
+            let seen = variants.iter().map(|v| v[j]).chain([want]);
+            let (lo, hi) = seen.fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            assert!(
+                got > lo - OUTSIDE && got < hi + OUTSIDE,
+                "{name}: token {id}: logprob {got} outside llama.cpp's [{lo}, {hi}] by more than {OUTSIDE} (all: {pairs:?})"
+            );
         }
         // The most likely token agrees unless llama.cpp itself saw a near-tie.
         let ours = exo_engine::sampler::argmax(&lp) as usize;
