@@ -7,12 +7,18 @@
 //!   decode step allocates nothing.
 //! - [`legacy_quants`]: SIMD dot products for Q4_1, Q5_0 and Q5_1, which candle computes only with
 //!   scalar code.
+//! - [`kquant_q4k`]: Q4_K weights repacked four rows at a time, with AVX-512 VNNI/AVX2 kernels
+//!   for decode and prompt processing.
+//! - [`kquant_q8q6`]: Q8_0, Q6_K and Q5_0 weights repacked into 16-row groups, with AVX-512 VNNI
+//!   (and AVX2) matrix-vector and matrix-matrix kernels.
 //! - [`threads`]: the thread count, shared with candle's spinning barrier pool.
 //!
 //! candle's k-quant and Q8_0/Q4_0 kernels (AVX2/AVX-512/NEON) are used where they exist; this crate
 //! adds what candle lacks and drives everything without building candle `Tensor`s, because a
 //! decode step of a small model is ~500 operations and per-op allocation shows up at that scale.
 
+pub mod kquant_q4k;
+pub mod kquant_q8q6;
 pub mod legacy_quants;
 pub mod matrix;
 pub mod ops;

@@ -8,6 +8,8 @@ use candle_core::quantized::k_quants::{self, GgmlType as CandleBlock};
 use exo_formats::{GgmlType, TensorBytes};
 use half::{bf16, f16};
 
+use crate::kquant_q4k as q4k;
+use crate::kquant_q8q6::Packed;
 use crate::legacy_quants as legacy;
 use crate::threads::parallel_for;
 
@@ -87,6 +89,10 @@ pub enum MatrixData {
     /// An owned copy, used when the mapped bytes are misaligned for the block type or when the
     /// weights were converted (e.g. dequantized to f32).
     Owned(std::sync::Arc<Vec<u32>>),
+    /// Q8_0, Q6_K or Q5_0 weights repacked into 16-row interleaved groups for
+    /// [`crate::kquant_q8q6`] (the same size as the GGUF bytes, plus padding of the last group).
+    /// The original bytes are not kept; `row_to_f32` reads the packed copy.
+    Packed(std::sync::Arc<Packed>),
 }
 
 /// A weight matrix of `rows` × `cols` in one ggml storage type.
@@ -98,6 +104,9 @@ pub struct Matrix {
     cols: usize,
     row_bytes: usize,
     data: MatrixData,
+    /// Q4_K/Q5_K weights repacked for the SIMD kernels at construction (`data` keeps the GGUF
+    /// bytes for row lookups and dequantization).
+    q4k: Option<std::sync::Arc<q4k::PackedQ4K>>,
 }
 
 impl Matrix {
@@ -113,19 +122,22 @@ impl Matrix {
         bytes: TensorBytes,
     ) -> Result<Self, KernelError> {
         let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
-        let data = if (bytes.as_ptr() as usize) % 4 == 0 {
+        let data = if let Some(p) = pack(ty, rows, cols, &bytes) {
+            p
+        } else if (bytes.as_ptr() as usize) % 4 == 0 {
             MatrixData::Mapped(bytes)
         } else {
             MatrixData::Owned(std::sync::Arc::new(bytes_to_words(&bytes)))
         };
-        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
+        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data, q4k: None }.repacked())
     }
 
     /// A matrix of type `ty` copied from bytes in ggml layout (weights built or converted in memory).
     pub fn from_bytes(name: &str, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, KernelError> {
         let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
-        let data = MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes)));
-        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
+        let data = pack(ty, rows, cols, bytes)
+            .unwrap_or_else(|| MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes))));
+        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data, q4k: None }.repacked())
     }
 
     /// An f32 matrix from owned values (row-major, `rows * cols` long).
@@ -148,7 +160,20 @@ impl Matrix {
             cols,
             row_bytes: cols * 4,
             data: MatrixData::Owned(std::sync::Arc::new(words)),
+            q4k: None,
         })
+    }
+
+    /// Adds the repacked copy of types that have one (Q4_K, Q5_K).
+    fn repacked(mut self) -> Self {
+        let (rows, cols) = (self.rows, self.cols);
+        self.q4k = match self.ty {
+            GgmlType::Q4K => Some(q4k::PackedQ4K::pack(rows, cols, self.blocks())),
+            GgmlType::Q5K => Some(q4k::PackedQ4K::pack_q5k(rows, cols, self.blocks())),
+            _ => None,
+        }
+        .map(std::sync::Arc::new);
+        self
     }
 
     /// Tensor name (for messages).
@@ -179,6 +204,7 @@ impl Matrix {
                 // SAFETY: a Vec<u32> is valid to read as bytes; the length is what `new` checked.
                 unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, self.row_bytes * self.rows) }
             }
+            MatrixData::Packed(_) => unreachable!("packed matrices are read through `Packed`"),
         }
     }
 
@@ -199,6 +225,10 @@ impl Matrix {
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
         self.check_len("activations", x.len(), m * self.cols)?;
         self.check_len("output", out.len(), m * self.rows)?;
+        if let MatrixData::Packed(p) = &self.data {
+            p.matmul(x, m, out);
+            return Ok(());
+        }
         let mkn = (m, self.cols, self.rows);
         use GgmlType as G;
         let res = match self.ty {
@@ -209,8 +239,14 @@ impl Matrix {
             G::Q8_0 => k_quants::matmul::<k_quants::BlockQ8_0>(mkn, x, self.blocks(), out),
             G::Q2K => k_quants::matmul::<k_quants::BlockQ2K>(mkn, x, self.blocks(), out),
             G::Q3K => k_quants::matmul::<k_quants::BlockQ3K>(mkn, x, self.blocks(), out),
-            G::Q4K => k_quants::matmul::<k_quants::BlockQ4K>(mkn, x, self.blocks(), out),
-            G::Q5K => k_quants::matmul::<k_quants::BlockQ5K>(mkn, x, self.blocks(), out),
+            G::Q4K => match &self.q4k {
+                Some(p) => return Ok(p.matmul(x, m, out)),
+                None => k_quants::matmul::<k_quants::BlockQ4K>(mkn, x, self.blocks(), out),
+            },
+            G::Q5K => match &self.q4k {
+                Some(p) => return Ok(p.matmul(x, m, out)),
+                None => k_quants::matmul::<k_quants::BlockQ5K>(mkn, x, self.blocks(), out),
+            },
             G::Q6K => k_quants::matmul::<k_quants::BlockQ6K>(mkn, x, self.blocks(), out),
             G::Q8K => k_quants::matmul::<k_quants::BlockQ8K>(mkn, x, self.blocks(), out),
             G::Q4_1 => return Ok(self.matmul_legacy::<legacy::BlockQ4_1>(x, m, out)),
@@ -236,6 +272,10 @@ impl Matrix {
             return Err(KernelError::Shape { name: self.name.clone(), what: "row index", need: self.rows, have: r });
         }
         self.check_len("row output", out.len(), self.cols)?;
+        if let MatrixData::Packed(p) = &self.data {
+            p.row_to_f32(r, out);
+            return Ok(());
+        }
         let row = &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes];
         dequantize_bytes(self.ty, row, out);
         Ok(())
@@ -244,6 +284,12 @@ impl Matrix {
     /// The whole matrix as f32 values (row-major).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
+        if let MatrixData::Packed(p) = &self.data {
+            for (r, dst) in out.chunks_exact_mut(self.cols).enumerate() {
+                p.row_to_f32(r, dst);
+            }
+            return out;
+        }
         let bytes = self.bytes();
         for (r, dst) in out.chunks_exact_mut(self.cols).enumerate() {
             dequantize_bytes(self.ty, &bytes[r * self.row_bytes..(r + 1) * self.row_bytes], dst);
@@ -323,6 +369,19 @@ fn check_size(name: &str, ty: GgmlType, rows: usize, cols: usize, len: usize) ->
         return Err(size_err(need));
     }
     Ok(row_bytes)
+}
+
+/// Repacks Q8_0, Q6_K and Q5_0 weights for [`crate::kquant_q8q6`]; `None` for other types and for
+/// single-row tensors (norm vectors), which candle's kernels handle.
+fn pack(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<MatrixData> {
+    let p = match ty {
+        _ if rows < 2 => return None,
+        GgmlType::Q8_0 => Packed::q8_0(rows, cols, bytes),
+        GgmlType::Q6K => Packed::q6k(rows, cols, bytes),
+        GgmlType::Q5_0 => Packed::q5_0(rows, cols, bytes),
+        _ => return None,
+    };
+    Some(MatrixData::Packed(std::sync::Arc::new(p)))
 }
 
 /// Dequantizes one row of `ty` blocks into `out`.

@@ -1,0 +1,241 @@
+//! AVX2 tile kernels on the packed layouts, for x86-64 builds without AVX-512 VNNI.
+//!
+//! The parent compiles this file only when the build enables avx2, fma and f16c, which is what
+//! makes calling the `#[target_feature]` functions below sound.
+//!
+//! A ymm register holds four codes of each of 8 rows (half a group). Without `vpdpbusd`, the
+//! products go through `vpmaddubsw` (unsigned × signed bytes to saturating i16 pairs) and
+//! `vpmaddwd` against ones. Q8_0 codes stored as `w + 128` could saturate `vpmaddubsw`
+//! (255 · 127 · 2 > 32767), so this path restores the signed weight and uses ggml's sign trick:
+//! `|w| · (x · sign w)` is at most 128 · 127 · 2; the sums then need no offset correction.
+//! Q6_K codes are at most 63 and go straight in.
+
+use std::arch::x86_64::*;
+
+use super::{ActQ8K, ActQ8_0, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
+
+/// Q8_0 tile: `out[gi * M + i]` gets the 16 sums of group `gi` with activation row `i`.
+pub(crate) fn q8_0(w: &[&[Q8_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+    let m = x.len();
+    assert!(out.len() >= w.len() * m, "tile output");
+    for (gi, g) in w.iter().enumerate() {
+        for i0 in (0..m).step_by(2) {
+            let acts = &x[i0..(i0 + 2).min(m)];
+            assert!(acts.iter().all(|a| a.len() == g.len()), "block counts differ");
+            let mut sums = [[0f32; GROUP]; 2];
+            // SAFETY: the build enables avx2/fma/f16c (see module doc); lengths checked above.
+            unsafe {
+                match acts.len() {
+                    1 => q8_0_half_rows::<1>(g, acts, &mut sums),
+                    _ => q8_0_half_rows::<2>(g, acts, &mut sums),
+                }
+            }
+            for (j, s) in sums.iter().take(acts.len()).enumerate() {
+                out[gi * m + i0 + j] = *s;
+            }
+        }
+    }
+}
+
+/// Q5_0 tile, laid out as [`q8_0`].
+pub(crate) fn q5_0(w: &[&[Q5_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+    let m = x.len();
+    assert!(out.len() >= w.len() * m, "tile output");
+    for (gi, g) in w.iter().enumerate() {
+        for i0 in (0..m).step_by(2) {
+            let acts = &x[i0..(i0 + 2).min(m)];
+            assert!(acts.iter().all(|a| a.len() == g.len()), "block counts differ");
+            let mut sums = [[0f32; GROUP]; 2];
+            // SAFETY: the build enables avx2/fma/f16c (see module doc); lengths checked above.
+            unsafe {
+                match acts.len() {
+                    1 => q5_0_half_rows::<1>(g, acts, &mut sums),
+                    _ => q5_0_half_rows::<2>(g, acts, &mut sums),
+                }
+            }
+            for (j, s) in sums.iter().take(acts.len()).enumerate() {
+                out[gi * m + i0 + j] = *s;
+            }
+        }
+    }
+}
+
+/// Q6_K tile, laid out as [`q8_0`].
+pub(crate) fn q6k(w: &[&[Q6Kx16]], x: &[&[ActQ8K]], out: &mut [[f32; GROUP]]) {
+    let m = x.len();
+    assert!(out.len() >= w.len() * m, "tile output");
+    for (gi, g) in w.iter().enumerate() {
+        for i0 in (0..m).step_by(2) {
+            let acts = &x[i0..(i0 + 2).min(m)];
+            assert!(acts.iter().all(|a| a.len() == g.len()), "block counts differ");
+            let mut sums = [[0f32; GROUP]; 2];
+            // SAFETY: the build enables avx2/fma/f16c (see module doc); lengths checked above.
+            unsafe {
+                match acts.len() {
+                    1 => q6k_half_rows::<1>(g, acts, &mut sums),
+                    _ => q6k_half_rows::<2>(g, acts, &mut sums),
+                }
+            }
+            for (j, s) in sums.iter().take(acts.len()).enumerate() {
+                out[gi * m + i0 + j] = *s;
+            }
+        }
+    }
+}
+
+/// Four activation bytes at `p`, broadcast to all 8 lanes.
+#[inline(always)]
+unsafe fn bcast4(p: *const i8) -> __m256i {
+    // SAFETY: the caller passes a pointer with 4 readable bytes.
+    _mm256_set1_epi32(unsafe { std::ptr::read_unaligned(p.cast::<i32>()) })
+}
+
+/// The 8 row scales of half `h` of a group, as f32.
+#[inline(always)]
+unsafe fn scales(d: &[u16; GROUP], h: usize) -> __m256 {
+    // SAFETY: 16 readable bytes at d[8 h]; the caller enabled f16c.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(8 * h).cast())) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_half_rows<const M: usize>(w: &[Q8_0x16], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); M];
+        for (b, blk) in w.iter().enumerate() {
+            let mut isum = [_mm256_setzero_si256(); M];
+            for step in 0..8 {
+                // SAFETY: bytes (step * 16 + 8 h) * 4 .. + 32 lie inside the 512 codes.
+                let raw = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().add((step * 16 + 8 * h) * 4).cast()) };
+                let ws = _mm256_xor_si256(raw, flip);
+                let wa = _mm256_abs_epi8(ws);
+                for i in 0..M {
+                    // SAFETY: b < the activation row length (checked by the caller); 4 step + 4 <= 32.
+                    let xv = unsafe { bcast4(x[i].get_unchecked(b).qs.as_ptr().add(4 * step)) };
+                    let p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv, ws));
+                    isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(p, ones));
+                }
+            }
+            // SAFETY: features enabled by this function.
+            let dw = unsafe { scales(&blk.d, h) };
+            for i in 0..M {
+                // SAFETY: as above.
+                let dx = unsafe { x[i].get_unchecked(b).d };
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc[i]);
+            }
+        }
+        for i in 0..M {
+            // SAFETY: 8 floats at out[i][8 h].
+            unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
+        }
+    }
+}
+
+/// `0x10` in byte `i` where bit `i` of `bits` is set.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn fifth_bits(bits: u32) -> __m256i {
+    // Byte i gets byte i / 8 of `bits`, then keeps bit i % 8 of it.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_half_rows<const M: usize>(w: &[Q5_0x16], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
+    let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0x0F);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); M];
+        for (b, blk) in w.iter().enumerate() {
+            let mut isum = [_mm256_setzero_si256(); M];
+            for i in 0..M {
+                // SAFETY: b < the activation row length (checked by the caller).
+                isum[i] = _mm256_set1_epi32(unsafe { x[i].get_unchecked(b).corr } >> 3);
+            }
+            for step in 0..8 {
+                // SAFETY: 32 bytes at 64 (step / 2) + 32 h inside the 256; 4 bytes at 8 step + 4 h
+                // inside the 64 bytes of fifth bits.
+                let v = unsafe {
+                    let raw = _mm256_loadu_si256(blk.qs.as_ptr().add(64 * (step / 2) + 32 * h).cast());
+                    let lo = if step % 2 == 0 { raw } else { _mm256_srli_epi16::<4>(raw) };
+                    let bits = std::ptr::read_unaligned(blk.qh.as_ptr().add(8 * step + 4 * h).cast::<u32>());
+                    _mm256_or_si256(_mm256_and_si256(lo, m4), fifth_bits(bits))
+                };
+                for i in 0..M {
+                    // SAFETY: as above; 4 step + 4 <= 32.
+                    let xv = unsafe { bcast4(x[i].get_unchecked(b).qs.as_ptr().add(4 * step)) };
+                    // Codes <= 31: the i16 pair sums stay below 2 · 31 · 128.
+                    isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv), ones));
+                }
+            }
+            // SAFETY: features enabled by this function.
+            let dw = unsafe { scales(&blk.d, h) };
+            for i in 0..M {
+                // SAFETY: as above.
+                let dx = unsafe { x[i].get_unchecked(b).d };
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc[i]);
+            }
+        }
+        for i in 0..M {
+            // SAFETY: 8 floats at out[i][8 h].
+            unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_half_rows<const M: usize>(w: &[Q6Kx16], x: &[&[ActQ8K]], out: &mut [[f32; GROUP]; 2]) {
+    let ones = _mm256_set1_epi16(1);
+    let low6 = _mm256_set1_epi8(63);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); M];
+        for (b, blk) in w.iter().enumerate() {
+            let mut isum = [_mm256_setzero_si256(); M];
+            for s in 0..16 {
+                // SAFETY: 32-byte loads at offsets 64 t + 32 h inside the 192-byte sub-block and
+                // 8 scale bytes at 16 s + 8 h inside the 256.
+                let (v, sc) = unsafe {
+                    let p = [0, 1, 2].map(|t| _mm256_loadu_si256(blk.q[s].as_ptr().add(64 * t + 32 * h).cast()));
+                    let v3 = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<6>(p[0]), _mm256_set1_epi8(0x03)),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(p[1]), _mm256_set1_epi8(0x0C)),
+                            _mm256_and_si256(_mm256_srli_epi16::<2>(p[2]), _mm256_set1_epi8(0x30)),
+                        ),
+                    );
+                    let v = [_mm256_and_si256(p[0], low6), _mm256_and_si256(p[1], low6), _mm256_and_si256(p[2], low6), v3];
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.sc.as_ptr().add(s * GROUP + 8 * h).cast()));
+                    (v, sc)
+                };
+                for i in 0..M {
+                    // SAFETY: b < the activation row length (checked by the caller).
+                    let a = unsafe { x[i].get_unchecked(b) };
+                    let mut t = _mm256_set1_epi32(a.corr[s]);
+                    for (tt, vt) in v.iter().enumerate() {
+                        // SAFETY: 16 s + 4 tt + 4 <= 256.
+                        let xv = unsafe { bcast4(a.qs.as_ptr().add(16 * s + 4 * tt)) };
+                        // Codes <= 63: the i16 pair sums stay below 2 · 63 · 128.
+                        t = _mm256_add_epi32(t, _mm256_madd_epi16(_mm256_maddubs_epi16(*vt, xv), ones));
+                    }
+                    isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(t, sc));
+                }
+            }
+            // SAFETY: features enabled by this function.
+            let dw = unsafe { scales(&blk.d, h) };
+            for i in 0..M {
+                // SAFETY: as above.
+                let dx = unsafe { x[i].get_unchecked(b).d };
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc[i]);
+            }
+        }
+        for i in 0..M {
+            // SAFETY: 8 floats at out[i][8 h].
+            unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
+        }
+    }
+}
