@@ -373,9 +373,18 @@ fn check_size(name: &str, ty: GgmlType, rows: usize, cols: usize, len: usize) ->
 
 /// Repacks Q8_0, Q6_K and Q5_0 weights for [`crate::kquant_q8q6`]; `None` for other types and for
 /// single-row tensors (norm vectors), which candle's kernels handle.
+/// Rows from which a matrix is taken to be an LM head (real vocabularies: 32k to 262k).
+const VOCAB_SIZED_ROWS: usize = 32_000;
+
 fn pack(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<MatrixData> {
     let p = match ty {
         _ if rows < 2 => return None,
+        // Vocabulary-sized matrices (LM heads, tied embeddings) only ever multiply one row of
+        // activations (the newest token's logits), where they are memory-bound and the unpacked
+        // kernels stream as fast (Q6_K 151936x1536: 45.9 packed vs 46.3 GFLOP/s unpacked,
+        // benches/q8q6.rs); packing them would only add to load time. Q8_0 stays packed: candle's
+        // unpacked Q8_0 kernel is compute-bound even there (25.5 vs 40 GFLOP/s).
+        GgmlType::Q5_0 | GgmlType::Q6K if rows >= VOCAB_SIZED_ROWS => return None,
         GgmlType::Q8_0 => Packed::q8_0(rows, cols, bytes),
         GgmlType::Q6K => Packed::q6k(rows, cols, bytes),
         GgmlType::Q5_0 => Packed::q5_0(rows, cols, bytes),
