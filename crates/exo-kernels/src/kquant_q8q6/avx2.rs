@@ -14,73 +14,42 @@ use std::arch::x86_64::*;
 
 use super::{ActQ8K, ActQ8_0, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
 
-/// Q8_0 tile: `out[gi * M + i]` gets the 16 sums of group `gi` with activation row `i`.
+/// The kernel for one group of 16 weight rows against one or two activation rows.
+type HalfRows<W, A> = unsafe fn(&[W], &[&[A]], &mut [[f32; GROUP]; 2]);
+
+/// Drives a two-row kernel over a tile: `out[gi * m + i]` gets the 16 sums of group `gi` with
+/// activation row `i`.
+fn tile<W, A>(w: &[&[W]], x: &[&[A]], out: &mut [[f32; GROUP]], one: HalfRows<W, A>, two: HalfRows<W, A>) {
+    let m = x.len();
+    assert!(out.len() >= w.len() * m, "tile output");
+    for (gi, g) in w.iter().enumerate() {
+        for i0 in (0..m).step_by(2) {
+            let acts = &x[i0..(i0 + 2).min(m)];
+            assert!(acts.iter().all(|a| a.len() == g.len()), "block counts differ");
+            let mut sums = [[0f32; GROUP]; 2];
+            let kernel = if acts.len() == 1 { one } else { two };
+            // SAFETY: the build enables avx2/fma/f16c (see module doc); lengths checked above.
+            unsafe { kernel(g, acts, &mut sums) };
+            for (j, s) in sums.iter().take(acts.len()).enumerate() {
+                out[gi * m + i0 + j] = *s;
+            }
+        }
+    }
+}
+
+/// Q8_0 tile, laid out as [`tile`] says.
 pub(crate) fn q8_0(w: &[&[Q8_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
-    let m = x.len();
-    assert!(out.len() >= w.len() * m, "tile output");
-    for (gi, g) in w.iter().enumerate() {
-        for i0 in (0..m).step_by(2) {
-            let acts = &x[i0..(i0 + 2).min(m)];
-            assert!(acts.iter().all(|a| a.len() == g.len()), "block counts differ");
-            let mut sums = [[0f32; GROUP]; 2];
-            // SAFETY: the build enables avx2/fma/f16c (see module doc); lengths checked above.
-            unsafe {
-                match acts.len() {
-                    1 => q8_0_half_rows::<1>(g, acts, &mut sums),
-                    _ => q8_0_half_rows::<2>(g, acts, &mut sums),
-                }
-            }
-            for (j, s) in sums.iter().take(acts.len()).enumerate() {
-                out[gi * m + i0 + j] = *s;
-            }
-        }
-    }
+    tile(w, x, out, q8_0_half_rows::<1>, q8_0_half_rows::<2>)
 }
 
-/// Q5_0 tile, laid out as [`q8_0`].
+/// Q5_0 tile, laid out as [`tile`] says.
 pub(crate) fn q5_0(w: &[&[Q5_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
-    let m = x.len();
-    assert!(out.len() >= w.len() * m, "tile output");
-    for (gi, g) in w.iter().enumerate() {
-        for i0 in (0..m).step_by(2) {
-            let acts = &x[i0..(i0 + 2).min(m)];
-            assert!(acts.iter().all(|a| a.len() == g.len()), "block counts differ");
-            let mut sums = [[0f32; GROUP]; 2];
-            // SAFETY: the build enables avx2/fma/f16c (see module doc); lengths checked above.
-            unsafe {
-                match acts.len() {
-                    1 => q5_0_half_rows::<1>(g, acts, &mut sums),
-                    _ => q5_0_half_rows::<2>(g, acts, &mut sums),
-                }
-            }
-            for (j, s) in sums.iter().take(acts.len()).enumerate() {
-                out[gi * m + i0 + j] = *s;
-            }
-        }
-    }
+    tile(w, x, out, q5_0_half_rows::<1>, q5_0_half_rows::<2>)
 }
 
-/// Q6_K tile, laid out as [`q8_0`].
+/// Q6_K tile, laid out as [`tile`] says.
 pub(crate) fn q6k(w: &[&[Q6Kx16]], x: &[&[ActQ8K]], out: &mut [[f32; GROUP]]) {
-    let m = x.len();
-    assert!(out.len() >= w.len() * m, "tile output");
-    for (gi, g) in w.iter().enumerate() {
-        for i0 in (0..m).step_by(2) {
-            let acts = &x[i0..(i0 + 2).min(m)];
-            assert!(acts.iter().all(|a| a.len() == g.len()), "block counts differ");
-            let mut sums = [[0f32; GROUP]; 2];
-            // SAFETY: the build enables avx2/fma/f16c (see module doc); lengths checked above.
-            unsafe {
-                match acts.len() {
-                    1 => q6k_half_rows::<1>(g, acts, &mut sums),
-                    _ => q6k_half_rows::<2>(g, acts, &mut sums),
-                }
-            }
-            for (j, s) in sums.iter().take(acts.len()).enumerate() {
-                out[gi * m + i0 + j] = *s;
-            }
-        }
-    }
+    tile(w, x, out, q6k_half_rows::<1>, q6k_half_rows::<2>)
 }
 
 /// Four activation bytes at `p`, broadcast to all 8 lanes.
