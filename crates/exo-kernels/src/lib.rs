@@ -13,9 +13,11 @@
 //!   (and AVX2) matrix-vector and matrix-matrix kernels.
 //! - [`threads`]: the thread count, shared with candle's spinning barrier pool.
 //!
-//! candle's k-quant and Q8_0/Q4_0 kernels (AVX2/AVX-512/NEON) are used where they exist; this crate
-//! adds what candle lacks and drives everything without building candle `Tensor`s, because a
-//! decode step of a small model is ~500 operations and per-op allocation shows up at that scale.
+//! candle's kernels serve the remaining types (f32, Q4_0, Q2_K, Q3_K, Q8_K) and single-row
+//! tensors; the types real models use run on this crate's kernels, which measured 2-12x faster
+//! than candle's on this project's CPU (BENCHMARKS.md). Everything is driven without building
+//! candle `Tensor`s, because a decode step of a small model is ~500 operations and per-op
+//! allocation shows up at that scale.
 
 pub mod kquant_q4k;
 pub mod kquant_q8q6;
