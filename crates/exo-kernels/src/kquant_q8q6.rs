@@ -277,36 +277,54 @@ fn zeroed_vec<T: Copy>(n: usize) -> Vec<T> {
     v
 }
 
+/// Builds the `groups × nb` packed blocks of a `rows`-row matrix on all threads.
+///
+/// `fill(dst, src)` packs one interleaved block from `src(r)`, the ggml block of lane `r` (the
+/// `n` real rows of the group; lanes `n..GROUP` are padding and start zeroed).
+fn pack_groups<'a, T: Copy>(
+    rows: usize,
+    nb: usize,
+    block_bytes: usize,
+    bytes: &'a [u8],
+    fill: impl Fn(&mut T, usize, &dyn Fn(usize) -> &'a [u8]) + Sync,
+) -> Vec<T> {
+    assert_eq!(bytes.len(), rows * nb * block_bytes, "packed byte length");
+    let groups = rows.div_ceil(GROUP);
+    let mut data: Vec<T> = zeroed_vec(groups * nb);
+    let ptr = SendPtr(data.as_mut_ptr());
+    parallel_for(groups, |range| {
+        for g in range {
+            let n = GROUP.min(rows - g * GROUP);
+            for b in 0..nb {
+                // SAFETY: g * nb + b < groups * nb; each group is written by one thread.
+                let dst = unsafe { &mut *ptr.get().add(g * nb + b) };
+                fill(dst, n, &|r| &bytes[((g * GROUP + r) * nb + b) * block_bytes..][..block_bytes]);
+            }
+        }
+    });
+    data
+}
+
 impl Packed {
     /// Repacks ggml Q8_0 bytes of `rows × cols` (`cols` a multiple of 32).
     pub fn q8_0(rows: usize, cols: usize, bytes: &[u8]) -> Self {
         let nb = cols / QK8_0;
-        assert_eq!(bytes.len(), rows * nb * Q8_0_BYTES, "Q8_0 byte length");
-        let groups = rows.div_ceil(GROUP);
-        let mut data: Vec<Q8_0x16> = zeroed_vec(groups * nb);
-        let ptr = SendPtr(data.as_mut_ptr());
-        parallel_for(groups, |range| {
-            for g in range {
-                for b in 0..nb {
-                    // SAFETY: g * nb + b < groups * nb; each group is written by one thread.
-                    let dst = unsafe { &mut *ptr.get().add(g * nb + b) };
-                    for r in 0..GROUP.min(rows - g * GROUP) {
-                        let src = &bytes[((g * GROUP + r) * nb + b) * Q8_0_BYTES..][..Q8_0_BYTES];
-                        dst.d[r] = u16::from_le_bytes([src[0], src[1]]);
-                        // Four codes at a time: this loop is most of the load time of a model.
-                        for (step, q) in src[2..].chunks_exact(4).enumerate() {
-                            let at = (step * GROUP + r) * 4;
-                            let word = u32::from_le_bytes([q[0], q[1], q[2], q[3]]) ^ 0x8080_8080;
-                            dst.qs[at..at + 4].copy_from_slice(&word.to_le_bytes());
-                        }
-                    }
-                    // Padding rows keep d = 0 but need codes of value 0 too (0x80 stored), so
-                    // that nothing but zeros reaches the sums.
-                    for r in GROUP.min(rows - g * GROUP)..GROUP {
-                        for e in 0..QK8_0 {
-                            dst.qs[((e / 4) * GROUP + r) * 4 + e % 4] = 0x80;
-                        }
-                    }
+        let data = pack_groups(rows, nb, Q8_0_BYTES, bytes, |dst: &mut Q8_0x16, n, src| {
+            for r in 0..n {
+                let src = src(r);
+                dst.d[r] = u16::from_le_bytes([src[0], src[1]]);
+                // Four codes at a time: this loop is most of the load time of a model.
+                for (step, q) in src[2..].chunks_exact(4).enumerate() {
+                    let at = (step * GROUP + r) * 4;
+                    let word = u32::from_le_bytes([q[0], q[1], q[2], q[3]]) ^ 0x8080_8080;
+                    dst.qs[at..at + 4].copy_from_slice(&word.to_le_bytes());
+                }
+            }
+            // Padding rows keep d = 0 but need codes of value 0 too (0x80 stored), so that
+            // nothing but zeros reaches the sums.
+            for r in n..GROUP {
+                for e in 0..QK8_0 {
+                    dst.qs[((e / 4) * GROUP + r) * 4 + e % 4] = 0x80;
                 }
             }
         });
@@ -316,43 +334,33 @@ impl Packed {
     /// Repacks ggml Q5_0 bytes of `rows × cols` (`cols` a multiple of 32).
     pub fn q5_0(rows: usize, cols: usize, bytes: &[u8]) -> Self {
         let nb = cols / QK8_0;
-        assert_eq!(bytes.len(), rows * nb * Q5_0_BYTES, "Q5_0 byte length");
-        let groups = rows.div_ceil(GROUP);
-        let mut data: Vec<Q5_0x16> = zeroed_vec(groups * nb);
-        let ptr = SendPtr(data.as_mut_ptr());
-        parallel_for(groups, |range| {
-            for g in range {
-                for b in 0..nb {
-                    // SAFETY: g * nb + b < groups * nb; each group is written by one thread.
-                    let dst = unsafe { &mut *ptr.get().add(g * nb + b) };
-                    // Padding rows stay all zero: d = 0 contributes nothing.
-                    let mut qh_words = [0u64; 8];
-                    for r in 0..GROUP.min(rows - g * GROUP) {
-                        let src = &bytes[((g * GROUP + r) * nb + b) * Q5_0_BYTES..][..Q5_0_BYTES];
-                        dst.d[r] = u16::from_le_bytes([src[0], src[1]]);
-                        let qh = u64::from(u32::from_le_bytes([src[2], src[3], src[4], src[5]]));
-                        let qs: &[u8; 16] = src[6..22].try_into().expect("a Q5_0 block has 16 code bytes");
-                        // Low nibble of element e: qs[e] & 15 for e < 16, qs[e - 16] >> 4 after.
-                        let mut lo = [0u8; 32];
-                        for e in 0..16 {
-                            lo[e] = qs[e] & 0x0F;
-                            lo[e + 16] = qs[e] >> 4;
-                        }
-                        for p in 0..4 {
-                            let out = &mut dst.qs[64 * p + 4 * r..64 * p + 4 * r + 4];
-                            for j in 0..4 {
-                                out[j] = lo[8 * p + j] | lo[8 * p + 4 + j] << 4;
-                            }
-                        }
-                        // Fifth bits 4 s .. 4 s + 4 go to bits 4 r .. 4 r + 4 of vector s's mask.
-                        for (step, w) in qh_words.iter_mut().enumerate() {
-                            *w |= ((qh >> (4 * step)) & 0xF) << (4 * r);
-                        }
-                    }
-                    for (step, w) in qh_words.iter().enumerate() {
-                        dst.qh[8 * step..8 * step + 8].copy_from_slice(&w.to_le_bytes());
+        // Padding rows stay all zero: d = 0 contributes nothing.
+        let data = pack_groups(rows, nb, Q5_0_BYTES, bytes, |dst: &mut Q5_0x16, n, src| {
+            let mut qh_words = [0u64; 8];
+            for r in 0..n {
+                let src = src(r);
+                dst.d[r] = u16::from_le_bytes([src[0], src[1]]);
+                let qh = u64::from(u32::from_le_bytes([src[2], src[3], src[4], src[5]]));
+                let qs: &[u8; 16] = src[6..22].try_into().expect("a Q5_0 block has 16 code bytes");
+                // Low nibble of element e: qs[e] & 15 for e < 16, qs[e - 16] >> 4 after.
+                let mut lo = [0u8; 32];
+                for e in 0..16 {
+                    lo[e] = qs[e] & 0x0F;
+                    lo[e + 16] = qs[e] >> 4;
+                }
+                for p in 0..4 {
+                    let out = &mut dst.qs[64 * p + 4 * r..64 * p + 4 * r + 4];
+                    for j in 0..4 {
+                        out[j] = lo[8 * p + j] | lo[8 * p + 4 + j] << 4;
                     }
                 }
+                // Fifth bits 4 s .. 4 s + 4 go to bits 4 r .. 4 r + 4 of vector s's mask.
+                for (step, w) in qh_words.iter_mut().enumerate() {
+                    *w |= ((qh >> (4 * step)) & 0xF) << (4 * r);
+                }
+            }
+            for (step, w) in qh_words.iter().enumerate() {
+                dst.qh[8 * step..8 * step + 8].copy_from_slice(&w.to_le_bytes());
             }
         });
         Packed::Q5_0(PackedMat { rows, cols, nb, data })
@@ -361,28 +369,18 @@ impl Packed {
     /// Repacks ggml Q6_K bytes of `rows × cols` (`cols` a multiple of 256).
     pub fn q6k(rows: usize, cols: usize, bytes: &[u8]) -> Self {
         let nb = cols / QK_K;
-        assert_eq!(bytes.len(), rows * nb * Q6K_BYTES, "Q6_K byte length");
-        let groups = rows.div_ceil(GROUP);
-        let mut data: Vec<Q6Kx16> = zeroed_vec(groups * nb);
-        let ptr = SendPtr(data.as_mut_ptr());
-        parallel_for(groups, |range| {
-            for g in range {
-                for b in 0..nb {
-                    // SAFETY: g * nb + b < groups * nb; each group is written by one thread.
-                    let dst = unsafe { &mut *ptr.get().add(g * nb + b) };
-                    // Padding rows stay all zero: d = 0 and scales 0 contribute nothing.
-                    for r in 0..GROUP.min(rows - g * GROUP) {
-                        let src = &bytes[((g * GROUP + r) * nb + b) * Q6K_BYTES..][..Q6K_BYTES];
-                        let codes = q6k_codes(src);
-                        dst.d[r] = u16::from_le_bytes([src[208], src[209]]);
-                        for s in 0..16 {
-                            dst.sc[s * GROUP + r] = src[192 + s] as i8;
-                            for j in 0..4 {
-                                let v = [0, 1, 2, 3].map(|t| codes[16 * s + 4 * t + j]);
-                                for t in 0..3 {
-                                    dst.q[s][t * 64 + r * 4 + j] = v[t] | ((v[3] >> (2 * t)) & 3) << 6;
-                                }
-                            }
+        // Padding rows stay all zero: d = 0 and scales 0 contribute nothing.
+        let data = pack_groups(rows, nb, Q6K_BYTES, bytes, |dst: &mut Q6Kx16, n, src| {
+            for r in 0..n {
+                let src = src(r);
+                let codes = q6k_codes(src);
+                dst.d[r] = u16::from_le_bytes([src[208], src[209]]);
+                for s in 0..16 {
+                    dst.sc[s * GROUP + r] = src[192 + s] as i8;
+                    for j in 0..4 {
+                        let v = [0, 1, 2, 3].map(|t| codes[16 * s + 4 * t + j]);
+                        for t in 0..3 {
+                            dst.q[s][t * 64 + r * 4 + j] = v[t] | ((v[3] >> (2 * t)) & 3) << 6;
                         }
                     }
                 }

@@ -3,67 +3,54 @@
 
 use super::*;
 
-/// Q8_0 tile: `out[gi * M + i]` gets the 16 sums of group `gi` with activation row `i`.
+/// Drives a per-block kernel over a tile: `out[gi * m + i]` gets the 16 sums of group `gi` with
+/// activation row `i`; `block(w, x, r)` is lane `r`'s scaled contribution of one block pair.
+fn tile<W, A>(groups: &[&[W]], acts: &[&[A]], out: &mut [[f32; GROUP]], block: impl Fn(&W, &A, usize) -> f32) {
+    let m = acts.len();
+    for (gi, w) in groups.iter().enumerate() {
+        for (i, x) in acts.iter().enumerate() {
+            let mut acc = [0f32; GROUP];
+            for (blk, a) in w.iter().zip(x.iter()) {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc += block(blk, a, r);
+                }
+            }
+            out[gi * m + i] = acc;
+        }
+    }
+}
+
+/// An integer block sum times the lane's weight scale and the activation scale.
+fn scaled(sumi: i32, d: u16, x_scale: f32) -> f32 {
+    sumi as f32 * (f16::from_bits(d).to_f32() * x_scale)
+}
+
+/// Q8_0 tile, laid out as [`tile`] says; stored codes carry +128, cancelled by `corr`.
 pub(crate) fn q8_0(groups: &[&[Q8_0x16]], acts: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
-    let m = acts.len();
-    for (gi, w) in groups.iter().enumerate() {
-        for (i, x) in acts.iter().enumerate() {
-            let mut acc = [0f32; GROUP];
-            for (blk, a) in w.iter().zip(x.iter()) {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let mut sumi = a.corr;
-                    for e in 0..QK8_0 {
-                        let q = blk.qs[((e / 4) * GROUP + r) * 4 + e % 4];
-                        sumi += i32::from(q) * i32::from(a.qs[e]);
-                    }
-                    *acc += sumi as f32 * (f16::from_bits(blk.d[r]).to_f32() * a.d);
-                }
-            }
-            out[gi * m + i] = acc;
-        }
-    }
+    let block = |blk: &Q8_0x16, a: &ActQ8_0, r: usize| {
+        let sumi = (0..QK8_0).fold(a.corr, |sum, e| sum + i32::from(blk.qs[((e / 4) * GROUP + r) * 4 + e % 4]) * i32::from(a.qs[e]));
+        scaled(sumi, blk.d[r], a.d)
+    };
+    tile(groups, acts, out, block)
 }
 
-/// Q5_0 tile, laid out as [`q8_0`]; the sums start at `-16 Σx` (`corr / 8`), the code offset.
+/// Q5_0 tile, laid out as [`tile`] says; the sums start at `-16 Σx` (`corr / 8`), the code offset.
 pub(crate) fn q5_0(groups: &[&[Q5_0x16]], acts: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
-    let m = acts.len();
-    for (gi, w) in groups.iter().enumerate() {
-        for (i, x) in acts.iter().enumerate() {
-            let mut acc = [0f32; GROUP];
-            for (blk, a) in w.iter().zip(x.iter()) {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let mut sumi = a.corr >> 3;
-                    for e in 0..QK8_0 {
-                        sumi += i32::from(q5_code(blk, r, e)) * i32::from(a.qs[e]);
-                    }
-                    *acc += sumi as f32 * (f16::from_bits(blk.d[r]).to_f32() * a.d);
-                }
-            }
-            out[gi * m + i] = acc;
-        }
-    }
+    let block = |blk: &Q5_0x16, a: &ActQ8_0, r: usize| {
+        let sumi = (0..QK8_0).fold(a.corr >> 3, |sum, e| sum + i32::from(q5_code(blk, r, e)) * i32::from(a.qs[e]));
+        scaled(sumi, blk.d[r], a.d)
+    };
+    tile(groups, acts, out, block)
 }
 
-/// Q6_K tile, laid out as [`q8_0`].
+/// Q6_K tile, laid out as [`tile`] says; each 16-element sub-block has its own scale.
 pub(crate) fn q6k(groups: &[&[Q6Kx16]], acts: &[&[ActQ8K]], out: &mut [[f32; GROUP]]) {
-    let m = acts.len();
-    for (gi, w) in groups.iter().enumerate() {
-        for (i, x) in acts.iter().enumerate() {
-            let mut acc = [0f32; GROUP];
-            for (blk, a) in w.iter().zip(x.iter()) {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let mut sumi = 0i32;
-                    for s in 0..16 {
-                        let mut sub = a.corr[s];
-                        for e in 0..16 {
-                            sub += i32::from(q6_code(&blk.q[s], r, e)) * i32::from(a.qs[16 * s + e]);
-                        }
-                        sumi += i32::from(blk.sc[s * GROUP + r]) * sub;
-                    }
-                    *acc += sumi as f32 * (f16::from_bits(blk.d[r]).to_f32() * a.d);
-                }
-            }
-            out[gi * m + i] = acc;
-        }
-    }
+    let block = |blk: &Q6Kx16, a: &ActQ8K, r: usize| {
+        let sumi = (0..16).fold(0i32, |sum, s| {
+            let sub = (0..16).fold(a.corr[s], |t, e| t + i32::from(q6_code(&blk.q[s], r, e)) * i32::from(a.qs[16 * s + e]));
+            sum + i32::from(blk.sc[s * GROUP + r]) * sub
+        });
+        scaled(sumi, blk.d[r], a.d)
+    };
+    tile(groups, acts, out, block)
 }
