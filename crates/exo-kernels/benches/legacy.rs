@@ -6,8 +6,6 @@
 //! is the yardstick. Timings are the 10th percentile of many calls, steadier than the mean on a
 //! shared machine.
 
-use std::time::Instant;
-
 use candle_core::quantized::k_quants::{self, GgmlType as _};
 use exo_formats::GgmlType;
 use exo_kernels::legacy_quants::{BlockQ4_1, BlockQ5_0, BlockQ5_1, LegacyBlock};
@@ -15,29 +13,11 @@ use exo_kernels::Matrix;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-fn time(mut f: impl FnMut()) -> f64 {
-    for _ in 0..5 {
-        f();
-    }
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while start.elapsed().as_secs_f64() < 0.5 {
-        let t = Instant::now();
-        f();
-        samples.push(t.elapsed().as_secs_f64());
-    }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 10]
-}
-
-fn as_bytes<T>(v: &[T]) -> &[u8] {
-    // SAFETY: the block types are plain integers and halfs without padding.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
-}
+mod support;
+use support::{as_bytes, threads_from_env, time};
 
 fn main() {
-    let threads = std::env::var("LEGACY_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let threads = exo_kernels::threads::set_threads(threads).expect("first use of the pool");
+    let threads = threads_from_env("LEGACY_BENCH_THREADS");
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for (n, k) in [(1536, 576), (4864, 896)] {
         let nb = n * k / 32;

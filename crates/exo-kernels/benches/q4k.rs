@@ -6,8 +6,6 @@
 //! length is a multiple of 256 (Q4_K cannot store rows of 896; GGUF files use Q5_0/Q8_0 there).
 //! Timings are the 10th percentile of many calls, steadier than the mean on a shared machine.
 
-use std::time::Instant;
-
 use candle_core::quantized::k_quants;
 use exo_formats::GgmlType;
 use exo_kernels::kquant_q4k::BlockQ4K;
@@ -15,29 +13,11 @@ use exo_kernels::Matrix;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-fn time(mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while start.elapsed().as_secs_f64() < 0.5 || samples.len() < 5 {
-        let t = Instant::now();
-        f();
-        samples.push(t.elapsed().as_secs_f64());
-    }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 10]
-}
-
-fn as_bytes<T>(v: &[T]) -> &[u8] {
-    // SAFETY: the block type is plain bytes and halfs without padding.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
-}
+mod support;
+use support::{as_bytes, threads_from_env, time};
 
 fn main() {
-    let threads = std::env::var("Q4K_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let threads = exo_kernels::threads::set_threads(threads).expect("first use of the pool");
+    let threads = threads_from_env("Q4K_BENCH_THREADS");
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     println!("Q4_K GFLOP/s, {threads} thread(s) (n x k = output x input features)");
     println!("{:>11} {:>4} {:>9} {:>9} {:>7}", "n x k", "m", "exo", "candle", "ratio");

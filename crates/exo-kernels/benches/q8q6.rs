@@ -6,26 +6,14 @@
 //! 151936-row ones are the LM heads). Timings are the 10th percentile of repeated calls, steadier
 //! than the mean on a shared machine. `Q8Q6_BENCH_FILTER=q6` runs only matching lines.
 
-use std::time::Instant;
-
 use candle_core::quantized::k_quants;
 use exo_formats::GgmlType;
 use exo_kernels::Matrix;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while start.elapsed().as_secs_f64() < 0.4 || samples.len() < 3 {
-        let t = Instant::now();
-        f();
-        samples.push(t.elapsed().as_secs_f64());
-    }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 10]
-}
+mod support;
+use support::{threads_from_env, time};
 
 /// Random ggml blocks: random code bytes, with the f16 scale fields set to small values.
 fn random_blocks(rng: &mut impl Rng, ty: GgmlType, n: usize, k: usize) -> Vec<u8> {
@@ -56,8 +44,7 @@ fn cast<T>(b: &[u8]) -> Vec<T> {
 }
 
 fn main() {
-    let threads = std::env::var("Q8Q6_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let threads = exo_kernels::threads::set_threads(threads).expect("first use of the pool");
+    let threads = threads_from_env("Q8Q6_BENCH_THREADS");
     let filter = std::env::var("Q8Q6_BENCH_FILTER").unwrap_or_default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     println!("{threads} thread(s); GFLOP/s (2·m·n·k / time)");
