@@ -112,19 +112,41 @@ unsafe fn q8_0_tile<const R: usize, const M: usize>(w: &[&[Q8_0x16]], x: &[&[Act
                 }
             }
         }
-        for r in 0..R {
-            // SAFETY: features enabled by this function.
-            let dw = unsafe { scales(&wb[r].d) };
-            for i in 0..M {
-                let sum = if M == 1 { _mm512_add_epi32(s0[r][i], s1[r][i]) } else { s0[r][i] };
-                let sc = _mm512_mul_ps(dw, _mm512_set1_ps(xb[i].d));
-                acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), sc, acc[r][i]);
-            }
+        // A single activation row ran two chains; fold the second into the first.
+        let sums: [[__m512i; M]; R] =
+            std::array::from_fn(|r| std::array::from_fn(|i| if M == 1 { _mm512_add_epi32(s0[r][i], s1[r][i]) } else { s0[r][i] }));
+        // SAFETY: features enabled by this function.
+        unsafe { scale_add(wb.map(|b| &b.d), xb.map(|x| x.d), &sums, &mut acc) };
+    }
+    // SAFETY: out has at least R * M entries (checked by dispatch); features enabled here.
+    unsafe { store(&acc, out) };
+}
+
+/// Adds one block's integer sums times the 16 lane scales `d[r]` and the activation scale
+/// `xd[i]` to the float accumulators.
+#[inline(always)]
+unsafe fn scale_add<const R: usize, const M: usize>(
+    d: [&[u16; GROUP]; R],
+    xd: [f32; M],
+    sums: &[[__m512i; M]; R],
+    acc: &mut [[__m512; M]; R],
+) {
+    for r in 0..R {
+        // SAFETY: the caller enabled avx512f and f16c.
+        let dw = unsafe { scales(d[r]) };
+        for i in 0..M {
+            let sc = _mm512_mul_ps(dw, _mm512_set1_ps(xd[i]));
+            acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r][i]), sc, acc[r][i]);
         }
     }
+}
+
+/// Writes the accumulators of `R` groups × `M` activation rows to `out[r * M + i]`.
+#[inline(always)]
+unsafe fn store<const R: usize, const M: usize>(acc: &[[__m512; M]; R], out: &mut [[f32; GROUP]]) {
     for r in 0..R {
         for i in 0..M {
-            // SAFETY: out has at least R * M entries of 16 f32 (checked by dispatch).
+            // SAFETY: the caller checked out has R * M entries and enabled avx512f.
             unsafe { _mm512_storeu_ps(out[r * M + i].as_mut_ptr(), acc[r][i]) };
         }
     }
@@ -198,22 +220,14 @@ unsafe fn q5_0_tile<const R: usize, const M: usize>(w: &[&[Q5_0x16]], x: &[&[Act
                 }
             }
         }
-        for r in 0..R {
-            // SAFETY: features enabled by this function.
-            let dw = unsafe { scales(&wb[r].d) };
-            for i in 0..M {
-                let sum = if M == 1 { _mm512_add_epi32(s0[r][i], s1[r][i]) } else { s0[r][i] };
-                let sc = _mm512_mul_ps(dw, _mm512_set1_ps(xb[i].d));
-                acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), sc, acc[r][i]);
-            }
-        }
+        // A single activation row ran two chains; fold the second into the first.
+        let sums: [[__m512i; M]; R] =
+            std::array::from_fn(|r| std::array::from_fn(|i| if M == 1 { _mm512_add_epi32(s0[r][i], s1[r][i]) } else { s0[r][i] }));
+        // SAFETY: features enabled by this function.
+        unsafe { scale_add(wb.map(|b| &b.d), xb.map(|x| x.d), &sums, &mut acc) };
     }
-    for r in 0..R {
-        for i in 0..M {
-            // SAFETY: out has at least R * M entries of 16 f32 (checked by dispatch).
-            unsafe { _mm512_storeu_ps(out[r * M + i].as_mut_ptr(), acc[r][i]) };
-        }
-    }
+    // SAFETY: out has at least R * M entries (checked by dispatch); features enabled here.
+    unsafe { store(&acc, out) };
 }
 
 /// The four code vectors of one packed Q6_K sub-block (see [`Q6Kx16`]).
@@ -286,19 +300,9 @@ unsafe fn q6k_tile<const R: usize, const M: usize>(w: &[&[Q6Kx16]], x: &[&[ActQ8
                 }
             }
         }
-        for r in 0..R {
-            // SAFETY: features enabled by this function.
-            let dw = unsafe { scales(&wb[r].d) };
-            for i in 0..M {
-                let sc = _mm512_mul_ps(dw, _mm512_set1_ps(xb[i].d));
-                acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r][i]), sc, acc[r][i]);
-            }
-        }
+        // SAFETY: features enabled by this function.
+        unsafe { scale_add(wb.map(|b| &b.d), xb.map(|x| x.d), &isum, &mut acc) };
     }
-    for r in 0..R {
-        for i in 0..M {
-            // SAFETY: out has at least R * M entries of 16 f32 (checked by dispatch).
-            unsafe { _mm512_storeu_ps(out[r * M + i].as_mut_ptr(), acc[r][i]) };
-        }
-    }
+    // SAFETY: out has at least R * M entries (checked by dispatch); features enabled here.
+    unsafe { store(&acc, out) };
 }
