@@ -341,6 +341,21 @@ impl Cursor<'_> {
         0
     }
 
+    /// The last alternatives of both regexes: `\s+(?!\S)` (a run of `n_ws` whitespace leaves its
+    /// last character to the word after it), then `\s+`, then any single character. Emits the
+    /// piece and returns where the next one starts.
+    fn whitespace_or_one(&mut self, pos: usize, n_ws: usize) -> usize {
+        let end = if n_ws > 1 && self.cpt(pos + n_ws).is_some() {
+            pos + n_ws - 1
+        } else if n_ws > 0 {
+            pos + n_ws
+        } else {
+            pos + 1
+        };
+        self.add(end);
+        end
+    }
+
     /// Counts whitespace from `pos`; also returns the end of the last `\r`/`\n` in the run (0 if none).
     fn whitespace_run(&self, pos: usize) -> (usize, usize) {
         let (mut n, mut last_rn) = (0, 0);
@@ -389,18 +404,7 @@ fn split_gpt2(chars: &[char], flags: &[Flags], piece: Range<usize>, out: &mut Ve
             continue;
         }
         let (n_ws, _) = c.whitespace_run(pos);
-        if n_ws > 1 && c.cpt(pos + n_ws).is_some() {
-            pos += n_ws - 1;
-            c.add(pos);
-            continue;
-        }
-        if n_ws > 0 {
-            pos += n_ws;
-            c.add(pos);
-            continue;
-        }
-        pos += 1;
-        c.add(pos);
+        pos = c.whitespace_or_one(pos, n_ws);
     }
 }
 
@@ -458,18 +462,7 @@ fn split_llama3(chars: &[char], flags: &[Flags], piece: Range<usize>, out: &mut 
             c.add(pos);
             continue;
         }
-        if n_ws > 1 && c.cpt(pos + n_ws).is_some() {
-            pos += n_ws - 1;
-            c.add(pos);
-            continue;
-        }
-        if n_ws > 0 {
-            pos += n_ws;
-            c.add(pos);
-            continue;
-        }
-        pos += 1;
-        c.add(pos);
+        pos = c.whitespace_or_one(pos, n_ws);
     }
 }
 
