@@ -318,7 +318,7 @@ pub(crate) fn dot_scalar<B: Codes>(row: &[B], x: &[BlockQ8_1]) -> f32 {
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
-mod x86;
+pub(crate) mod x86;
 
 #[inline]
 fn dot<B: Codes>(row: &[B], x: &[BlockQ8_1]) -> f32 {

@@ -12,6 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::{ActQ8K, ActQ8_0, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
+use crate::legacy_quants::x86::avx512::nibbles;
 
 /// Dispatches a dynamic (groups, activation rows) tile to a const-size kernel.
 macro_rules! dispatch {
@@ -149,31 +150,6 @@ unsafe fn store<const R: usize, const M: usize>(acc: &[[__m512; M]; R], out: &mu
             // SAFETY: the caller checked out has R * M entries and enabled avx512f.
             unsafe { _mm512_storeu_ps(out[r * M + i].as_mut_ptr(), acc[r][i]) };
         }
-    }
-}
-
-/// The low and the high nibble of every byte.
-#[cfg(target_feature = "gfni")]
-#[inline(always)]
-unsafe fn nibbles(v: __m512i) -> (__m512i, __m512i) {
-    // GF(2) affine transforms (see `top_bits`): one instruction each, no shift-and-mask. The
-    // low nibble could be a plain AND, but then LLVM knows bit 4 is clear and turns the masked
-    // add of the fifth bit into an OR plus a blend.
-    // SAFETY: gfni and avx512 enabled by the build (cfg above) and the caller.
-    unsafe {
-        let lo = _mm512_gf2p8affine_epi64_epi8::<0>(v, _mm512_set1_epi64(0x0102_0408_0000_0000));
-        let hi = _mm512_gf2p8affine_epi64_epi8::<0>(v, _mm512_set1_epi64(0x1020_4080_0000_0000));
-        (lo, hi)
-    }
-}
-
-#[cfg(not(target_feature = "gfni"))]
-#[inline(always)]
-unsafe fn nibbles(v: __m512i) -> (__m512i, __m512i) {
-    // SAFETY: avx512f/bw enabled by the caller.
-    unsafe {
-        let m4 = _mm512_set1_epi8(0x0F);
-        (_mm512_and_si512(v, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4))
     }
 }
 

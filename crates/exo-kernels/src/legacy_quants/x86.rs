@@ -173,14 +173,14 @@ pub(super) mod avx2 {
 }
 
 #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512vnni"))]
-pub(super) mod avx512 {
+pub(crate) mod avx512 {
     use super::*;
 
-    /// The low and the high nibble of every byte.
+    /// The low and the high nibble of every byte (also used by the packed Q5_0 kernel).
     #[cfg(target_feature = "gfni")]
     #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
-    fn nibbles(v: __m512i) -> (__m512i, __m512i) {
+    pub(crate) fn nibbles(v: __m512i) -> (__m512i, __m512i) {
         // Affine transforms over GF(2): byte 7 - i of the matrix selects the input bits of output
         // bit i. For the high nibble this saves the shift of shift-and-mask. The low nibble
         // could be a plain AND, but then LLVM knows bit 4 is clear and turns the masked add of
@@ -190,10 +190,11 @@ pub(super) mod avx512 {
         (lo, hi)
     }
 
+    /// The low and the high nibble of every byte.
     #[cfg(not(target_feature = "gfni"))]
     #[target_feature(enable = "avx512f,avx512bw")]
     #[inline]
-    fn nibbles(v: __m512i) -> (__m512i, __m512i) {
+    pub(crate) fn nibbles(v: __m512i) -> (__m512i, __m512i) {
         let m4 = _mm512_set1_epi8(0x0F);
         (_mm512_and_si512(v, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4))
     }
