@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args;
 use exo_engine::Session;
 use rand::{Rng, SeedableRng};
@@ -52,7 +53,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.transformer.config().vocab_size as u32;
     let ctx = a.n_prompt.max(a.n_gen + 1).max(1);
-    let mut session = Session::new(&model, ctx, a.batch.max(1));
+    let mut session = Session::new(&model, ctx, a.batch.max(1)).context("-p/-n")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let first = model.tokenizer.bos_id().filter(|_| model.tokenizer.adds_bos());
 

@@ -67,9 +67,6 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
     let model = crate::model_path::load(&a.model)?;
     let train_ctx = model.transformer.config().train_ctx;
     let ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));
-    if ctx == 0 {
-        anyhow::bail!("--ctx-size must be at least 1");
-    }
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampler: SamplerConfig {
@@ -87,7 +84,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
         ignore_eos: false,
     };
     params.sampler.validate().map_err(anyhow::Error::msg)?;
-    let mut session = Session::new(&model, ctx, 512);
+    let mut session = Session::new(&model, ctx, 512).context("--ctx-size")?;
     match &a.prompt {
         Some(prompt) => {
             let ids = if a.raw {

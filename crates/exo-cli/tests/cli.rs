@@ -170,6 +170,15 @@ fn prompt_longer_than_context_names_both_numbers() {
 }
 
 #[test]
+fn absurd_context_sizes_are_refused() {
+    let path = model_file(SMOLLM2);
+    let p = path.to_str().unwrap();
+    fails_with(&["run", p, "hi", "--raw", "--ctx-size", "1000000000000"], &["context size 1000000000000", "8192"]);
+    fails_with(&["run", p, "hi", "--raw", "--ctx-size", "0"], &["context size 0"]);
+    fails_with(&["bench", p, "-p", "100000000000", "-n", "1", "-r", "1"], &["context size 100000000000", "8192"]);
+}
+
+#[test]
 fn non_utf8_prompt_is_refused_cleanly() {
     use std::os::unix::ffi::OsStrExt;
     let path = model_file(SMOLLM2);

@@ -73,9 +73,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session with room for `ctx` tokens, evaluating prompts `batch` tokens at a time.
-    pub fn new(model: &LoadedModel, ctx: usize, batch: usize) -> Self {
-        Self { state: model.transformer.new_state(ctx, batch), cached: Vec::with_capacity(ctx) }
+    /// A session with room for `ctx` tokens (at most the model's context length), evaluating
+    /// prompts `batch` tokens at a time.
+    pub fn new(model: &LoadedModel, ctx: usize, batch: usize) -> Result<Self, EngineError> {
+        Ok(Self { state: model.transformer.new_state(ctx, batch)?, cached: Vec::with_capacity(ctx) })
     }
 
     /// Context size in tokens.

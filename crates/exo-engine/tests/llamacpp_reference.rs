@@ -53,7 +53,7 @@ const NEAR_TIE: f32 = 0.3;
 fn check_model(name: &str) {
     let fx = fixture(name);
     let m = model(name);
-    let mut session = Session::new(&m, 1024, 512);
+    let mut session = Session::new(&m, 1024, 512).unwrap();
     for case in fx["top_logprobs"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
         let lp = next_logprobs(&m, &mut session, &prompt);

@@ -85,6 +85,14 @@ pub enum ModelError {
         /// Capacity.
         ctx: usize,
     },
+    /// A requested context size outside what the model supports.
+    #[error("context size {ctx} is not supported: it must be between 1 and the model's context length {max}")]
+    ContextSize {
+        /// Tokens asked for.
+        ctx: usize,
+        /// The model's training context.
+        max: usize,
+    },
     /// More tokens in one call than the state's batch capacity.
     #[error("{tokens} tokens in one forward call; the batch limit is {max}")]
     Batch {

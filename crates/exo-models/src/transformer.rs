@@ -110,8 +110,14 @@ impl Transformer {
     }
 
     /// A fresh state for sequences of up to `ctx` tokens, processed `max_batch` at a time.
-    pub fn new_state(&self, ctx: usize, max_batch: usize) -> State {
-        State::new(&self.config, ctx, max_batch)
+    ///
+    /// `ctx` must be between 1 and the model's training context: the KV cache and rotary tables
+    /// are allocated for all of it up front, so an absurd size must be refused, not attempted.
+    pub fn new_state(&self, ctx: usize, max_batch: usize) -> Result<State, ModelError> {
+        if ctx == 0 || ctx > self.config.train_ctx {
+            return Err(ModelError::ContextSize { ctx, max: self.config.train_ctx });
+        }
+        Ok(State::new(&self.config, ctx, max_batch))
     }
 
     /// Runs `tokens` (at most `state.max_batch`) after the ones already in `state`'s cache.

@@ -33,7 +33,7 @@ fn decode_steps_do_not_allocate() {
     let path = exo_models::models_dir().join("smollm2-135m-instruct.gguf");
     assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh all", path.display());
     let m = exo_models::load(&path, &exo_models::LoadOptions::default()).unwrap();
-    let mut state = m.transformer.new_state(256, 64);
+    let mut state = m.transformer.new_state(256, 64).unwrap();
     // Warm-up: prompt chunk and a few decode steps size every per-thread workspace; attention
     // scratch grows with the context, so warm up past the positions measured below.
     let prompt: Vec<u32> = (100..140).collect();

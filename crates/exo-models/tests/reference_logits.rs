@@ -32,7 +32,7 @@ fn floats(v: &Value) -> Vec<f32> {
 
 /// All-position logits of `tokens` (`tokens.len()` rows of `vocab`).
 fn all_logits(m: &LoadedModel, tokens: &[u32]) -> Vec<f32> {
-    let mut state = m.transformer.new_state(tokens.len(), tokens.len());
+    let mut state = m.transformer.new_state(tokens.len(), tokens.len()).unwrap();
     m.transformer.forward(&mut state, tokens, true).unwrap();
     state.logits().to_vec()
 }
