@@ -179,6 +179,12 @@ fn absurd_context_sizes_are_refused() {
 }
 
 #[test]
+fn absurd_thread_counts_are_refused() {
+    let path = model_file(SMOLLM2);
+    fails_with(&["run", path.to_str().unwrap(), "hi", "--raw", "-t", "100000"], &["100000 threads", "1024"]);
+}
+
+#[test]
 fn non_utf8_prompt_is_refused_cleanly() {
     use std::os::unix::ffi::OsStrExt;
     let path = model_file(SMOLLM2);

@@ -9,11 +9,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static CONFIGURED: AtomicUsize = AtomicUsize::new(0);
 
+/// Most threads accepted: far above any CPU exo runs on, low enough that spawning the pool
+/// cannot exhaust the process's thread limit (a typo'd `--threads 100000` aborted it).
+pub const MAX_THREADS: usize = 1024;
+
 /// Sets the number of threads (the calling thread included) used by every kernel.
 ///
 /// Must be called before the first kernel runs; later calls with a different count are refused
 /// because the pool cannot be resized. `0` means "all physical cores".
 pub fn set_threads(n: usize) -> Result<usize, String> {
+    if n > MAX_THREADS {
+        return Err(format!("{n} threads requested; at most {MAX_THREADS} are supported"));
+    }
     let want = if n == 0 { default_threads() } else { n };
     match CONFIGURED.compare_exchange(0, want, Ordering::SeqCst, Ordering::SeqCst) {
         Ok(_) => {
