@@ -1,4 +1,4 @@
-//! Matrix-vector speed of the Q4_1/Q5_0/Q5_1 kernels against candle's Q4_0 and exo's packed Q8_0.
+//! Matrix-vector speed of exo's Q4_1/Q5_0 (packed) and Q5_1 kernels against candle's Q4_0 and exo's packed Q8_0.
 //!
 //! `cargo bench -p exo-kernels --bench legacy` prints GFLOP/s of one decode step (`m = 1`,
 //! activation quantization included) through `Matrix::matmul`, on one thread unless
@@ -44,8 +44,8 @@ fn main() {
         for (name, ty, bytes) in [
             ("q4_0 (candle)", GgmlType::Q4_0, as_bytes(&q4_0)),
             ("q8_0 (exo, packed)", GgmlType::Q8_0, as_bytes(&q8_0)),
-            ("q4_1", GgmlType::Q4_1, as_bytes(&q4_1)),
-            ("q5_0", GgmlType::Q5_0, as_bytes(&q5_0)),
+            ("q4_1 (exo, packed)", GgmlType::Q4_1, as_bytes(&q4_1)),
+            ("q5_0 (exo, packed)", GgmlType::Q5_0, as_bytes(&q5_0)),
             ("q5_1", GgmlType::Q5_1, as_bytes(&q5_1)),
         ] {
             let mat = Matrix::from_bytes(name, ty, n, k, bytes).expect("sizes match");

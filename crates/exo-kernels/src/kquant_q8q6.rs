@@ -1,4 +1,4 @@
-//! Q8_0, Q6_K and Q5_0 weights: repacked at load into 16-row interleaved groups, multiplied
+//! Q8_0, Q6_K, Q5_0 and Q4_1 weights: repacked at load into 16-row interleaved groups, multiplied
 //! against 8-bit quantized activations with AVX-512 VNNI (AVX2 and scalar fallbacks).
 //!
 //! candle's kernels for these two types take one weight row at a time and use 256-bit
@@ -20,6 +20,11 @@
 //!   byte add. It shares the Q8_0 activations (`-16 Σ x` is their correction / 8). Q5_0 came
 //!   along because it is most of Qwen2.5-Coder-0.5B's weights, and the legacy four-row kernel
 //!   (`legacy_quants`) reuses nothing across activation rows in prompt processing.
+//! - [`Q4_1x16`]: one 32-element block column of 16 rows (320 bytes = 16 × 20): the same nibble
+//!   planes, plus the 16 row offsets `m`. Its codes need no correction; the offsets multiply the
+//!   activation sum, which the Q8_0 activations carry as `corr = -128 Σx`. Q4_1 is almost all of
+//!   SmolLM2-135M's weights, and in decoding the four-row legacy kernel streamed them at about
+//!   60% of this layout's speed.
 //!
 //! Both the decode step (`m == 1`) and prompt chunks (`m > 1`) run the same tile kernel, with
 //! `R` groups × `M` activation rows per tile: each loaded weight vector feeds `M` activation rows
@@ -96,8 +101,26 @@ pub struct Q5_0x16 {
 /// Bytes of one ggml Q5_0 block.
 const Q5_0_BYTES: usize = 22;
 
+/// Sixteen rows of one Q4_1 block column (ggml `block_q4_1`: `x = d q + m`, 4-bit `q`).
+///
+/// `qs` is laid out as in [`Q5_0x16`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Q4_1x16 {
+    /// Row scales, f16 bits.
+    pub d: [u16; GROUP],
+    /// Row offsets, f16 bits.
+    pub m: [u16; GROUP],
+    /// Codes, two code vectors per 64 bytes.
+    pub qs: [u8; GROUP * QK8_0 / 2],
+}
+
+/// Bytes of one ggml Q4_1 block.
+const Q4_1_BYTES: usize = 20;
+
 const _: () = {
     assert!(std::mem::size_of::<Q5_0x16>() == GROUP * Q5_0_BYTES);
+    assert!(std::mem::size_of::<Q4_1x16>() == GROUP * Q4_1_BYTES);
     assert!(std::mem::size_of::<Q8_0x16>() == GROUP * Q8_0_BYTES);
     assert!(std::mem::size_of::<Q6Kx16>() == GROUP * Q6K_BYTES);
 };
@@ -246,6 +269,8 @@ pub enum Packed {
     Q6K(PackedMat<Q6Kx16>),
     /// Q5_0 weights.
     Q5_0(PackedMat<Q5_0x16>),
+    /// Q4_1 weights.
+    Q4_1(PackedMat<Q4_1x16>),
 }
 
 /// `groups × blocks_per_row` interleaved blocks, group-major.
@@ -341,19 +366,7 @@ impl Packed {
                 let src = src(r);
                 dst.d[r] = u16::from_le_bytes([src[0], src[1]]);
                 let qh = u64::from(u32::from_le_bytes([src[2], src[3], src[4], src[5]]));
-                let qs: &[u8; 16] = src[6..22].try_into().expect("a Q5_0 block has 16 code bytes");
-                // Low nibble of element e: qs[e] & 15 for e < 16, qs[e - 16] >> 4 after.
-                let mut lo = [0u8; 32];
-                for e in 0..16 {
-                    lo[e] = qs[e] & 0x0F;
-                    lo[e + 16] = qs[e] >> 4;
-                }
-                for p in 0..4 {
-                    let out = &mut dst.qs[64 * p + 4 * r..64 * p + 4 * r + 4];
-                    for j in 0..4 {
-                        out[j] = lo[8 * p + j] | lo[8 * p + 4 + j] << 4;
-                    }
-                }
+                pack_nibbles(&mut dst.qs, r, &src[6..22]);
                 // Fifth bits 4 s .. 4 s + 4 go to bits 4 r .. 4 r + 4 of vector s's mask.
                 for (step, w) in qh_words.iter_mut().enumerate() {
                     *w |= ((qh >> (4 * step)) & 0xF) << (4 * r);
@@ -364,6 +377,21 @@ impl Packed {
             }
         });
         Packed::Q5_0(PackedMat { rows, cols, nb, data })
+    }
+
+    /// Repacks ggml Q4_1 bytes of `rows × cols` (`cols` a multiple of 32).
+    pub fn q4_1(rows: usize, cols: usize, bytes: &[u8]) -> Self {
+        let nb = cols / QK8_0;
+        // Padding rows stay all zero: d = m = 0 contributes nothing.
+        let data = pack_groups(rows, nb, Q4_1_BYTES, bytes, |dst: &mut Q4_1x16, n, src| {
+            for r in 0..n {
+                let src = src(r);
+                dst.d[r] = u16::from_le_bytes([src[0], src[1]]);
+                dst.m[r] = u16::from_le_bytes([src[2], src[3]]);
+                pack_nibbles(&mut dst.qs, r, &src[4..20]);
+            }
+        });
+        Packed::Q4_1(PackedMat { rows, cols, nb, data })
     }
 
     /// Repacks ggml Q6_K bytes of `rows × cols` (`cols` a multiple of 256).
@@ -412,6 +440,16 @@ impl Packed {
                     }
                 }
             }
+            Packed::Q4_1(p) => {
+                assert!(r < p.rows && out.len() == p.cols);
+                for (blk, o) in p.group(g).iter().zip(out.chunks_exact_mut(QK8_0)) {
+                    let d = f16::from_bits(blk.d[lane]).to_f32();
+                    let m = f16::from_bits(blk.m[lane]).to_f32();
+                    for (e, o) in o.iter_mut().enumerate() {
+                        *o = f32::from(nibble_code(&blk.qs, lane, e)) * d + m;
+                    }
+                }
+            }
             Packed::Q6K(p) => {
                 assert!(r < p.rows && out.len() == p.cols);
                 for (blk, o) in p.group(g).iter().zip(out.chunks_exact_mut(QK_K)) {
@@ -439,6 +477,10 @@ impl Packed {
                 assert_eq!(out.len(), m * p.rows, "output length");
                 with_quantized::<ActQ8_0, _>(x, m, p.cols, |xq| run(p, xq, m, out, kernels::q5_0))
             }
+            Packed::Q4_1(p) => {
+                assert_eq!(out.len(), m * p.rows, "output length");
+                with_quantized::<ActQ8_0, _>(x, m, p.cols, |xq| run(p, xq, m, out, kernels::q4_1))
+            }
             Packed::Q6K(p) => {
                 assert_eq!(out.len(), m * p.rows, "output length");
                 with_quantized::<ActQ8K, _>(x, m, p.cols, |xq| run(p, xq, m, out, kernels::q6k))
@@ -447,13 +489,35 @@ impl Packed {
     }
 }
 
+/// Stores the 16 code bytes `qs` of a ggml Q4_1/Q5_0 block (low nibble of byte `e` is element
+/// `e`, high nibble element `e + 16`) as lane `r` of the nibble planes of [`Q5_0x16`].
+fn pack_nibbles(planes: &mut [u8; GROUP * QK8_0 / 2], r: usize, qs: &[u8]) {
+    let mut lo = [0u8; 32];
+    for e in 0..16 {
+        lo[e] = qs[e] & 0x0F;
+        lo[e + 16] = qs[e] >> 4;
+    }
+    for p in 0..4 {
+        let out = &mut planes[64 * p + 4 * r..64 * p + 4 * r + 4];
+        for j in 0..4 {
+            out[j] = lo[8 * p + j] | lo[8 * p + 4 + j] << 4;
+        }
+    }
+}
+
+/// The low four bits of element `e` of row `lane` in packed nibble planes.
+#[inline]
+fn nibble_code(qs: &[u8; GROUP * QK8_0 / 2], lane: usize, e: usize) -> u8 {
+    let step = e / 4;
+    (qs[64 * (step / 2) + lane * 4 + e % 4] >> (4 * (step % 2))) & 0x0F
+}
+
 /// The 5-bit code (0..=31) of element `e` of row `lane` in a packed Q5_0 block.
 #[inline]
 fn q5_code(blk: &Q5_0x16, lane: usize, e: usize) -> u8 {
-    let (step, byte) = (e / 4, lane * 4 + e % 4);
-    let lo = (blk.qs[64 * (step / 2) + byte] >> (4 * (step % 2))) & 0x0F;
-    let hi = (blk.qh[8 * step + byte / 8] >> (byte % 8)) & 1;
-    lo | hi << 4
+    let byte = lane * 4 + e % 4;
+    let hi = (blk.qh[8 * (e / 4) + byte / 8] >> (byte % 8)) & 1;
+    nibble_code(&blk.qs, lane, e) | hi << 4
 }
 
 /// The 6-bit code of element `4 t + j` (`e`) of row `lane` in a packed sub-block.
@@ -554,7 +618,7 @@ mod kernels {
         target_feature = "f16c",
         target_feature = "fma"
     ))]
-    pub(super) use super::avx512::{q5_0, q6k, q8_0};
+    pub(super) use super::avx512::{q4_1, q5_0, q6k, q8_0};
 
     #[cfg(all(
         target_arch = "x86_64",
@@ -563,10 +627,10 @@ mod kernels {
         target_feature = "fma",
         not(all(target_feature = "avx512f", target_feature = "avx512bw", target_feature = "avx512vnni"))
     ))]
-    pub(super) use super::avx2::{q5_0, q6k, q8_0};
+    pub(super) use super::avx2::{q4_1, q5_0, q6k, q8_0};
 
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "f16c", target_feature = "fma")))]
-    pub(super) use super::scalar::{q5_0, q6k, q8_0};
+    pub(super) use super::scalar::{q4_1, q5_0, q6k, q8_0};
 }
 
 /// Portable kernels on the packed layouts: the reference the SIMD kernels are tested against.

@@ -89,7 +89,7 @@ pub enum MatrixData {
     /// An owned copy, used when the mapped bytes are misaligned for the block type or when the
     /// weights were converted (e.g. dequantized to f32).
     Owned(std::sync::Arc<Vec<u32>>),
-    /// Q8_0, Q6_K or Q5_0 weights repacked into 16-row interleaved groups for
+    /// Q8_0, Q6_K, Q5_0 or Q4_1 weights repacked into 16-row interleaved groups for
     /// [`crate::kquant_q8q6`] (the same size as the GGUF bytes, plus padding of the last group).
     /// The original bytes are not kept; `row_to_f32` reads the packed copy.
     Packed(std::sync::Arc<Packed>),
@@ -371,11 +371,11 @@ fn check_size(name: &str, ty: GgmlType, rows: usize, cols: usize, len: usize) ->
     Ok(row_bytes)
 }
 
-/// Repacks Q8_0, Q6_K and Q5_0 weights for [`crate::kquant_q8q6`]; `None` for other types and for
-/// single-row tensors (norm vectors), which candle's kernels handle.
 /// Rows from which a matrix is taken to be an LM head (real vocabularies: 32k to 262k).
 const VOCAB_SIZED_ROWS: usize = 32_000;
 
+/// Repacks Q8_0, Q6_K, Q5_0 and Q4_1 weights for [`crate::kquant_q8q6`]; `None` for other types
+/// and for single-row tensors (norm vectors), which the unpacked kernels handle.
 fn pack(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<MatrixData> {
     let p = match ty {
         _ if rows < 2 => return None,
@@ -388,6 +388,7 @@ fn pack(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<MatrixDa
         GgmlType::Q8_0 => Packed::q8_0(rows, cols, bytes),
         GgmlType::Q6K => Packed::q6k(rows, cols, bytes),
         GgmlType::Q5_0 => Packed::q5_0(rows, cols, bytes),
+        GgmlType::Q4_1 => Packed::q4_1(rows, cols, bytes),
         _ => return None,
     };
     Some(MatrixData::Packed(std::sync::Arc::new(p)))

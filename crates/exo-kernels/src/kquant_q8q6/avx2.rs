@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActQ8K, ActQ8_0, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
+use super::{ActQ8K, ActQ8_0, Q4_1x16, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
 
 /// The kernel for one group of 16 weight rows against one or two activation rows.
 type HalfRows<W, A> = unsafe fn(&[W], &[&[A]], &mut [[f32; GROUP]; 2]);
@@ -45,6 +45,11 @@ pub(crate) fn q8_0(w: &[&[Q8_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]])
 /// Q5_0 tile, laid out as [`tile`] says.
 pub(crate) fn q5_0(w: &[&[Q5_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
     tile(w, x, out, q5_0_half_rows::<1>, q5_0_half_rows::<2>)
+}
+
+/// Q4_1 tile, laid out as [`tile`] says.
+pub(crate) fn q4_1(w: &[&[Q4_1x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+    tile(w, x, out, q4_1_half_rows::<1>, q4_1_half_rows::<2>)
 }
 
 /// Q6_K tile, laid out as [`tile`] says.
@@ -148,6 +153,45 @@ unsafe fn q5_0_half_rows<const M: usize>(w: &[Q5_0x16], x: &[&[ActQ8_0]], out: &
                 // SAFETY: as above.
                 let dx = unsafe { x[i].get_unchecked(b).d };
                 acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc[i]);
+            }
+        }
+        for i in 0..M {
+            // SAFETY: 8 floats at out[i][8 h].
+            unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_half_rows<const M: usize>(w: &[Q4_1x16], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
+    let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0x0F);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); M];
+        for (b, blk) in w.iter().enumerate() {
+            let mut isum = [_mm256_setzero_si256(); M];
+            for step in 0..8 {
+                // SAFETY: 32 bytes at 64 (step / 2) + 32 h inside the 256.
+                let v = unsafe {
+                    let raw = _mm256_loadu_si256(blk.qs.as_ptr().add(64 * (step / 2) + 32 * h).cast());
+                    _mm256_and_si256(if step % 2 == 0 { raw } else { _mm256_srli_epi16::<4>(raw) }, m4)
+                };
+                for i in 0..M {
+                    // SAFETY: b < the activation row length (checked by the caller); 4 step + 4 <= 32.
+                    let xv = unsafe { bcast4(x[i].get_unchecked(b).qs.as_ptr().add(4 * step)) };
+                    // Codes <= 15: the i16 pair sums stay below 2 · 15 · 128.
+                    isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv), ones));
+                }
+            }
+            // SAFETY: features enabled by this function.
+            let (dw, mw) = unsafe { (scales(&blk.d, h), scales(&blk.m, h)) };
+            for i in 0..M {
+                // SAFETY: as above.
+                let a = unsafe { x[i].get_unchecked(b) };
+                // The offsets times the activation sum dₓ Σx (corr = -128 Σx).
+                let x_sum = (a.corr as f32) * (-1.0 / 128.0) * a.d;
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc[i]);
+                acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x_sum), acc[i]);
             }
         }
         for i in 0..M {

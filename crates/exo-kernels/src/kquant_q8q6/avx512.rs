@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActQ8K, ActQ8_0, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
+use super::{ActQ8K, ActQ8_0, Q4_1x16, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
 use crate::legacy_quants::x86::avx512::nibbles;
 
 /// Dispatches a dynamic (groups, activation rows) tile to a const-size kernel.
@@ -59,6 +59,11 @@ pub(crate) fn q8_0(w: &[&[Q8_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]])
 /// Q5_0 tile, laid out as [`q8_0`].
 pub(crate) fn q5_0(w: &[&[Q5_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
     dispatch!(q5_0_tile, w, x, out)
+}
+
+/// Q4_1 tile, laid out as [`q8_0`].
+pub(crate) fn q4_1(w: &[&[Q4_1x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+    dispatch!(q4_1_tile, w, x, out)
 }
 
 /// Q6_K tile, laid out as [`q8_0`].
@@ -201,6 +206,55 @@ unsafe fn q5_0_tile<const R: usize, const M: usize>(w: &[&[Q5_0x16]], x: &[&[Act
             std::array::from_fn(|r| std::array::from_fn(|i| if M == 1 { _mm512_add_epi32(s0[r][i], s1[r][i]) } else { s0[r][i] }));
         // SAFETY: features enabled by this function.
         unsafe { scale_add(wb.map(|b| &b.d), xb.map(|x| x.d), &sums, &mut acc) };
+    }
+    // SAFETY: out has at least R * M entries (checked by dispatch); features enabled here.
+    unsafe { store(&acc, out) };
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+#[cfg_attr(target_feature = "gfni", target_feature(enable = "gfni"))]
+unsafe fn q4_1_tile<const R: usize, const M: usize>(w: &[&[Q4_1x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+    let nb = x[0].len();
+    let mut acc = [[_mm512_setzero_ps(); M]; R];
+    for b in 0..nb {
+        // SAFETY: b < nb, the length of every weight and activation slice (checked by dispatch).
+        let wb: [&Q4_1x16; R] = std::array::from_fn(|r| unsafe { w[r].get_unchecked(b) });
+        let xb: [&ActQ8_0; M] = std::array::from_fn(|i| unsafe { x[i].get_unchecked(b) });
+        // Codes carry no offset, so the sums start at zero; a single activation row gets a
+        // second chain as in `q8_0_tile`.
+        let mut s0 = [[_mm512_setzero_si512(); M]; R];
+        let mut s1 = [[_mm512_setzero_si512(); M]; R];
+        for pair in 0..4 {
+            // SAFETY: 64 pair + 64 <= 256 = qs.len().
+            let v: [(__m512i, __m512i); R] =
+                std::array::from_fn(|r| unsafe { nibbles(_mm512_loadu_si512(wb[r].qs.as_ptr().add(64 * pair).cast())) });
+            for i in 0..M {
+                // SAFETY: 8 pair + 8 <= 32 = qs.len().
+                let x0 = unsafe { bcast4(xb[i].qs.as_ptr().add(8 * pair)) };
+                let x1 = unsafe { bcast4(xb[i].qs.as_ptr().add(8 * pair + 4)) };
+                for r in 0..R {
+                    s0[r][i] = _mm512_dpbusd_epi32(s0[r][i], v[r].0, x0);
+                    if M == 1 {
+                        s1[r][i] = _mm512_dpbusd_epi32(s1[r][i], v[r].1, x1);
+                    } else {
+                        s0[r][i] = _mm512_dpbusd_epi32(s0[r][i], v[r].1, x1);
+                    }
+                }
+            }
+        }
+        let sums: [[__m512i; M]; R] =
+            std::array::from_fn(|r| std::array::from_fn(|i| if M == 1 { _mm512_add_epi32(s0[r][i], s1[r][i]) } else { s0[r][i] }));
+        // SAFETY: features enabled by this function.
+        unsafe { scale_add(wb.map(|b| &b.d), xb.map(|x| x.d), &sums, &mut acc) };
+        // The offsets times the activation sum dₓ Σx (corr = -128 Σx, exact in f32).
+        for r in 0..R {
+            // SAFETY: features enabled by this function.
+            let mw = unsafe { scales(&wb[r].m) };
+            for i in 0..M {
+                let x_sum = (xb[i].corr as f32) * (-1.0 / 128.0) * xb[i].d;
+                acc[r][i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x_sum), acc[r][i]);
+            }
+        }
     }
     // SAFETY: out has at least R * M entries (checked by dispatch); features enabled here.
     unsafe { store(&acc, out) };

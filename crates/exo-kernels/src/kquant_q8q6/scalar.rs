@@ -43,6 +43,17 @@ pub(crate) fn q5_0(groups: &[&[Q5_0x16]], acts: &[&[ActQ8_0]], out: &mut [[f32; 
     tile(groups, acts, out, block)
 }
 
+/// Q4_1 tile, laid out as [`tile`] says; the row offset `m` multiplies the activation sum
+/// `dₓ Σx`, recovered from `corr = -128 Σx`.
+pub(crate) fn q4_1(groups: &[&[Q4_1x16]], acts: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+    let block = |blk: &Q4_1x16, a: &ActQ8_0, r: usize| {
+        let sumi = (0..QK8_0).fold(0, |sum, e| sum + i32::from(nibble_code(&blk.qs, r, e)) * i32::from(a.qs[e]));
+        let x_sum = (a.corr as f32) * (-1.0 / 128.0) * a.d;
+        scaled(sumi, blk.d[r], a.d) + f16::from_bits(blk.m[r]).to_f32() * x_sum
+    };
+    tile(groups, acts, out, block)
+}
+
 /// Q6_K tile, laid out as [`tile`] says; each 16-element sub-block has its own scale.
 pub(crate) fn q6k(groups: &[&[Q6Kx16]], acts: &[&[ActQ8K]], out: &mut [[f32; GROUP]]) {
     let block = |blk: &Q6Kx16, a: &ActQ8K, r: usize| {
