@@ -341,7 +341,7 @@ fn tensor_info(
     let bad = |what: String| FormatError::invalid(path, what);
     let ggml_type =
         GgmlType::from_id(type_id).ok_or_else(|| bad(format!("tensor '{name}' has unknown ggml type id {type_id}")))?;
-    if offset % alignment != 0 {
+    if !offset.is_multiple_of(alignment) {
         return Err(bad(format!("tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}")));
     }
     let n_elements = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));

@@ -124,7 +124,7 @@ impl Matrix {
         let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
         let data = if let Some(p) = pack(ty, rows, cols, &bytes) {
             p
-        } else if (bytes.as_ptr() as usize) % 4 == 0 {
+        } else if (bytes.as_ptr() as usize).is_multiple_of(4) {
             MatrixData::Mapped(bytes)
         } else {
             MatrixData::Owned(std::sync::Arc::new(bytes_to_words(&bytes)))
@@ -230,32 +230,30 @@ impl Matrix {
             return Ok(());
         }
         let mkn = (m, self.cols, self.rows);
-        use GgmlType as G;
-        let res = match self.ty {
-            G::F32 => k_quants::matmul::<f32>(mkn, x, self.blocks(), out),
-            G::F16 => return Ok(self.matmul_half::<f16>(x, m, out)),
-            G::BF16 => return Ok(self.matmul_half::<bf16>(x, m, out)),
-            G::Q4_0 => k_quants::matmul::<k_quants::BlockQ4_0>(mkn, x, self.blocks(), out),
-            G::Q8_0 => k_quants::matmul::<k_quants::BlockQ8_0>(mkn, x, self.blocks(), out),
-            G::Q2K => k_quants::matmul::<k_quants::BlockQ2K>(mkn, x, self.blocks(), out),
-            G::Q3K => k_quants::matmul::<k_quants::BlockQ3K>(mkn, x, self.blocks(), out),
-            G::Q4K => match &self.q4k {
-                Some(p) => return Ok(p.matmul(x, m, out)),
-                None => k_quants::matmul::<k_quants::BlockQ4K>(mkn, x, self.blocks(), out),
-            },
-            G::Q5K => match &self.q4k {
-                Some(p) => return Ok(p.matmul(x, m, out)),
-                None => k_quants::matmul::<k_quants::BlockQ5K>(mkn, x, self.blocks(), out),
-            },
-            G::Q6K => k_quants::matmul::<k_quants::BlockQ6K>(mkn, x, self.blocks(), out),
-            G::Q8K => k_quants::matmul::<k_quants::BlockQ8K>(mkn, x, self.blocks(), out),
-            G::Q4_1 => return Ok(self.matmul_legacy::<legacy::BlockQ4_1>(x, m, out)),
-            G::Q5_0 => return Ok(self.matmul_legacy::<legacy::BlockQ5_0>(x, m, out)),
-            G::Q5_1 => return Ok(self.matmul_legacy::<legacy::BlockQ5_1>(x, m, out)),
-            _ => unreachable!("Matrix::new admits only supported types"),
-        };
         // candle's matmul only fails on length mismatches, which are checked above.
-        res.map_err(|_| KernelError::Shape { name: self.name.clone(), what: "matmul", need: 0, have: 0 })
+        let candle = |res: candle_core::Result<()>| {
+            res.map_err(|_| KernelError::Shape { name: self.name.clone(), what: "matmul", need: 0, have: 0 })
+        };
+        use GgmlType as G;
+        match (self.ty, &self.q4k) {
+            (G::Q4K | G::Q5K, Some(p)) => p.matmul(x, m, out),
+            (G::F32, _) => candle(k_quants::matmul::<f32>(mkn, x, self.blocks(), out))?,
+            (G::F16, _) => self.matmul_half::<f16>(x, m, out),
+            (G::BF16, _) => self.matmul_half::<bf16>(x, m, out),
+            (G::Q4_0, _) => candle(k_quants::matmul::<k_quants::BlockQ4_0>(mkn, x, self.blocks(), out))?,
+            (G::Q8_0, _) => candle(k_quants::matmul::<k_quants::BlockQ8_0>(mkn, x, self.blocks(), out))?,
+            (G::Q2K, _) => candle(k_quants::matmul::<k_quants::BlockQ2K>(mkn, x, self.blocks(), out))?,
+            (G::Q3K, _) => candle(k_quants::matmul::<k_quants::BlockQ3K>(mkn, x, self.blocks(), out))?,
+            (G::Q4K, _) => candle(k_quants::matmul::<k_quants::BlockQ4K>(mkn, x, self.blocks(), out))?,
+            (G::Q5K, _) => candle(k_quants::matmul::<k_quants::BlockQ5K>(mkn, x, self.blocks(), out))?,
+            (G::Q6K, _) => candle(k_quants::matmul::<k_quants::BlockQ6K>(mkn, x, self.blocks(), out))?,
+            (G::Q8K, _) => candle(k_quants::matmul::<k_quants::BlockQ8K>(mkn, x, self.blocks(), out))?,
+            (G::Q4_1, _) => self.matmul_legacy::<legacy::BlockQ4_1>(x, m, out),
+            (G::Q5_0, _) => self.matmul_legacy::<legacy::BlockQ5_0>(x, m, out),
+            (G::Q5_1, _) => self.matmul_legacy::<legacy::BlockQ5_1>(x, m, out),
+            _ => unreachable!("Matrix::new admits only supported types"),
+        }
+        Ok(())
     }
 
     fn check_len(&self, what: &'static str, have: usize, need: usize) -> Result<(), KernelError> {

@@ -149,10 +149,10 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads, self.head_dim, self.hidden
             ));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} query heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} is odd; RoPE needs pairs", self.head_dim));
         }
         if self.n_layers == 0 || self.n_layers > 1024 {
