@@ -26,4 +26,4 @@ pub mod matrix;
 pub mod ops;
 pub mod threads;
 
-pub use matrix::{KernelError, Matrix, MatrixData};
+pub use matrix::{is_repacked, KernelError, Matrix, MatrixData};

@@ -81,6 +81,12 @@ pub fn is_supported(ty: GgmlType) -> bool {
     )
 }
 
+/// Whether weights of this type are copied into a layout of exo's own at load, keeping none of
+/// the file's bytes: stacking several such matrices into one then costs no extra memory.
+pub fn is_repacked(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q8_0 | GgmlType::Q6K | GgmlType::Q5_0 | GgmlType::Q4_1)
+}
+
 /// Where a matrix's bytes live.
 #[derive(Clone)]
 pub enum MatrixData {

@@ -11,12 +11,66 @@ use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
 use crate::ModelError;
 
+/// Projections of the same input (q/k/v, or gate/up).
+///
+/// Stacked into one matrix where the storage type allows it at no memory cost: one pass over
+/// the thread pool and one activation quantization instead of several, and a small k or v
+/// matrix no longer leaves a thread idle for want of work to split.
+enum Projections {
+    /// One matrix whose rows are the parts' rows in order; `parts` holds each part's row count.
+    Stacked { matrix: Matrix, parts: Vec<usize> },
+    /// Separate matrices.
+    Apart(Vec<Matrix>),
+}
+
+impl Projections {
+    /// Loads the matrices `parts` (name, rows) of `cols` columns.
+    fn load(w: &Weights, parts: &[(String, usize)], cols: usize) -> Result<Self, ModelError> {
+        let named: Vec<(&str, usize)> = parts.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        if let Some(matrix) = w.stacked(&named, cols)? {
+            return Ok(Self::Stacked { matrix, parts: parts.iter().map(|p| p.1).collect() });
+        }
+        let apart = parts.iter().map(|(n, r)| w.matrix(n, *r, cols)).collect::<Result<_, _>>()?;
+        Ok(Self::Apart(apart))
+    }
+
+    /// Each output `outs[j]` (`t × rows_j`) gets `x · W_jᵀ`; `scratch` holds at least
+    /// `t × Σ rows_j` values.
+    fn matmul<const N: usize>(&self, x: &[f32], t: usize, mut outs: [&mut [f32]; N], scratch: &mut [f32]) -> Result<(), ModelError> {
+        match self {
+            Self::Apart(ms) => {
+                for (m, out) in ms.iter().zip(outs) {
+                    m.matmul(x, t, out)?;
+                }
+            }
+            Self::Stacked { matrix, parts } => {
+                let all = &mut scratch[..t * matrix.rows()];
+                matrix.matmul(x, t, all)?;
+                for (i, row) in all.chunks_exact(matrix.rows()).enumerate() {
+                    let mut at = 0;
+                    for (out, &n) in outs.iter_mut().zip(parts) {
+                        out[i * n..(i + 1) * n].copy_from_slice(&row[at..at + n]);
+                        at += n;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The underlying matrices, each with the number of tensors it holds.
+    fn matrices(&self) -> Vec<(&Matrix, usize)> {
+        match self {
+            Self::Stacked { matrix, parts } => vec![(matrix, parts.len())],
+            Self::Apart(ms) => ms.iter().map(|m| (m, 1)).collect(),
+        }
+    }
+}
+
 /// One decoder block's weights.
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Matrix,
-    wk: Matrix,
-    wv: Matrix,
+    qkv: Projections,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
@@ -25,10 +79,20 @@ struct Layer {
     wo: Matrix,
     post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    w_gate: Matrix,
-    w_up: Matrix,
+    gate_up: Projections,
     w_down: Matrix,
     post_ffn_norm: Option<Vec<f32>>,
+}
+
+impl Layer {
+    /// The layer's matrices, each with the number of tensors it holds.
+    fn matrices(&self) -> Vec<(&Matrix, usize)> {
+        let mut all = self.qkv.matrices();
+        all.push((&self.wo, 1));
+        all.extend(self.gate_up.matrices());
+        all.push((&self.w_down, 1));
+        all
+    }
 }
 
 /// A loaded model: config plus weights.
@@ -60,9 +124,7 @@ impl Transformer {
             let n = |part: &str| format!("blk.{i}.{part}");
             layers.push(Layer {
                 attn_norm: norm(&n("attn_norm.weight"), h)?,
-                wq: w.matrix(&n("attn_q.weight"), q, h)?,
-                wk: w.matrix(&n("attn_k.weight"), kv, h)?,
-                wv: w.matrix(&n("attn_v.weight"), kv, h)?,
+                qkv: Projections::load(w, &[(n("attn_q.weight"), q), (n("attn_k.weight"), kv), (n("attn_v.weight"), kv)], h)?,
                 bq: w.opt_vector(&n("attn_q.bias"), q)?,
                 bk: w.opt_vector(&n("attn_k.bias"), kv)?,
                 bv: w.opt_vector(&n("attn_v.bias"), kv)?,
@@ -71,8 +133,7 @@ impl Transformer {
                 wo: w.matrix(&n("attn_output.weight"), h, q)?,
                 post_attn_norm: opt_norm(&n("post_attention_norm.weight"), h, c.post_norms)?,
                 ffn_norm: norm(&n("ffn_norm.weight"), h)?,
-                w_gate: w.matrix(&n("ffn_gate.weight"), f, h)?,
-                w_up: w.matrix(&n("ffn_up.weight"), f, h)?,
+                gate_up: Projections::load(w, &[(n("ffn_gate.weight"), f), (n("ffn_up.weight"), f)], h)?,
                 w_down: w.matrix(&n("ffn_down.weight"), h, f)?,
                 post_ffn_norm: opt_norm(&n("post_ffw_norm.weight"), h, c.post_norms)?,
             });
@@ -92,19 +153,17 @@ impl Transformer {
 
     /// Bytes of weight data, embeddings and output included.
     pub fn weight_bytes(&self) -> usize {
-        let layer = |l: &Layer| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.n_bytes()).sum::<usize>();
-        self.layers.iter().map(layer).sum::<usize>() + self.tok_embd.n_bytes() + if self.tied { 0 } else { self.output.n_bytes() }
+        let layers: usize = self.layers.iter().flat_map(Layer::matrices).map(|(m, _)| m.n_bytes()).sum();
+        layers + self.tok_embd.n_bytes() + if self.tied { 0 } else { self.output.n_bytes() }
     }
 
     /// The storage types of the matrices, with how many tensors use each.
     pub fn tensor_types(&self) -> Vec<(&'static str, usize)> {
         let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
-        let mut add = |m: &Matrix| *counts.entry(m.ty().name()).or_default() += 1;
-        add(&self.tok_embd);
-        for l in &self.layers {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                add(m);
-            }
+        let mut add = |m: &Matrix, tensors: usize| *counts.entry(m.ty().name()).or_default() += tensors;
+        add(&self.tok_embd, 1);
+        for (m, tensors) in self.layers.iter().flat_map(Layer::matrices) {
+            add(m, tensors);
         }
         counts.into_iter().collect()
     }
@@ -159,9 +218,7 @@ impl Transformer {
 
             // Attention: norm, q/k/v projections, biases, per-head norms, rotary positions.
             ops::rms_norm(x, &l.attn_norm, c.rms_eps, xn);
-            l.wq.matmul(xn, t, q)?;
-            l.wk.matmul(xn, t, k)?;
-            l.wv.matmul(xn, t, v)?;
+            l.qkv.matmul(xn, t, [&mut *q, &mut *k, &mut *v], &mut s.stacked)?;
             add_bias(q, l.bq.as_deref());
             add_bias(k, l.bk.as_deref());
             add_bias(v, l.bv.as_deref());
@@ -200,8 +257,7 @@ impl Transformer {
             // Gated feed-forward and residual.
             ops::rms_norm(x, &l.ffn_norm, c.rms_eps, xn);
             let (gate, up) = (&mut s.gate[..t * c.ffn_dim], &mut s.up[..t * c.ffn_dim]);
-            l.w_gate.matmul(xn, t, gate)?;
-            l.w_up.matmul(xn, t, up)?;
+            l.gate_up.matmul(xn, t, [&mut *gate, &mut *up], &mut s.stacked)?;
             match c.activation {
                 Activation::Silu => ops::silu_mul(gate, up),
                 Activation::GeluTanh => ops::gelu_mul(gate, up),
@@ -260,6 +316,7 @@ pub struct State {
     att: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    stacked: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -288,6 +345,7 @@ impl State {
             att: vec![0.0; max_batch * c.q_dim()],
             gate: vec![0.0; max_batch * c.ffn_dim],
             up: vec![0.0; max_batch * c.ffn_dim],
+            stacked: vec![0.0; max_batch * (c.q_dim() + 2 * kv).max(2 * c.ffn_dim)],
             logits: vec![0.0; c.vocab_size],
         }
     }

@@ -79,6 +79,29 @@ impl<'a> Weights<'a> {
     }
 
     /// Type, dims in (rows, cols) order, and bytes of a tensor.
+    /// The matrices `parts` (name, rows), each with `cols` columns, stacked row-wise into one,
+    /// when they share a storage type that is repacked at load anyway (so the copy costs
+    /// nothing extra); `None` otherwise, and on the dequantized float path.
+    pub fn stacked(&self, parts: &[(&str, usize)], cols: usize) -> Result<Option<Matrix>, ModelError> {
+        let mut ty = None;
+        let mut bytes = Vec::new();
+        for &(name, rows) in parts {
+            let (t, dims, b) = self.raw(name)?;
+            if dims != [rows, cols] {
+                return Err(self.shape_err(name, &[rows, cols], &dims));
+            }
+            if self.dequantize || !exo_kernels::is_repacked(t) || ty.is_some_and(|ty| ty != t) {
+                return Ok(None);
+            }
+            ty = Some(t);
+            bytes.extend_from_slice(&b);
+        }
+        let Some(ty) = ty else { return Ok(None) };
+        let name = parts.iter().map(|p| p.0).collect::<Vec<_>>().join("+");
+        let rows = parts.iter().map(|p| p.1).sum();
+        Ok(Some(Matrix::from_bytes(&name, ty, rows, cols, &bytes)?))
+    }
+
     fn raw(&self, name: &str) -> Result<(GgmlType, Vec<usize>, exo_formats::TensorBytes), ModelError> {
         let missing = |n: String| ModelError::MissingTensor { file: self.source(), name: n };
         match self.file {
