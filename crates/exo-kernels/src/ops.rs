@@ -62,6 +62,29 @@ fn rms_scale(x: &[f32], eps: f32) -> f32 {
     1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()
 }
 
+/// LayerNorm of each `w.len()`-long row of `x` in place: `(x - mean) / sqrt(var + eps) * w + b`,
+/// with the biased variance, as PyTorch's `nn.LayerNorm` (BERT's norm).
+pub fn layer_norm_inplace(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let dim = w.len();
+    for xr in x.chunks_exact_mut(dim) {
+        // Two passes in f64: the mean is removed before squaring, so large offsets do not cancel.
+        let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+        let var = xr.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / dim as f64;
+        let (mean, inv) = (mean as f32, 1.0 / (var as f32 + eps).sqrt());
+        for ((xi, wi), bi) in xr.iter_mut().zip(w).zip(b) {
+            *xi = (*xi - mean) * inv * wi + bi;
+        }
+    }
+}
+
+/// `x = gelu(x)` in the exact form `x/2 · (1 + erf(x/√2))`: Hugging Face's `"gelu"` activation
+/// (BERT), as opposed to the tanh approximation of [`gelu_mul`].
+pub fn gelu_erf_inplace(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = 0.5 * *v * (1.0 + candle_core::cpu::erf::erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
 /// `x += y`.
 pub fn add_inplace(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
@@ -251,6 +274,23 @@ mod tests {
         // e^1 / (e^1 + e^2 + e^3) computed by hand: 0.09003057
         assert!((x[0] - 0.090_030_57).abs() < 1e-6);
         assert_eq!(x[3], 0.0);
+    }
+
+    #[test]
+    fn layer_norm_and_gelu_match_hand_computed_values() {
+        // Row [1, 2, 3, 6]: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5.
+        let mut x = [1.0, 2.0, 3.0, 6.0];
+        layer_norm_inplace(&mut x, &[1.0, 1.0, 2.0, 1.0], &[0.0, 0.5, 0.0, 0.0], 0.0);
+        let s = 3.5f32.sqrt();
+        for (got, want) in x.iter().zip([-2.0 / s, -1.0 / s + 0.5, 0.0, 3.0 / s]) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        // torch.nn.functional.gelu(torch.tensor([-3., -1., 0.5, 2.])) (approximate='none').
+        let mut g = [-3.0, -1.0, 0.5, 2.0];
+        gelu_erf_inplace(&mut g);
+        for (got, want) in g.iter().zip([-0.004_050_225, -0.158_655_26, 0.345_731_23, 1.954_499_7]) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
     }
 
     #[test]
