@@ -22,44 +22,52 @@ const MIN_ROWS_PER_THREAD: usize = 16;
 /// # Panics
 /// If a slice is shorter than its shape says: the callers size them from checked configs.
 pub fn matmul_t_acc(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_t_acc: buffers smaller than {m}x{k} · ({n}x{k})ᵀ");
+    let fits = x.len() >= m * k && w.len() >= n * k && out.len() >= m * n;
+    assert!(fits, "matmul_t_acc: buffers smaller than {m}x{k} · ({n}x{k})ᵀ");
     if m == 0 || n == 0 {
         return;
     }
     let threads = num_threads();
     let by_rows = m >= MIN_ROWS_PER_THREAD * threads;
     let blocks = threads.min(if by_rows { m } else { n });
-    let (x_ptr, w_ptr, out_ptr) = (SendPtr(x.as_ptr() as *mut f32), SendPtr(w.as_ptr() as *mut f32), SendPtr(out.as_mut_ptr()));
+    let (x_ptr, w_ptr) = (SendPtr(x.as_ptr() as *mut f32), SendPtr(w.as_ptr() as *mut f32));
+    let out_ptr = SendPtr(out.as_mut_ptr());
     parallel_for(blocks, |range| {
         for b in range {
             let ((r0, r1), (c0, c1)) = if by_rows { (split(m, blocks, b), (0, n)) } else { ((0, m), split(n, blocks, b)) };
             // SAFETY: the asserts above bound every index below; blocks write disjoint rows (or
-            // columns) of `out`, and `x`/`w` are only read.
+            // columns) of `out`, and `x`/`w` are only read. Wᵀ is read through its strides.
             unsafe {
-                gemm(
-                    r1 - r0,
-                    c1 - c0,
-                    k,
-                    out_ptr.get().add(r0 * n + c0),
-                    1,
-                    n as isize,
-                    true,
-                    x_ptr.get().add(r0 * k),
-                    1,
-                    k as isize,
-                    w_ptr.get().add(c0 * k),
-                    k as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
+                let (x, wt) = (View(x_ptr.get().add(r0 * k), k, 1), View(w_ptr.get().add(c0 * k), 1, k));
+                gemm_f32(r1 - r0, c1 - c0, k, out_ptr.get().add(r0 * n + c0), n, x, wt, true, 1.0);
             }
         }
     });
+}
+
+/// A strided matrix for [`gemm_f32`]: first element, row stride, column stride (in elements).
+#[derive(Clone, Copy)]
+struct View(*const f32, usize, usize);
+
+/// `dst = scale · lhs · rhs`, or `dst += scale · lhs · rhs` with `accumulate`, for an `m × k`
+/// `lhs`, a `k × n` `rhs` and an `m × n` `dst` with row stride `dst_rs`, on the calling thread.
+///
+/// # Safety
+/// Every element the shapes and strides address must be in bounds, and `dst` must not overlap
+/// the inputs or be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: View, rhs: View, accumulate: bool, scale: f32) {
+    let s = |v: usize| v as isize;
+    // gemm computes dst = alpha · dst + beta · lhs · rhs (alpha is ignored unless read_dst).
+    unsafe {
+        gemm(
+            m, n, k,
+            dst, 1, s(dst_rs), accumulate,
+            lhs.0, s(lhs.2), s(lhs.1),
+            rhs.0, s(rhs.2), s(rhs.1),
+            1.0, scale, false, false, false, Parallelism::None,
+        )
+    }
 }
 
 /// The `b`-th of `parts` near-equal ranges of `0..len`.
@@ -83,7 +91,8 @@ pub fn packed_attention(qkv: &[f32], seq_lens: &[usize], n_heads: usize, head_di
     }
     let hidden = n_heads * head_dim;
     let total: usize = seq_lens.iter().sum();
-    assert!(qkv.len() >= total * 3 * hidden && out.len() >= total * hidden, "packed_attention: buffers smaller than {total} tokens");
+    let fits = qkv.len() >= total * 3 * hidden && out.len() >= total * hidden;
+    assert!(fits, "packed_attention: buffers smaller than {total} tokens");
     let starts: Vec<usize> = seq_lens.iter().scan(0, |s, &l| Some(std::mem::replace(s, *s + l))).collect();
     let (qkv_ptr, out_ptr) = (SendPtr(qkv.as_ptr() as *mut f32), SendPtr(out.as_mut_ptr()));
     let row = 3 * hidden;
@@ -103,17 +112,16 @@ pub fn packed_attention(qkv: &[f32], seq_lens: &[usize], n_heads: usize, head_di
             // SAFETY: the assert above bounds the rows of every sequence; each (sequence, head)
             // writes only its own head's columns of its own rows of `out`.
             unsafe {
-                let q = qkv_ptr.get().add(start * row + h * head_dim);
-                let k = q.add(hidden);
-                let v = q.add(2 * hidden);
+                let q = qkv_ptr.get().add(start * row + h * head_dim) as *const f32;
+                let (k, v) = (q.add(hidden), q.add(2 * hidden));
                 // scores = scale · Q Kᵀ (len × len); Kᵀ is read through strides.
-                gemm(len, len, head_dim, sc.as_mut_ptr(), 1, len as isize, false, q, 1, row as isize, k, row as isize, 1, 0.0, scale, false, false, false, Parallelism::None);
+                gemm_f32(len, len, head_dim, sc.as_mut_ptr(), len, View(q, row, 1), View(k, 1, row), false, scale);
                 for r in sc.chunks_exact_mut(len) {
                     softmax(r);
                 }
                 // out = softmax(scores) V (len × head_dim), into this head's columns.
                 let o = out_ptr.get().add(start * hidden + h * head_dim);
-                gemm(len, head_dim, len, o, 1, hidden as isize, false, sc.as_ptr(), 1, len as isize, v, 1, row as isize, 0.0, 1.0, false, false, false, Parallelism::None);
+                gemm_f32(len, head_dim, len, o, hidden, View(sc.as_ptr(), len, 1), View(v, row, 1), false, 1.0);
             }
         }
     }));
