@@ -123,26 +123,10 @@ impl Embedder {
     /// Embeds each text, truncated to [`Embedder::max_tokens`]; the result is in input order.
     ///
     /// Texts are run together in batches, so embedding many at once is faster than one by one;
-    /// the vectors are the same either way. A text that tokenizes to nothing (possible only with
-    /// a tokenizer that adds no special tokens) is an error naming its index.
+    /// the vectors are the same either way, up to float rounding. A text that tokenizes to nothing
+    /// (possible only with a tokenizer that adds no special tokens) is an error naming its index.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Embedding>, ModelError> {
-        let mut seqs = Vec::with_capacity(texts.len());
-        for (index, text) in texts.iter().enumerate() {
-            let mut ids = if self.lowercase {
-                self.tokenizer.encode(&text.to_lowercase(), true, true)?
-            } else {
-                self.tokenizer.encode(text, true, true)?
-            };
-            if ids.is_empty() {
-                return Err(ModelError::EmptyText { index });
-            }
-            if ids.len() > self.max_tokens {
-                // Cut the text, not the special tokens around it, as the tokenizers library's
-                // truncation does before its post-processor adds them.
-                ids.drain(self.max_tokens - self.n_suffix..ids.len() - self.n_suffix);
-            }
-            seqs.push(ids);
-        }
+        let seqs = texts.iter().enumerate().map(|(i, t)| self.tokenize(i, t)).collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(texts.len());
         let mut rest = &seqs[..];
         while !rest.is_empty() {
@@ -169,6 +153,25 @@ impl Embedder {
             rest = tail;
         }
         Ok(out)
+    }
+
+    /// The ids of text number `index` as the model sees them: lowercased if the model asks for
+    /// it, special-token texts parsed (as the tokenizers library does by default), truncated.
+    fn tokenize(&self, index: usize, text: &str) -> Result<Vec<u32>, ModelError> {
+        let mut ids = if self.lowercase {
+            self.tokenizer.encode(&text.to_lowercase(), true, true)?
+        } else {
+            self.tokenizer.encode(text, true, true)?
+        };
+        if ids.is_empty() {
+            return Err(ModelError::EmptyText { index });
+        }
+        if ids.len() > self.max_tokens {
+            // Cut the text, not the special tokens around it, as the tokenizers library's
+            // truncation does before its post-processor adds them.
+            ids.drain(self.max_tokens - self.n_suffix..ids.len() - self.n_suffix);
+        }
+        Ok(ids)
     }
 
     /// One vector from a text's token vectors (`rows`: at least one row of [`Embedder::dim`]).
