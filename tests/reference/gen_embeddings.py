@@ -20,9 +20,7 @@ Usage: gen_embeddings.py [NAME...]
 import os
 import sys
 
-from _common import FIXTURES, models_dir, write_json
-
-EMBEDDING_MODELS = ["all-minilm-l6-v2"]
+from _common import FIXTURES, HF_MODELS, models_dir, write_json
 
 # A paragraph whose sentences are cycled into texts longer than the 256-token limit, so truncation
 # decides the result, and longer than the 512 position embeddings, so the limit must be enforced.
@@ -112,7 +110,7 @@ def run(name):
 
 
 def main():
-    for name in sys.argv[1:] or EMBEDDING_MODELS:
+    for name in sys.argv[1:] or HF_MODELS:
         run(name)
 
 
