@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates the Python virtual environment that holds exo's reference implementations (llama.cpp via
-# llama-cpp-python, Hugging Face transformers + torch, gguf, jinja2) at $EXO_DEV_HOME/venv
-# (default ~/.cache/exo-dev/venv) from tests/reference/requirements.txt. Used to regenerate the
-# test fixtures (tests/reference/regenerate.sh) and to run the peer benchmarks.
+# llama-cpp-python, Hugging Face transformers + torch, sentence-transformers, gguf, jinja2) at
+# $EXO_DEV_HOME/venv (default ~/.cache/exo-dev/venv) from tests/reference/requirements.txt. Used to
+# regenerate the test fixtures (tests/reference/regenerate.sh) and to run the peer benchmarks.
 #
 # Idempotent: a stamp file in the venv holds the sha256 of requirements.txt; when it matches and
 # the packages import, nothing is done. llama-cpp-python is compiled from source for this CPU
@@ -20,7 +20,7 @@ torch_index=https://download.pytorch.org/whl/cpu
 
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-  "$venv/bin/python" -c 'import llama_cpp, torch, transformers, gguf, jinja2, numpy' 2>/dev/null; then
+  "$venv/bin/python" -c 'import llama_cpp, torch, transformers, sentence_transformers, gguf, jinja2, numpy' 2>/dev/null; then
   echo "setup-reference: $venv is up to date"
   exit 0
 fi
@@ -47,6 +47,6 @@ fi
 
 echo "setup-reference: installing $req (llama-cpp-python compiles from source: 10-20 minutes)"
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" "$venv/bin/python" -m pip install ${extra[@]+"${extra[@]}"} -r "$req"
-"$venv/bin/python" -c 'import llama_cpp, torch, transformers, gguf, jinja2, numpy'
+"$venv/bin/python" -c 'import llama_cpp, torch, transformers, sentence_transformers, gguf, jinja2, numpy'
 echo "$want" >"$stamp"
 echo "setup-reference: ready: $venv"

@@ -22,6 +22,9 @@ GGUF_MODELS = [
     "qwen2.5-coder-1.5b-instruct",
 ]
 
+# Hugging Face (sentence-transformers) directories fetched by scripts/fetch-models.sh.
+HF_MODELS = ["all-minilm-l6-v2"]
+
 
 def models_dir() -> Path:
     return Path(os.environ.get("EXO_HOME", Path.home() / ".exo")) / "models"

@@ -16,9 +16,7 @@ Usage: gen_hf_tokenizer.py [NAME...]
 
 import sys
 
-from _common import FIXTURES, models_dir, write_json
-
-HF_MODELS = ["all-minilm-l6-v2"]
+from _common import FIXTURES, HF_MODELS, models_dir, write_json
 
 TEXTS = [
     "Hello world",

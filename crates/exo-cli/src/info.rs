@@ -1,5 +1,7 @@
 //! `exo info`.
 
+use std::path::Path;
+
 use clap::Args;
 
 #[derive(Args)]
@@ -12,6 +14,10 @@ pub struct InfoArgs {
 }
 
 pub fn main(a: InfoArgs) -> anyhow::Result<()> {
+    let path = crate::model_path::resolve(&a.model)?;
+    if exo_models::is_embedding_model(&path) {
+        return embedding_info(&path, a.json);
+    }
     let m = crate::model_path::load(&a.model)?;
     let c = m.transformer.config();
     let tok = &m.tokenizer;
@@ -59,5 +65,51 @@ pub fn main(a: InfoArgs) -> anyhow::Result<()> {
     row("KV cache", format!("{} KiB per token (f32)", kv_bytes_per_token / 1024));
     row("tensor types", types.join(", "));
     row("chat template", if tok.chat_template().is_some() { "yes".into() } else { "no (fallback format used)".into() });
+    Ok(())
+}
+
+/// `exo info` of a sentence-embedding model: the encoder and what turns it into one vector.
+fn embedding_info(path: &Path, json: bool) -> anyhow::Result<()> {
+    let e = crate::model_path::load_embedder(path)?;
+    let (c, info) = (e.config(), e.info());
+    if json {
+        let v = serde_json::json!({
+            "path": info.path.display().to_string(),
+            "format": info.format,
+            "name": info.name,
+            "kind": "embedding",
+            "architecture": "bert",
+            "parameters": info.n_params,
+            "weight_bytes": info.file_bytes,
+            "layers": c.n_layers,
+            "hidden": c.hidden,
+            "heads": c.n_heads,
+            "head_dim": c.head_dim(),
+            "ffn": c.ffn_dim,
+            "vocab": c.vocab_size,
+            "context_length": c.max_positions,
+            "dim": e.dim(),
+            "pooling": e.pooling().name(),
+            "normalize": e.normalizes(),
+            "max_tokens": e.max_tokens(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let row = |k: &str, v: String| println!("{k:<18} {v}");
+    row("path", info.path.display().to_string());
+    row("format", info.format.to_string());
+    row("name", info.name.clone());
+    row("architecture", "bert (embedding model)".to_string());
+    row("parameters", format!("{:.1} M", info.n_params as f64 / 1e6));
+    row("weights", format!("{:.1} MiB", info.file_bytes as f64 / (1u64 << 20) as f64));
+    row("layers", c.n_layers.to_string());
+    row("hidden / ffn", format!("{} / {}", c.hidden, c.ffn_dim));
+    row("heads", format!("{} (head dim {})", c.n_heads, c.head_dim()));
+    row("vocabulary", c.vocab_size.to_string());
+    row("embedding dim", e.dim().to_string());
+    row("pooling", e.pooling().name().to_string());
+    row("normalize", if e.normalizes() { "yes (unit length)".into() } else { "no".into() });
+    row("max tokens", format!("{} per text (position embeddings: {})", e.max_tokens(), c.max_positions));
     Ok(())
 }

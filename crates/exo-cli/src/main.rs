@@ -5,6 +5,7 @@
 //! stderr, so `exo run --raw --temperature 0 ...` prints exactly the generated text.
 
 mod bench;
+mod embed;
 mod info;
 mod model_path;
 mod run;
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Describe a model: architecture, sizes, quantization, template, context.
     Info(info::InfoArgs),
+    /// Print the embedding vector of each text as a JSON array of arrays.
+    Embed(embed::EmbedArgs),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
         Command::Tokenize(a) => tokenize::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Info(a) => info::main(a),
+        Command::Embed(a) => embed::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use anyhow::{bail, Context};
 
 /// Resolves MODEL: an existing path is used as is; otherwise `NAME`, `NAME.gguf` or a
@@ -44,4 +43,13 @@ pub fn load(model: &str) -> anyhow::Result<exo_models::LoadedModel> {
         .with_context(|| format!("loading {}", path.display()))?;
     tracing::info!("loaded {} in {:.2?}", path.display(), t.elapsed());
     Ok(m)
+}
+
+/// Loads the embedding model in directory `path` (see [`exo_models::is_embedding_model`]),
+/// reporting the load time on stderr.
+pub fn load_embedder(path: &Path) -> anyhow::Result<exo_models::Embedder> {
+    let t = std::time::Instant::now();
+    let e = exo_models::Embedder::load(path).with_context(|| format!("loading {}", path.display()))?;
+    tracing::info!("loaded {} in {:.2?}", path.display(), t.elapsed());
+    Ok(e)
 }

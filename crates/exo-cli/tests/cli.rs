@@ -252,3 +252,70 @@ fn shape_disagreeing_with_config_is_named() {
     let d = edited_hf_copy(|d| edit_config(d, "intermediate_size", 40.into()));
     fails_with(&["info", d.path().to_str().unwrap()], &["model.layers.0.mlp.gate_proj.weight", "40"]);
 }
+
+const MINILM: &str = "all-minilm-l6-v2";
+
+fn minilm_dir() -> PathBuf {
+    let p = exo_models::models_dir().join(MINILM);
+    assert!(p.join("model.safetensors").is_file(), "{} is missing: run scripts/fetch-models.sh all", p.display());
+    p
+}
+
+/// tests/fixtures/embeddings/all-minilm-l6-v2.json, from sentence-transformers.
+fn embeddings_fixture() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/embeddings/{MINILM}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn embed_prints_sentence_transformers_vectors() {
+    minilm_dir();
+    let fx = embeddings_fixture();
+    let picks = [0, 5, 11];
+    let texts: Vec<&str> = picks.iter().map(|&i| fx["texts"][i].as_str().unwrap()).collect();
+    let o = exo(&[&["embed", MINILM][..], &texts].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<Vec<f64>> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(got.len(), texts.len());
+    for (ours, &i) in got.iter().zip(&picks) {
+        let want: Vec<f64> = fx["vectors"][i].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let cos = dot(ours, &want) / (dot(ours, ours) * dot(&want, &want)).sqrt();
+        assert!(cos >= 0.9999, "text {i}: cosine {cos} with sentence-transformers");
+    }
+}
+
+#[test]
+fn info_describes_an_embedding_model() {
+    let fx = embeddings_fixture();
+    let o = exo(&["info", minilm_dir().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((&v["kind"], &v["architecture"]), (&"embedding".into(), &"bert".into()));
+    assert_eq!(v["dim"], fx["dim"]);
+    assert_eq!(v["pooling"], fx["pooling"]);
+    assert_eq!(v["normalize"], fx["normalize"]);
+    assert_eq!(v["max_tokens"], fx["max_seq_length"]);
+    let o = exo(&["info", MINILM]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("bert (embedding model)"), "{}", stdout(&o));
+}
+
+#[test]
+fn embedding_and_generative_models_refuse_each_others_commands() {
+    let smollm = model_file(SMOLLM2);
+    fails_with(&["embed", smollm.to_str().unwrap(), "hi"], &["smollm2-135m-instruct.gguf", "is not an embedding model"]);
+    minilm_dir();
+    fails_with(&["run", MINILM, "hi"], &["config.json", "'bert' is an embedding model"]);
+}
+
+#[test]
+fn broken_embedding_model_is_named() {
+    let src = minilm_dir();
+    let d = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "modules.json"] {
+        std::os::unix::fs::symlink(src.join(f), d.path().join(f)).unwrap();
+    }
+    fails_with(&["embed", d.path().to_str().unwrap(), "hi"], &["1_Pooling/config.json", "not found"]);
+    fails_with(&["info", d.path().to_str().unwrap()], &["1_Pooling/config.json", "not found"]);
+}

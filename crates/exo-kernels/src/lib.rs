@@ -1,5 +1,7 @@
 //! CPU hot loops for exo's forward pass.
 //!
+//! - [`dense`]: f32 matrix-matrix products and packed bidirectional attention on the `gemm`
+//!   crate, for encoder models that run whole batches of texts at once.
 //! - [`matrix`]: a weight matrix in any supported storage type (ggml quant blocks straight from an
 //!   mmapped GGUF, f32/f16/bf16) and its product with f32 activations, on all threads.
 //! - [`ops`]: the element-wise and row-wise pieces of a transformer layer (RMSNorm, RoPE, softmax,
@@ -19,6 +21,7 @@
 //! candle `Tensor`s, because a decode step of a small model is ~500 operations and per-op
 //! allocation shows up at that scale.
 
+pub mod dense;
 pub mod kquant_q4k;
 pub mod kquant_q8q6;
 pub mod legacy_quants;

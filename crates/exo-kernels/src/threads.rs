@@ -68,3 +68,18 @@ pub fn parallel_for<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) 
     }
     pool().execute_chunked(n_items, f);
 }
+
+/// Applies `f` to every `row_len`-long row of `data`, rows spread over all threads (row-wise
+/// norms and activations over a whole batch of tokens).
+pub fn for_each_row_mut<F: Fn(&mut [f32]) + Sync>(data: &mut [f32], row_len: usize, f: F) {
+    if row_len == 0 {
+        return;
+    }
+    let rows = data.len() / row_len;
+    let ptr = crate::matrix::SendPtr(data.as_mut_ptr());
+    parallel_for(rows, |range| {
+        // SAFETY: `range` lies within `0..rows`, and each row is handed to exactly one thread.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(range.start * row_len), range.len() * row_len) };
+        chunk.chunks_exact_mut(row_len).for_each(&f);
+    });
+}

@@ -217,12 +217,7 @@ pub fn from_gguf(g: &exo_formats::GgufFile, arch: Arch) -> Result<ModelConfig, c
 /// Reads the shared hyper-parameters from a Hugging Face `config.json`.
 pub fn from_hf(cfg: &serde_json::Value, arch: Arch, source: &str) -> Result<ModelConfig, crate::ModelError> {
     let field = |k: &str| cfg.get(k).filter(|v| !v.is_null());
-    let req = |k: &str| -> Result<usize, crate::ModelError> {
-        field(k).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| crate::ModelError::Config {
-            file: source.to_string(),
-            what: format!("config.json: field '{k}' is missing or not a non-negative integer"),
-        })
-    };
+    let req = |k: &str| hf_usize(cfg, k, source);
     let opt = |k: &str| field(k).and_then(|v| v.as_u64()).map(|v| v as usize);
     let hidden = req("hidden_size")?;
     let n_heads = req("num_attention_heads")?;
@@ -259,5 +254,14 @@ pub fn from_hf(cfg: &serde_json::Value, arch: Arch, source: &str) -> Result<Mode
         rope_theta_local,
         train_ctx: opt("max_position_embeddings").unwrap_or(2048),
         ..ModelConfig::llama_family(arch, n_layers, head_dim)
+    })
+}
+
+/// Integer field `key` of a Hugging Face `config.json`; an error naming the field when it is
+/// missing or not a non-negative integer.
+pub(crate) fn hf_usize(cfg: &serde_json::Value, key: &str, source: &str) -> Result<usize, crate::ModelError> {
+    cfg.get(key).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| crate::ModelError::Config {
+        file: source.to_string(),
+        what: format!("config.json: field '{key}' is missing or not a non-negative integer"),
     })
 }

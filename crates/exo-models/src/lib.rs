@@ -5,9 +5,15 @@
 //! tokenizer, and returns a [`LoadedModel`]. All architectures run through the one forward pass
 //! in [`transformer`]; quantized and float weights differ only inside each weight [`Matrix`].
 //!
+//! Embedding models are the other kind: [`Embedder::load`] opens a sentence-transformers
+//! directory (a [`bert`] encoder, pooling, normalisation) and [`Embedder::embed`] turns texts into
+//! vectors. [`is_embedding_model`] tells the two kinds of directory apart.
+//!
 //! [`Matrix`]: exo_kernels::Matrix
 
+pub mod bert;
 pub mod config;
+pub mod embed;
 pub mod gemma3;
 pub mod llama;
 pub mod qwen2;
@@ -17,6 +23,7 @@ pub mod weights;
 use std::path::{Path, PathBuf};
 
 pub use config::{Arch, ModelConfig};
+pub use embed::{is_embedding_model, Embedder, Embedding, Pooling};
 use exo_formats::{GgufFile, HfModelDir};
 use exo_tokenizer::Tokenizer;
 pub use transformer::{State, Transformer};
@@ -100,6 +107,20 @@ pub enum ModelError {
         tokens: usize,
         /// Limit.
         max: usize,
+    },
+    /// The directory holds an embedding model, which makes vectors, not text.
+    #[error("{file}: '{arch}' is an embedding model: it turns text into vectors (exo embed, /v1/embeddings) and cannot generate text")]
+    NotGenerative {
+        /// The config file.
+        file: String,
+        /// The architecture found.
+        arch: String,
+    },
+    /// A text to embed that tokenizes to no tokens at all.
+    #[error("text {index} tokenizes to zero tokens; there is nothing to embed")]
+    EmptyText {
+        /// Position of the text in the request.
+        index: usize,
     },
     /// A token id outside the vocabulary.
     #[error("token id {id} is outside the vocabulary of {vocab}")]
@@ -203,16 +224,23 @@ fn hf_parts(h: &HfModelDir) -> Result<(ModelConfig, ModelInfo), ModelError> {
     let source = h.dir().join("config.json").display().to_string();
     let cfg = h.config();
     let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    if embed::is_bert_config(cfg) {
+        return Err(ModelError::NotGenerative { file: source, arch: model_type });
+    }
     let arch = Arch::from_name(&model_type).ok_or(ModelError::UnknownArch { file: source.clone(), arch: model_type })?;
     let config = match arch {
         Arch::Llama => llama::config_from_hf(cfg, &source)?,
         Arch::Qwen2 => qwen2::config_from_hf(cfg, &source)?,
         Arch::Gemma3 => gemma3::config_from_hf(cfg, &source)?,
     };
+    Ok((config, hf_info(h)))
+}
+
+/// Path, name (the directory's), parameter count and weight bytes of a Hugging Face directory.
+fn hf_info(h: &HfModelDir) -> ModelInfo {
     let names = h.tensor_names();
     let n_params = names.iter().filter_map(|n| h.tensor(n)).map(|t| t.shape.iter().product::<usize>() as u64).sum();
     let file_bytes = names.iter().filter_map(|n| h.tensor(n)).map(|t| h.tensor_bytes(t).len() as u64).sum();
     let name = h.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let info = ModelInfo { path: h.dir().to_path_buf(), format: "safetensors", name, n_params, file_bytes };
-    Ok((config, info))
+    ModelInfo { path: h.dir().to_path_buf(), format: "safetensors", name, n_params, file_bytes }
 }

@@ -5,7 +5,7 @@
 //! Bytes stay in the mapped files: nothing is copied unless the caller asks for dequantized
 //! weights or a tensor's address is misaligned.
 
-use exo_formats::{FloatType, GgmlType, GgufFile, HfModelDir};
+use exo_formats::{FloatType, GgmlType, GgufFile, HfModelDir, SafeTensorInfo};
 use exo_kernels::Matrix;
 
 use crate::config::Arch;
@@ -114,18 +114,7 @@ impl<'a> Weights<'a> {
             WeightFile::Hf(h) => {
                 let hf = hf_name(self.arch, name);
                 let info = h.tensor(&hf).ok_or_else(|| missing(hf.clone()))?;
-                let ty = match info.dtype {
-                    FloatType::F32 => GgmlType::F32,
-                    FloatType::F16 => GgmlType::F16,
-                    FloatType::BF16 => GgmlType::BF16,
-                    FloatType::Other(dtype) => {
-                        return Err(ModelError::Config {
-                            file: self.source(),
-                            what: format!("tensor '{hf}' has dtype {dtype}; exo reads f32, f16 and bf16 safetensors"),
-                        })
-                    }
-                };
-                Ok((ty, squeeze(info.shape.clone()), h.tensor_bytes(info)))
+                Ok((hf_type(h, info)?, squeeze(info.shape.clone()), h.tensor_bytes(info)))
             }
         }
     }
@@ -146,6 +135,40 @@ impl<'a> Weights<'a> {
             found: format!("{found:?}"),
         }
     }
+}
+
+/// The kernel type of a safetensors tensor; only float types are weights exo computes with.
+fn hf_type(h: &HfModelDir, info: &SafeTensorInfo) -> Result<GgmlType, ModelError> {
+    match info.dtype {
+        FloatType::F32 => Ok(GgmlType::F32),
+        FloatType::F16 => Ok(GgmlType::F16),
+        FloatType::BF16 => Ok(GgmlType::BF16),
+        FloatType::Other(dtype) => Err(ModelError::Config {
+            file: h.dir().display().to_string(),
+            what: format!("tensor '{}' has dtype {dtype}; exo reads f32, f16 and bf16 safetensors", info.name),
+        }),
+    }
+}
+
+/// Tensor `name` of a Hugging Face directory, checked against the `shape` its config implies
+/// (a vector is `[len]`), as a [`Matrix`] of one row per leading index.
+///
+/// For models that name their tensors in the checkpoint's own terms (the BERT encoder), without
+/// the GGUF-name translation of [`Weights`].
+pub fn hf_matrix(h: &HfModelDir, name: &str, shape: &[usize]) -> Result<Matrix, ModelError> {
+    let source = || h.dir().display().to_string();
+    let info = h.tensor(name).ok_or_else(|| ModelError::MissingTensor { file: source(), name: name.to_string() })?;
+    if info.shape != shape {
+        return Err(ModelError::Shape {
+            file: source(),
+            name: name.to_string(),
+            expected: format!("{shape:?}"),
+            found: format!("{:?}", info.shape),
+        });
+    }
+    let (outer, cols) = shape.split_at(shape.len().saturating_sub(1));
+    let (rows, cols) = (outer.iter().product(), cols.first().copied().unwrap_or(1));
+    Ok(Matrix::new(name, hf_type(h, info)?, rows, cols, h.tensor_bytes(info))?)
 }
 
 /// Drops leading unit dimensions (GGUF stores some matrices as 3-D with a leading 1).
