@@ -272,6 +272,29 @@ impl PackedQ4K {
         self.rows
     }
 
+    /// Writes row `r` as f32 into `out` (`cols` long), as ggml dequantizes the original blocks.
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows && out.len() == self.cols, "row {r} of a {}x{} matrix", self.rows, self.cols);
+        let (w, qh) = self.group(r / 4);
+        let lane = r % 4;
+        for (b, (blk, o)) in w.iter().zip(out.chunks_exact_mut(QK_K)).enumerate() {
+            let low = BlockQ4K {
+                d: blk.d[lane],
+                dmin: blk.dmin[lane],
+                scales: std::array::from_fn(|j| blk.scales[16 * (j / 4) + 4 * lane + j % 4]),
+                qs: std::array::from_fn(|j| blk.qs[64 * (j / 16) + 16 * lane + j % 16]),
+            };
+            match qh.get(b) {
+                None => dequantize_row_q4k(&[low], o),
+                Some(qh) => {
+                    let qh = std::array::from_fn(|j| qh[64 * (j / 16) + 16 * lane + j % 16]);
+                    let full = BlockQ5K { d: low.d, dmin: low.dmin, scales: low.scales, qh, qs: low.qs };
+                    dequantize_row_q5k(&[full], o)
+                }
+            }
+        }
+    }
+
     /// Input features.
     pub fn cols(&self) -> usize {
         self.cols

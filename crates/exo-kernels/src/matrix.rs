@@ -84,7 +84,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
 /// Whether weights of this type are copied into a layout of exo's own at load, keeping none of
 /// the file's bytes: stacking several such matrices into one then costs no extra memory.
 pub fn is_repacked(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q8_0 | GgmlType::Q6K | GgmlType::Q5_0 | GgmlType::Q4_1)
+    matches!(ty, GgmlType::Q8_0 | GgmlType::Q6K | GgmlType::Q5_0 | GgmlType::Q4_1 | GgmlType::Q4K | GgmlType::Q5K)
 }
 
 /// Where a matrix's bytes live.
@@ -99,6 +99,9 @@ pub enum MatrixData {
     /// [`crate::kquant_q8q6`] (the same size as the GGUF bytes, plus padding of the last group).
     /// The original bytes are not kept; `row_to_f32` reads the packed copy.
     Packed(std::sync::Arc<Packed>),
+    /// Q4_K or Q5_K weights repacked into four-row groups for [`crate::kquant_q4k`] (the same
+    /// size as the GGUF bytes); as with `Packed`, the original bytes are not kept.
+    PackedK(std::sync::Arc<q4k::PackedQ4K>),
 }
 
 /// A weight matrix of `rows` × `cols` in one ggml storage type.
@@ -110,9 +113,6 @@ pub struct Matrix {
     cols: usize,
     row_bytes: usize,
     data: MatrixData,
-    /// Q4_K/Q5_K weights repacked for the SIMD kernels at construction (`data` keeps the GGUF
-    /// bytes for row lookups and dequantization).
-    q4k: Option<std::sync::Arc<q4k::PackedQ4K>>,
 }
 
 impl Matrix {
@@ -135,7 +135,7 @@ impl Matrix {
         } else {
             MatrixData::Owned(std::sync::Arc::new(bytes_to_words(&bytes)))
         };
-        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data, q4k: None }.repacked())
+        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
     }
 
     /// A matrix of type `ty` copied from bytes in ggml layout (weights built or converted in memory).
@@ -143,7 +143,7 @@ impl Matrix {
         let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
         let data = pack(ty, rows, cols, bytes)
             .unwrap_or_else(|| MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes))));
-        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data, q4k: None }.repacked())
+        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
     }
 
     /// An f32 matrix from owned values (row-major, `rows * cols` long).
@@ -166,20 +166,7 @@ impl Matrix {
             cols,
             row_bytes: cols * 4,
             data: MatrixData::Owned(std::sync::Arc::new(words)),
-            q4k: None,
         })
-    }
-
-    /// Adds the repacked copy of types that have one (Q4_K, Q5_K).
-    fn repacked(mut self) -> Self {
-        let (rows, cols) = (self.rows, self.cols);
-        self.q4k = match self.ty {
-            GgmlType::Q4K => Some(q4k::PackedQ4K::pack(rows, cols, self.blocks())),
-            GgmlType::Q5K => Some(q4k::PackedQ4K::pack_q5k(rows, cols, self.blocks())),
-            _ => None,
-        }
-        .map(std::sync::Arc::new);
-        self
     }
 
     /// Tensor name (for messages).
@@ -210,7 +197,9 @@ impl Matrix {
                 // SAFETY: a Vec<u32> is valid to read as bytes; the length is what `new` checked.
                 unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, self.row_bytes * self.rows) }
             }
-            MatrixData::Packed(_) => unreachable!("packed matrices are read through `Packed`"),
+            MatrixData::Packed(_) | MatrixData::PackedK(_) => {
+                unreachable!("packed matrices are read through their packed layout")
+            }
         }
     }
 
@@ -241,8 +230,8 @@ impl Matrix {
             res.map_err(|_| KernelError::Shape { name: self.name.clone(), what: "matmul", need: 0, have: 0 })
         };
         use GgmlType as G;
-        match (self.ty, &self.q4k) {
-            (G::Q4K | G::Q5K, Some(p)) => p.matmul(x, m, out),
+        match (self.ty, &self.data) {
+            (_, MatrixData::PackedK(p)) => p.matmul(x, m, out),
             (G::F32, _) => candle(k_quants::matmul::<f32>(mkn, x, self.blocks(), out))?,
             (G::F16, _) => self.matmul_half::<f16>(x, m, out),
             (G::BF16, _) => self.matmul_half::<bf16>(x, m, out),
@@ -250,8 +239,6 @@ impl Matrix {
             (G::Q8_0, _) => candle(k_quants::matmul::<k_quants::BlockQ8_0>(mkn, x, self.blocks(), out))?,
             (G::Q2K, _) => candle(k_quants::matmul::<k_quants::BlockQ2K>(mkn, x, self.blocks(), out))?,
             (G::Q3K, _) => candle(k_quants::matmul::<k_quants::BlockQ3K>(mkn, x, self.blocks(), out))?,
-            (G::Q4K, _) => candle(k_quants::matmul::<k_quants::BlockQ4K>(mkn, x, self.blocks(), out))?,
-            (G::Q5K, _) => candle(k_quants::matmul::<k_quants::BlockQ5K>(mkn, x, self.blocks(), out))?,
             (G::Q6K, _) => candle(k_quants::matmul::<k_quants::BlockQ6K>(mkn, x, self.blocks(), out))?,
             (G::Q8K, _) => candle(k_quants::matmul::<k_quants::BlockQ8K>(mkn, x, self.blocks(), out))?,
             (G::Q4_1, _) => self.matmul_legacy::<legacy::BlockQ4_1>(x, m, out),
@@ -276,21 +263,22 @@ impl Matrix {
             return Err(KernelError::Shape { name: self.name.clone(), what: "row index", need: self.rows, have: r });
         }
         self.check_len("row output", out.len(), self.cols)?;
-        if let MatrixData::Packed(p) = &self.data {
-            p.row_to_f32(r, out);
-            return Ok(());
+        match &self.data {
+            MatrixData::Packed(p) => p.row_to_f32(r, out),
+            MatrixData::PackedK(p) => p.row_to_f32(r, out),
+            MatrixData::Mapped(_) | MatrixData::Owned(_) => {
+                dequantize_bytes(self.ty, &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes], out)
+            }
         }
-        let row = &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes];
-        dequantize_bytes(self.ty, row, out);
         Ok(())
     }
 
     /// The whole matrix as f32 values (row-major).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        if let MatrixData::Packed(p) = &self.data {
+        if matches!(self.data, MatrixData::Packed(_) | MatrixData::PackedK(_)) {
             for (r, dst) in out.chunks_exact_mut(self.cols).enumerate() {
-                p.row_to_f32(r, dst);
+                self.row_to_f32(r, dst).expect("r < rows and dst is cols long");
             }
             return out;
         }
@@ -378,9 +366,13 @@ fn check_size(name: &str, ty: GgmlType, rows: usize, cols: usize, len: usize) ->
 /// Rows from which a matrix is taken to be an LM head (real vocabularies: 32k to 262k).
 const VOCAB_SIZED_ROWS: usize = 32_000;
 
-/// Repacks Q8_0, Q6_K, Q5_0 and Q4_1 weights for [`crate::kquant_q8q6`]; `None` for other types
-/// and for single-row tensors (norm vectors), which the unpacked kernels handle.
+/// Repacks Q4_K and Q5_K weights for [`crate::kquant_q4k`], and Q8_0, Q6_K, Q5_0 and Q4_1
+/// weights for [`crate::kquant_q8q6`] (except single-row tensors, which the unpacked kernels
+/// handle); `None` for other types.
 fn pack(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<MatrixData> {
+    if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) {
+        return Some(MatrixData::PackedK(std::sync::Arc::new(pack_k(ty, rows, cols, bytes))));
+    }
     let p = match ty {
         _ if rows < 2 => return None,
         // Vocabulary-sized matrices (LM heads, tied embeddings) only ever multiply one row of
@@ -396,6 +388,28 @@ fn pack(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<MatrixDa
         _ => return None,
     };
     Some(MatrixData::Packed(std::sync::Arc::new(p)))
+}
+
+/// Repacks Q4_K or Q5_K bytes (copied first if their address is misaligned for the blocks).
+fn pack_k(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> q4k::PackedQ4K {
+    let words;
+    let bytes = if (bytes.as_ptr() as usize).is_multiple_of(2) {
+        bytes
+    } else {
+        words = bytes_to_words(bytes);
+        // SAFETY: the words hold a copy of `bytes.len()` bytes.
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), bytes.len()) }
+    };
+    fn cast<T>(b: &[u8]) -> &[T] {
+        // SAFETY: 2-byte aligned (checked above, the blocks' alignment); the length is a whole
+        // number of blocks (checked by `check_size`); every bit pattern is a valid block.
+        unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<T>(), b.len() / std::mem::size_of::<T>()) }
+    }
+    if ty == GgmlType::Q4K {
+        q4k::PackedQ4K::pack(rows, cols, cast(bytes))
+    } else {
+        q4k::PackedQ4K::pack_q5k(rows, cols, cast(bytes))
+    }
 }
 
 /// Dequantizes one row of `ty` blocks into `out`.
@@ -414,8 +428,6 @@ fn dequantize_bytes(ty: GgmlType, row: &[u8], out: &mut [f32]) {
         G::Q8_0 => k_quants::BlockQ8_0::to_float(cast(row), out),
         G::Q2K => k_quants::BlockQ2K::to_float(cast(row), out),
         G::Q3K => k_quants::BlockQ3K::to_float(cast(row), out),
-        G::Q4K => k_quants::BlockQ4K::to_float(cast(row), out),
-        G::Q5K => k_quants::BlockQ5K::to_float(cast(row), out),
         G::Q6K => k_quants::BlockQ6K::to_float(cast(row), out),
         G::Q8K => k_quants::BlockQ8K::to_float(cast(row), out),
         G::Q4_1 => legacy::dequantize_row_q4_1(cast(row), out),

@@ -115,6 +115,27 @@ fn dequantize_matches_candle() {
 }
 
 /// Activation quantization is bit-identical to candle's `BlockQ8K::from_float`.
+/// Packed matrices keep no copy of the file's blocks: their rows come back out of the packed
+/// layout, equal to dequantizing the original blocks (a row count that pads the last group).
+fn check_packed_rows<B: Weights>() {
+    let mut rng = rng();
+    let (n, nb) = (7, 3);
+    let w = B::random(&mut rng, n * nb);
+    let mat = Matrix::from_bytes("w", B::TY, n, nb * QK_K, as_bytes(&w)).unwrap();
+    let (mut got, mut want) = (vec![0f32; nb * QK_K], vec![0f32; nb * QK_K]);
+    for r in 0..n {
+        mat.row_to_f32(r, &mut got).unwrap();
+        B::dequantize(&w[r * nb..(r + 1) * nb], &mut want);
+        assert_eq!(got, want, "{:?} row {r}", B::TY);
+    }
+}
+
+#[test]
+fn packed_rows_dequantize_like_the_blocks() {
+    check_packed_rows::<BlockQ4K>();
+    check_packed_rows::<BlockQ5K>();
+}
+
 #[test]
 fn quantize_matches_candle() {
     let mut rng = rng();
