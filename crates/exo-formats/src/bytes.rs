@@ -18,6 +18,23 @@ impl TensorBytes {
         debug_assert!(range.end <= map.len());
         Self { map, range }
     }
+
+    /// Drops the view's pages from this process's memory, for tensors copied into another
+    /// layout at load: the model then costs the copy alone, not the copy plus the file's pages.
+    /// The bytes stay readable (a later read faults them in from the file again).
+    pub fn release(&self) {
+        // Whole 64 KiB units inside the view only: that is a multiple of every common page size,
+        // and the neighbouring tensors' pages must stay.
+        const UNIT: usize = 64 << 10;
+        let start = self.range.start.next_multiple_of(UNIT);
+        let end = self.range.end / UNIT * UNIT;
+        if end > start {
+            #[cfg(unix)]
+            // SAFETY: the map is a read-only file mapping, so dropping its pages loses nothing:
+            // the kernel reads them from the file again on the next access.
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
 }
 
 impl std::ops::Deref for TensorBytes {

@@ -129,6 +129,7 @@ impl Matrix {
     ) -> Result<Self, KernelError> {
         let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
         let data = if let Some(p) = pack(ty, rows, cols, &bytes) {
+            bytes.release();
             p
         } else if (bytes.as_ptr() as usize).is_multiple_of(4) {
             MatrixData::Mapped(bytes)
