@@ -8,6 +8,7 @@ mod bench;
 mod info;
 mod model_path;
 mod run;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Describe a model: architecture, sizes, quantization, template, context.
     Info(info::InfoArgs),
+    /// Serve models over HTTP with OpenAI-, Ollama- and Anthropic-compatible APIs.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
         Command::Tokenize(a) => tokenize::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Info(a) => info::main(a),
+        Command::Serve(a) => serve::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
