@@ -100,39 +100,23 @@ pub(crate) async fn version() -> Json<Value> {
 
 /// `GET /api/tags`: the served models.
 pub(crate) async fn tags(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let models: Vec<Value> = state
-        .models()?
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "model": m.name,
-                "modified_at": rfc3339(m.modified_at),
-                "size": m.size,
-                "details": details(m),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "models": models })))
+    let models = state.models()?.iter().map(|m| listing(m, json!({ "modified_at": rfc3339(m.modified_at) })));
+    Ok(Json(json!({ "models": models.collect::<Vec<_>>() })))
 }
 
 /// `GET /api/ps`: the loaded models (all of them, always).
 pub(crate) async fn ps(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let models: Vec<Value> = state
-        .models()?
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "model": m.name,
-                "size": m.size,
-                "size_vram": 0,
-                "details": details(m),
-                "context_length": m.engine.config().ctx,
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "models": models })))
+    let models = state.models()?.iter().map(|m| listing(m, json!({ "size_vram": 0, "context_length": m.engine.config().ctx })));
+    Ok(Json(json!({ "models": models.collect::<Vec<_>>() })))
+}
+
+/// A model's entry in `/api/tags` and `/api/ps`: what both list, plus `extra`'s fields.
+fn listing(m: &ServedModel, extra: Value) -> Value {
+    let mut entry = json!({ "name": m.name, "model": m.name, "size": m.size, "details": details(m) });
+    if let (Some(entry), Value::Object(extra)) = (entry.as_object_mut(), extra) {
+        entry.extend(extra);
+    }
+    entry
 }
 
 /// `POST /api/show`.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::body::{check_range, from_value, JsonBody};
-use crate::error::ApiError;
+use crate::error::{Api, ApiError};
 use crate::generation::{response_id, submit, unix_secs, Generation};
 use crate::models::ServedModel;
 use crate::AppState;
@@ -241,28 +241,8 @@ pub(crate) async fn chat_completions(State(state): State<AppState>, JsonBody(bod
     let prompt = Prompt::Chat { messages: template_messages(&chat.messages)?, tools: template_tools(chat.tools, chat.tool_choice)? };
     let model = state.model(&common.model)?;
     let generation = submit(&state, model, Request { prompt, max_tokens, params }).await?;
-    let reply = Reply { id: response_id("chatcmpl-"), created: unix_secs(SystemTime::now()), chat: true, include_usage };
-    if stream {
-        return Ok(reply.stream(generation).into_response());
-    }
-    let tok = generation.model().model().tokenizer.clone();
-    let name = generation.model().name.clone();
-    let out = generation.collect().await?;
-    let logprobs = logprobs_or_null(&out.logprobs, chat.logprobs == Some(true), |lps| chat_logprobs(&tok, lps));
-    Ok(Json(json!({
-        "id": reply.id,
-        "object": "chat.completion",
-        "created": reply.created,
-        "model": name,
-        "choices": [{
-            "index": 0,
-            "message": { "role": "assistant", "content": out.text },
-            "logprobs": logprobs,
-            "finish_reason": finish_reason(&out.finished.reason),
-        }],
-        "usage": usage(&out.finished),
-    }))
-    .into_response())
+    let reply = Reply::new("chatcmpl-", true, include_usage, chat.logprobs == Some(true));
+    reply.send(generation, stream).await
 }
 
 /// `POST /v1/completions`.
@@ -289,28 +269,8 @@ pub(crate) async fn completions(State(state): State<AppState>, JsonBody(body): J
     let max_tokens = checked_max_tokens(common.max_tokens.map(|n| ("max_tokens", n)))?;
     let model = state.model(&common.model)?;
     let generation = submit(&state, model, Request { prompt: Prompt::Text(prompt), max_tokens, params }).await?;
-    let reply = Reply { id: response_id("cmpl-"), created: unix_secs(SystemTime::now()), chat: false, include_usage };
-    if stream {
-        return Ok(reply.stream(generation).into_response());
-    }
-    let tok = generation.model().model().tokenizer.clone();
-    let name = generation.model().name.clone();
-    let out = generation.collect().await?;
-    let logprobs = logprobs_or_null(&out.logprobs, fields.logprobs.is_some(), |lps| legacy_logprobs(&tok, lps, &mut 0));
-    Ok(Json(json!({
-        "id": reply.id,
-        "object": "text_completion",
-        "created": reply.created,
-        "model": name,
-        "choices": [{
-            "index": 0,
-            "text": out.text,
-            "logprobs": logprobs,
-            "finish_reason": finish_reason(&out.finished.reason),
-        }],
-        "usage": usage(&out.finished),
-    }))
-    .into_response())
+    let reply = Reply::new("cmpl-", false, include_usage, fields.logprobs.is_some());
+    reply.send(generation, stream).await
 }
 
 impl Common {
@@ -445,11 +405,6 @@ fn usage(f: &Finished) -> Value {
     })
 }
 
-/// `render(lps)` when log-probabilities were asked for, else `null`.
-fn logprobs_or_null(lps: &[TokenLogprob], asked: bool, render: impl FnOnce(&[TokenLogprob]) -> Value) -> Value {
-    if asked { render(lps) } else { Value::Null }
-}
-
 /// A token's text (invalid UTF-8 replaced) and its bytes.
 fn token_text(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
     let bytes = tok.token_bytes(id);
@@ -495,24 +450,71 @@ fn legacy_logprobs(tok: &Tokenizer, lps: &[TokenLogprob], offset: &mut usize) ->
     json!({ "tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets })
 }
 
-/// What a streamed answer needs to know besides the events.
+/// How to write one completion's answer, whole or streamed.
 struct Reply {
     id: String,
     created: u64,
-    /// Chat completion chunks (else legacy text completion chunks).
+    /// A chat completion (else a legacy text completion).
     chat: bool,
+    /// End a stream with a chunk holding the usage.
     include_usage: bool,
+    /// Log-probabilities were asked for.
+    logprobs: bool,
 }
 
 impl Reply {
-    /// One chunk object with a single choice.
-    fn chunk(&self, model: &str, choice: Value) -> Value {
-        let object = if self.chat { "chat.completion.chunk" } else { "text_completion" };
-        let mut c = json!({ "id": self.id, "object": object, "created": self.created, "model": model, "choices": [choice] });
-        if self.include_usage {
-            c["usage"] = Value::Null;
+    fn new(id_prefix: &str, chat: bool, include_usage: bool, logprobs: bool) -> Self {
+        Self { id: response_id(id_prefix), created: unix_secs(SystemTime::now()), chat, include_usage, logprobs }
+    }
+
+    /// Answers with the whole completion, or streams it.
+    async fn send(self, generation: Generation, stream: bool) -> Result<Response, ApiError> {
+        if stream {
+            return Ok(self.stream(generation).into_response());
+        }
+        let tok = generation.model().model().tokenizer.clone();
+        let model = generation.model().name.clone();
+        let out = generation.collect().await?;
+        let logprobs = self.logprobs(&tok, &out.logprobs, &mut 0);
+        let choice = self.choice(&out.text, true, logprobs, Some(finish_reason(&out.finished.reason)));
+        let mut answer = self.object(&model, true, choice);
+        answer["usage"] = usage(&out.finished);
+        Ok(Json(answer).into_response())
+    }
+
+    /// The answer or chunk object around one choice.
+    fn object(&self, model: &str, whole: bool, choice: Value) -> Value {
+        let object = match (self.chat, whole) {
+            (true, true) => "chat.completion",
+            (true, false) => "chat.completion.chunk",
+            (false, _) => "text_completion",
+        };
+        let mut o = json!({ "id": self.id, "object": object, "created": self.created, "model": model, "choices": [choice] });
+        if self.include_usage && !whole {
+            o["usage"] = Value::Null;
+        }
+        o
+    }
+
+    /// A choice: `message` (chat, whole), `delta` (chat, streamed) or `text` (legacy).
+    fn choice(&self, text: &str, whole: bool, logprobs: Value, finish_reason: Option<&str>) -> Value {
+        let mut c = json!({ "index": 0, "logprobs": logprobs, "finish_reason": finish_reason });
+        match (self.chat, whole) {
+            (true, true) => c["message"] = json!({ "role": "assistant", "content": text }),
+            (true, false) if finish_reason.is_some() => c["delta"] = json!({}),
+            (true, false) => c["delta"] = json!({ "content": text }),
+            (false, _) => c["text"] = json!(text),
         }
         c
+    }
+
+    /// The `logprobs` of a choice; `offset` counts the characters of a legacy completion so far.
+    fn logprobs(&self, tok: &Tokenizer, lps: &[TokenLogprob], offset: &mut usize) -> Value {
+        match (self.logprobs, self.chat) {
+            (false, _) => Value::Null,
+            (true, true) => chat_logprobs(tok, lps),
+            (true, false) => legacy_logprobs(tok, lps, offset),
+        }
     }
 
     fn stream(self, mut generation: Generation) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
@@ -522,40 +524,30 @@ impl Reply {
         let stream = async_stream::stream! {
             let mut offset = 0;
             if self.chat {
-                let delta = json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
-                yield data(&self.chunk(&model, delta));
+                let mut first = self.choice("", false, Value::Null, None);
+                first["delta"] = json!({ "role": "assistant", "content": "" });
+                yield data(&self.object(&model, false, first));
             }
             while let Some(event) = generation.next().await {
                 match event {
                     Event::Started { .. } => {}
                     Event::Chunk { text, logprobs } => {
-                        let choice = if self.chat {
-                            let lp = logprobs_or_null(&logprobs, !logprobs.is_empty(), |l| chat_logprobs(&tok, l));
-                            json!({ "index": 0, "delta": { "content": text }, "logprobs": lp, "finish_reason": null })
-                        } else {
-                            let lp = logprobs_or_null(&logprobs, !logprobs.is_empty(), |l| legacy_logprobs(&tok, l, &mut offset));
-                            json!({ "index": 0, "text": text, "logprobs": lp, "finish_reason": null })
-                        };
-                        yield data(&self.chunk(&model, choice));
+                        let logprobs = self.logprobs(&tok, &logprobs, &mut offset);
+                        yield data(&self.object(&model, false, self.choice(&text, false, logprobs, None)));
                     }
                     Event::Done(f) => {
-                        let reason = finish_reason(&f.reason);
-                        let choice = if self.chat {
-                            json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": reason })
-                        } else {
-                            json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": reason })
-                        };
-                        yield data(&self.chunk(&model, choice));
+                        let last = self.choice("", false, Value::Null, Some(finish_reason(&f.reason)));
+                        yield data(&self.object(&model, false, last));
                         if self.include_usage {
-                            let mut last = self.chunk(&model, Value::Null);
-                            last["choices"] = json!([]);
-                            last["usage"] = usage(&f);
-                            yield data(&last);
+                            let mut usage_chunk = self.object(&model, false, Value::Null);
+                            usage_chunk["choices"] = json!([]);
+                            usage_chunk["usage"] = usage(&f);
+                            yield data(&usage_chunk);
                         }
                         break;
                     }
                     Event::Error(e) => {
-                        yield data(&ApiError::from_engine(e).body(crate::error::Api::OpenAi));
+                        yield data(&ApiError::from_engine(e).body(Api::OpenAi));
                         break;
                     }
                 }
