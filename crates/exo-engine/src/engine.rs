@@ -118,7 +118,7 @@ pub enum SubmitError {
     /// Prompt plus `max_tokens` exceed the context.
     #[error(
         "the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: {} tokens in all, more than the context size of {ctx} tokens",
-        prompt_tokens + max_tokens
+        prompt_tokens.saturating_add(*max_tokens)
     )]
     TooLong {
         /// Tokens in the prompt.
@@ -273,7 +273,7 @@ impl EngineHandle {
             return Err(SubmitError::EmptyPrompt);
         }
         let max_tokens = match request.max_tokens {
-            Some(max_tokens) if prompt_tokens + max_tokens > ctx => {
+            Some(max_tokens) if prompt_tokens.saturating_add(max_tokens) > ctx => {
                 return Err(SubmitError::TooLong { prompt_tokens, max_tokens, ctx })
             }
             Some(max_tokens) => max_tokens,

@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 const MODEL: &str = "smollm2-135m-instruct";
 
 fn engine(parallel: usize, queue: usize, ctx: usize) -> EngineHandle {
+    // The tests run side by side, each with its own slots: one kernel thread each keeps them
+    // from spinning against one another on a small machine.
+    exo_kernels::threads::set_threads(1).unwrap();
     let path = exo_models::models_dir().join(format!("{MODEL}.gguf"));
     assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh", path.display());
     let model = exo_models::load(&path, &Default::default()).unwrap();
@@ -166,6 +169,8 @@ fn requests_that_do_not_fit_are_refused_with_both_numbers() {
     let err = e.submit(greedy(prompt.clone(), 64)).err().unwrap();
     assert!(matches!(err, SubmitError::TooLong { prompt_tokens, max_tokens: 64, ctx: 64 } if prompt_tokens == n));
     let msg = err.to_string();
+    let huge = e.submit(greedy(prompt.clone(), usize::MAX)).err().unwrap();
+    assert!(matches!(huge, SubmitError::TooLong { max_tokens: usize::MAX, .. }), "{huge}");
     assert!(msg.contains(&format!("{n} tokens")) && msg.contains("max_tokens is 64") && msg.contains("64 tokens"), "{msg}");
     // Exactly filling the context is allowed; without max_tokens the rest of the context is used.
     let (_, _, done) = collect(e.submit(greedy(prompt.clone(), 64 - n)).unwrap());
