@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from _machine import cpu_name
+
 MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
 PROMPT = "Write a short story about a robot who learns to paint. Once upon a time"
 
@@ -94,16 +96,6 @@ llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=512, n_threads=int(sys.argv[
 for chunk in llm.create_completion(sys.argv[3], max_tokens=1, temperature=0.0, stream=True):
     sys.stdout.write(chunk["choices"][0]["text"] or "."); sys.stdout.flush()
 """
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def mean_sd(xs):

@@ -9,6 +9,7 @@ mod embed;
 mod info;
 mod model_path;
 mod run;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Print the embedding vector of each text as a JSON array of arrays.
     Embed(embed::EmbedArgs),
+    /// Serve models over HTTP with OpenAI-, Ollama- and Anthropic-compatible APIs.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -48,6 +51,7 @@ fn main() {
         Command::Bench(a) => bench::main(a),
         Command::Info(a) => info::main(a),
         Command::Embed(a) => embed::main(a),
+        Command::Serve(a) => serve::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

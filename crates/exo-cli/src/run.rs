@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use anyhow::Context;
 use clap::Args;
-use exo_engine::{GenerateParams, SamplerConfig, Session};
+use exo_engine::{GenerateParams, Prompt, SamplerConfig, Session};
 use exo_models::LoadedModel;
 use exo_tokenizer::ChatMessage;
 
@@ -81,14 +81,14 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
             ..SamplerConfig::default()
         },
         stop: a.stop.clone(),
-        ignore_eos: false,
+        ..GenerateParams::default()
     };
     params.sampler.validate().map_err(anyhow::Error::msg)?;
     let mut session = Session::new(&model, ctx, 512).context("--ctx-size")?;
     match &a.prompt {
         Some(prompt) => {
             let ids = if a.raw {
-                model.tokenizer.encode(prompt, true, true)?
+                Prompt::Text(prompt.clone()).tokenize(&model.tokenizer)?
             } else {
                 let mut messages = Vec::new();
                 if let Some(s) = &a.system {
@@ -106,14 +106,11 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
 
 /// Renders `messages` with the model's template (or the fallback) and tokenizes the result.
 fn chat_ids(model: &LoadedModel, messages: &[ChatMessage], verbose: bool) -> anyhow::Result<Vec<u32>> {
-    let tok = &model.tokenizer;
-    let text = tok.chat_template_or_fallback().render(messages, true, None)?;
+    let prompt = Prompt::chat(messages);
     if verbose {
-        eprintln!("[prompt]\n{text}[/prompt]");
+        eprintln!("[prompt]\n{}[/prompt]", prompt.render(&model.tokenizer)?);
     }
-    // Templates that write the BOS text themselves must not get a second BOS.
-    let bos_in_text = tok.bos_id().map(|b| tok.token_bytes(b)).is_some_and(|b| !b.is_empty() && text.as_bytes().starts_with(&b));
-    Ok(tok.encode(&text, !bos_in_text, true)?)
+    Ok(prompt.tokenize(&model.tokenizer)?)
 }
 
 /// Streams one answer to stdout and returns its text.
@@ -126,7 +123,7 @@ fn answer(
 ) -> anyhow::Result<String> {
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let done = session.generate(model, ids, params, |text| {
+    let done = session.generate(model, ids, params, |text, _| {
         match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) => {

@@ -1,15 +1,24 @@
 //! Generation: the token loop over a model, its sampler chain and stop conditions.
 //!
+//! - [`EngineHandle`]: what front ends (the HTTP server) talk to: submit a [`Request`], read its
+//!   [`Event`]s from a [`RequestStream`], drop the stream to cancel.
 //! - [`Session`]: one sequence's KV cache; [`Session::generate`] evaluates a prompt (reusing the
-//!   cached prefix) and streams the continuation.
+//!   cached prefix) and streams the continuation, with [`TokenLogprob`]s on request.
+//! - [`Prompt`]: text as is, or chat messages rendered with the model's chat template.
 //! - [`sampler`]: penalties, top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's
 //!   order.
 //! - [`stop`]: stop strings over streamed text.
 
+mod engine;
+mod logprobs;
+mod prompt;
 pub mod sampler;
 mod session;
 pub mod stop;
 
+pub use engine::{EngineConfig, EngineHandle, EngineLoad, Event, Finished, Request, RequestStream, SubmitError, Timings, Usage};
+pub use logprobs::TokenLogprob;
+pub use prompt::Prompt;
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Completion, GenerateParams, Session, StopReason};
 
@@ -33,4 +42,8 @@ pub enum EngineError {
     /// A sampler setting is out of range.
     #[error("invalid sampling setting: {0}")]
     Sampler(String),
+    /// A bug or a resource failure inside the engine (a worker that could not start, a panic
+    /// caught while generating); the engine itself keeps running.
+    #[error("internal engine error: {0}")]
+    Internal(String),
 }

@@ -1,11 +1,14 @@
 //! One sequence's generation loop: prefill with prefix reuse, then sample, detokenize, stop.
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exo_models::{LoadedModel, State};
 use exo_tokenizer::StreamDecoder;
 
+use crate::logprobs::{LogprobScratch, TokenLogprob};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::stop::{StopMatcher, StopScan};
 use crate::EngineError;
@@ -21,11 +24,24 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// (`Some(0)`: the token's own only); `None` computes nothing.
+    pub logprobs: Option<usize>,
+    /// Set from another thread to stop: checked before every forward pass, so generation ends
+    /// (with [`StopReason::Cancelled`]) within one decode step or prompt batch.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampler: SamplerConfig::default(), stop: Vec::new(), ignore_eos: false }
+        Self {
+            max_tokens: 256,
+            sampler: SamplerConfig::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+            cancel: None,
+        }
     }
 }
 
@@ -40,7 +56,7 @@ pub enum StopReason {
     ContextFull,
     /// A stop string appeared (the string is given).
     StopString(String),
-    /// The caller's callback asked to stop.
+    /// The caller's callback asked to stop, or [`GenerateParams::cancel`] was set.
     Cancelled,
 }
 
@@ -103,6 +119,17 @@ impl Session {
     /// Evaluates `prompt`, reusing the longest cached prefix, and leaves the logits of its last
     /// token in the state. Returns how many tokens were reused.
     pub fn prefill(&mut self, model: &LoadedModel, prompt: &[u32]) -> Result<usize, EngineError> {
+        self.prefill_until(model, prompt, None).map(|(reused, _)| reused)
+    }
+
+    /// [`Session::prefill`] that stops between prompt batches once `cancel` is set; also returns
+    /// whether the whole prompt was evaluated.
+    fn prefill_until(
+        &mut self,
+        model: &LoadedModel,
+        prompt: &[u32],
+        cancel: Option<&AtomicBool>,
+    ) -> Result<(usize, bool), EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -115,27 +142,38 @@ impl Session {
         self.state.truncate(reuse);
         self.cached.truncate(reuse);
         for chunk in prompt[reuse..].chunks(self.state.max_batch()) {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Ok((reuse, false));
+            }
             if let Err(e) = model.transformer.forward(&mut self.state, chunk, false) {
                 self.clear();
                 return Err(e.into());
             }
             self.cached.extend_from_slice(chunk);
         }
-        Ok(reuse)
+        Ok((reuse, true))
     }
 
     /// Generates a continuation of `prompt`, calling `on_text` with each piece of text as soon
     /// as it is final (complete UTF-8, not part of a possible stop string).
+    ///
+    /// With [`GenerateParams::logprobs`], each call also gets the log-probabilities of every
+    /// token sampled since the previous call (one piece of text may come from several tokens,
+    /// or a token may produce no text yet); otherwise that slice is empty. Tokens still without
+    /// text at the end (a special token under `ignore_eos`) come in a last call with empty
+    /// text; tokens of a stop string, whose text is never released, are not reported.
     pub fn generate(
         &mut self,
         model: &LoadedModel,
         prompt: &[u32],
         params: &GenerateParams,
-        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+        mut on_text: impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
     ) -> Result<Completion, EngineError> {
         params.sampler.validate().map_err(EngineError::Sampler)?;
+        let cancel = params.cancel.as_deref();
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let start = Instant::now();
-        let reused = self.prefill(model, prompt)?;
+        let (reused, complete) = self.prefill_until(model, prompt, cancel)?;
         let prompt_time = start.elapsed();
 
         let tok = &model.tokenizer;
@@ -152,10 +190,23 @@ impl Session {
             time_to_first_token: Duration::ZERO,
             gen_time: Duration::ZERO,
         };
+        if !complete {
+            out.stop_reason = StopReason::Cancelled;
+            return Ok(out);
+        }
         let mut first_at = None;
-        let mut emit = |text: &str, out: &mut Completion| {
+        let mut scratch = LogprobScratch::default();
+        let mut pending_logprobs = Vec::new();
+        // `last`: the final flush, which also reports tokens that produced no text (a special
+        // token under `ignore_eos`).
+        let mut emit = |text: &str, out: &mut Completion, logprobs: &mut Vec<TokenLogprob>, last: bool| {
             out.text.push_str(text);
-            if text.is_empty() { ControlFlow::Continue(()) } else { on_text(text) }
+            if text.is_empty() && (!last || logprobs.is_empty()) {
+                return ControlFlow::Continue(());
+            }
+            let flow = on_text(text, logprobs);
+            logprobs.clear();
+            flow
         };
         while out.tokens.len() < params.max_tokens {
             let id = sampler.sample(self.state.last_logits(), &self.cached);
@@ -167,17 +218,20 @@ impl Session {
                 out.stop_reason = StopReason::Eog;
                 break;
             }
+            if let Some(n_top) = params.logprobs {
+                pending_logprobs.push(scratch.token(self.state.last_logits(), id, n_top));
+            }
             out.tokens.push(id);
             if let Some(piece) = decoder.push(id) {
                 match stops.push(&piece) {
                     StopScan::Continue(text) => {
-                        if emit(&text, &mut out).is_break() {
+                        if emit(&text, &mut out, &mut pending_logprobs, false).is_break() {
                             out.stop_reason = StopReason::Cancelled;
                             break;
                         }
                     }
                     StopScan::Stop(text, s) => {
-                        let _ = emit(&text, &mut out);
+                        let _ = emit(&text, &mut out, &mut pending_logprobs, false);
                         out.stop_reason = StopReason::StopString(s);
                         break;
                     }
@@ -190,19 +244,23 @@ impl Session {
                 out.stop_reason = StopReason::ContextFull;
                 break;
             }
+            if cancelled() {
+                out.stop_reason = StopReason::Cancelled;
+                break;
+            }
             model.transformer.forward(&mut self.state, &[id], false)?;
             self.cached.push(id);
         }
         if !matches!(out.stop_reason, StopReason::StopString(_) | StopReason::Cancelled) {
             let tail = decoder.finish();
-            let text = match stops.push(&tail) {
-                StopScan::Continue(t) => t + &stops.finish(),
+            let (text, last) = match stops.push(&tail) {
+                StopScan::Continue(t) => (t + &stops.finish(), true),
                 StopScan::Stop(t, s) => {
                     out.stop_reason = StopReason::StopString(s);
-                    t
+                    (t, false)
                 }
             };
-            let _ = emit(&text, &mut out);
+            let _ = emit(&text, &mut out, &mut pending_logprobs, last);
         }
         out.gen_time = first_at.map_or(Duration::ZERO, |t| t.elapsed());
         Ok(out)

@@ -84,14 +84,10 @@ fn check_model(name: &str) {
     for case in fx["greedy"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["ids"]);
-        let params = GenerateParams {
-            max_tokens: want.len(),
-            sampler: SamplerConfig::greedy(),
-            stop: Vec::new(),
-            ignore_eos: true,
-        };
+        let params =
+            GenerateParams { max_tokens: want.len(), sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
         session.clear();
-        let got = session.generate(&m, &prompt, &params, |_| std::ops::ControlFlow::Continue(())).unwrap().tokens;
+        let got = session.generate(&m, &prompt, &params, |_, _| std::ops::ControlFlow::Continue(())).unwrap().tokens;
         if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
             // A divergence is acceptable only where llama.cpp's own best two were a near-tie.
             let margin = case["margins"][i].as_f64().unwrap() as f32;
@@ -104,6 +100,65 @@ fn check_model(name: &str) {
             eprintln!("{name}: near-tie divergence at generated token {i} (llama.cpp margin {margin})");
         }
     }
+}
+
+/// The log-probabilities [`Session::generate`] reports for its first token, against llama.cpp's
+/// top-k at the end of each prompt (same envelope as `check_model`).
+fn check_generated_logprobs(name: &str) {
+    let fx = fixture(name);
+    let m = model(name);
+    let mut session = Session::new(&m, 1024, 512).unwrap();
+    for case in fx["top_logprobs"].as_array().unwrap() {
+        let k = case["k"].as_u64().unwrap() as usize;
+        let params = GenerateParams {
+            max_tokens: 1,
+            sampler: SamplerConfig::greedy(),
+            ignore_eos: true,
+            logprobs: Some(k),
+            ..Default::default()
+        };
+        let mut got = Vec::new();
+        session
+            .generate(&m, &ids(&case["prompt_ids"]), &params, |_, lp| {
+                got.extend_from_slice(lp);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(got.len(), 1, "{name}: one token generated, one reported");
+        let ours = &got[0];
+        assert_eq!(ours.top.len(), k);
+        assert_eq!((ours.id, ours.logprob), ours.top[0], "{name}: greedy picks the most likely token");
+        let want = case["top"].as_array().unwrap();
+        let variants: Vec<Vec<f32>> = case["variants"].as_object().unwrap().values().map(floats).collect();
+        for (j, pair) in want.iter().enumerate() {
+            let (id, lp) = (pair[0].as_u64().unwrap() as u32, pair[1].as_f64().unwrap() as f32);
+            let seen = variants.iter().map(|v| v[j]).chain([lp]);
+            let (lo, hi) = seen.fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            match ours.top.iter().find(|t| t.0 == id) {
+                Some(&(_, v)) => assert!(
+                    v > lo - OUTSIDE && v < hi + OUTSIDE,
+                    "{name}: token {id}: reported logprob {v} outside llama.cpp's [{lo}, {hi}] by more than {OUTSIDE}"
+                ),
+                // Only the tail of llama.cpp's top-k may fall out of ours, and only by a near-tie
+                // with our k-th.
+                None => assert!(
+                    ours.top[k - 1].1 > lo - OUTSIDE,
+                    "{name}: llama.cpp's top-{k} token {id} ({lp}) is missing from ours {:?}",
+                    ours.top
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn smollm2_generated_logprobs_match_llamacpp() {
+    check_generated_logprobs("smollm2-135m-instruct");
+}
+
+#[test]
+fn qwen2_5_coder_0_5b_generated_logprobs_match_llamacpp() {
+    check_generated_logprobs("qwen2.5-coder-0.5b-instruct");
 }
 
 #[test]

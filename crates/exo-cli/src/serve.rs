@@ -1,0 +1,92 @@
+//! `exo serve`: the OpenAI-, Ollama- and Anthropic-compatible HTTP server.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use exo_server::{ModelSpec, Server, ServerConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A model to serve (repeatable): a .gguf file, a Hugging Face directory or a name in the
+    /// model cache, served under its file name without extension; NAME=MODEL picks the name.
+    #[arg(short = 'm', long = "model", required = true)]
+    models: Vec<String>,
+    /// Address to listen on; the default accepts connections from this machine only.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 52415)]
+    port: u16,
+    /// Require this key from clients (`Authorization: Bearer KEY` or `x-api-key: KEY`).
+    #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Context size per request slot in tokens (default: the model's training context, at most 4096).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
+    /// Requests each model generates at once (each slot holds its own KV cache).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    parallel: u16,
+    /// Requests each model lets wait for a free slot; beyond that clients get 503 and Retry-After.
+    #[arg(long = "queue-size", default_value_t = 64)]
+    queue: usize,
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long = "max-body", default_value_t = 8 << 20)]
+    max_body: usize,
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+}
+
+pub fn main(a: ServeArgs) -> anyhow::Result<()> {
+    crate::set_threads(a.threads)?;
+    let models = model_specs(&a.models)?;
+    let config = ServerConfig {
+        addr: SocketAddr::new(a.host, a.port),
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        models,
+        ctx_size: a.ctx_size,
+        parallel: usize::from(a.parallel),
+        queue: a.queue,
+        max_body_bytes: a.max_body,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("exo-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        eprintln!("exo serve: listening on http://{}", server.local_addr());
+        server.run().await
+    })?;
+    Ok(())
+}
+
+/// Resolves each `--model` and names it; names must be unique.
+fn model_specs(args: &[String]) -> anyhow::Result<Vec<ModelSpec>> {
+    let mut seen = HashSet::new();
+    let mut specs = Vec::with_capacity(args.len());
+    for arg in args {
+        let (name, model) = match arg.split_once('=') {
+            Some((name, model)) if !name.is_empty() && !Path::new(arg).exists() => (Some(name.to_string()), model),
+            _ => (None, arg.as_str()),
+        };
+        let path = crate::model_path::resolve(model)?;
+        let name = name.unwrap_or_else(|| default_name(&path));
+        if !seen.insert(name.clone()) {
+            bail!("two models are named '{name}'; give one another name with --model NAME=MODEL");
+        }
+        specs.push(ModelSpec { name, path });
+    }
+    Ok(specs)
+}
+
+/// The file name without `.gguf`, or the directory name.
+fn default_name(path: &Path) -> String {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    file.strip_suffix(".gguf").map(str::to_string).unwrap_or(file)
+}

@@ -1,0 +1,196 @@
+//! `exo serve` driven by the real client libraries: each test starts the `exo` binary on a free
+//! port with SmolLM2 and runs one of the Python scripts in tests/clients/ (written against the
+//! `openai`, `ollama` and `anthropic` packages pinned in tests/clients/requirements.txt), which
+//! exits non-zero if any of its checks fails. The Python environment comes from
+//! scripts/setup-clients.sh (scripts/test.sh runs it first).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SMOLLM2: &str = "smollm2-135m-instruct";
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
+
+/// The Python of the clients' virtual environment.
+fn client_python() -> PathBuf {
+    let dev_home = std::env::var_os("EXO_DEV_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/exo-dev"));
+    let python = dev_home.join("venv-clients/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup-clients.sh to install the API clients these tests use",
+        python.display()
+    );
+    python
+}
+
+fn require_model(name: &str) {
+    let p = exo_models::models_dir().join(format!("{name}.gguf"));
+    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh all", p.display());
+}
+
+/// A running `exo serve`, stopped on drop.
+struct Served {
+    child: Child,
+    url: String,
+    api_key: Option<&'static str>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Served {
+    /// Starts `exo serve ARGS --port 0` (one kernel thread, so tests running side by side on a
+    /// small machine do not fight over cores) and waits for the address it prints.
+    fn start(args: &[&str], api_key: Option<&'static str>) -> Self {
+        require_model(SMOLLM2);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_exo"));
+        cmd.arg("serve").args(args).args(["--port", "0", "-t", "1"]).env_remove("EXO_API_KEY");
+        if let Some(key) = api_key {
+            cmd.env("EXO_API_KEY", key);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting exo serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("exo serve: listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("exo serve did not report its address; stderr:\n{}", log.lock().unwrap());
+            }
+        };
+        Served { child, url, api_key, log }
+    }
+
+    /// Runs tests/clients/SCRIPT against this server.
+    fn run_clients(&mut self, script: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients");
+        let mut cmd = Command::new(client_python());
+        cmd.arg(dir.join(script))
+            .current_dir(&dir)
+            .env("EXO_URL", &self.url)
+            .env("EXO_MODEL", SMOLLM2)
+            .env("EXO_BIN", env!("CARGO_BIN_EXE_exo"))
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("EXO_API_KEY");
+        if let Some(key) = self.api_key {
+            cmd.env("EXO_API_KEY", key);
+        }
+        let out = cmd.output().expect("running the client script");
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("{report}");
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("exo serve exited ({status}) during {script}; its stderr:\n{}", self.log.lock().unwrap());
+        }
+        assert!(out.status.success(), "{script} failed:\n{report}\nserver stderr:\n{}", self.log.lock().unwrap());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server most scripts use: SmolLM2 plus Qwen (whose template renders tools), four slots.
+fn main_server() -> Served {
+    require_model(QWEN);
+    Served::start(&["-m", SMOLLM2, "-m", &format!("qwen={QWEN}"), "--parallel", "4", "--ctx-size", "2048"], None)
+}
+
+#[test]
+fn openai_client() {
+    main_server().run_clients("test_openai.py");
+}
+
+#[test]
+fn ollama_client() {
+    main_server().run_clients("test_ollama.py");
+}
+
+#[test]
+fn anthropic_client() {
+    main_server().run_clients("test_anthropic.py");
+}
+
+#[test]
+fn eight_concurrent_clients_match_alone() {
+    main_server().run_clients("test_concurrency.py");
+}
+
+#[test]
+fn greedy_answers_equal_exo_run() {
+    main_server().run_clients("test_exo_run.py");
+}
+
+#[test]
+fn key_body_context_queue_and_disconnect_limits() {
+    let args = ["-m", SMOLLM2, "--parallel", "1", "--queue-size", "1", "--ctx-size", "256", "--max-body", "65536"];
+    Served::start(&args, Some("test-key-5f2c")).run_clients("test_limits.py");
+}
+
+#[test]
+fn bad_flags_and_models_are_refused_before_serving() {
+    let exo = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_exo")).args(args).output().unwrap();
+    let o = exo(&["serve", "-m", "no-such-model", "--port", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no-such-model"), "{err}");
+    let o = exo(&["serve", "-m", SMOLLM2, "-m", SMOLLM2, "--port", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("two models are named 'smollm2-135m-instruct'"), "{err}");
+    let o = exo(&["serve", "-m", SMOLLM2, "--parallel", "0"]);
+    assert!(!o.status.success());
+    // A context beyond the model's is refused when the model loads, and the server exits.
+    let o = exo(&["serve", "-m", SMOLLM2, "--port", "0", "--ctx-size", "100000"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("context size 100000") && !err.contains("panicked"), "{err}");
+}
+
+/// Status code and body of `GET path`, over a plain socket.
+fn http_get(url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, response)
+}
+
+#[test]
+fn health_is_503_until_the_models_are_loaded() {
+    // Qwen2.5-Coder-1.5B takes a good part of a second to load: long enough to ask before.
+    let big = "qwen2.5-coder-1.5b-instruct";
+    require_model(big);
+    let s = Served::start(&["-m", big, "--ctx-size", "512"], None);
+    let (status, body) = http_get(&s.url, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"loading\""), "{body}");
+    let (status, body) = http_get(&s.url, "/v1/models");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_lowercase().contains("retry-after: 1") && body.contains("still loading"), "{body}");
+    for _ in 0..600 {
+        if http_get(&s.url, "/health").0 == 200 {
+            let (status, body) = http_get(&s.url, "/v1/models");
+            assert!(status == 200 && body.contains(big), "{body}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not ready after 30 s; stderr:\n{}", s.log.lock().unwrap());
+}

@@ -1,0 +1,133 @@
+"""`exo serve` through the real `ollama` client: version, tags, show, ps, generate and chat
+(streamed NDJSON by default, and whole), options, keep_alive, log-probabilities and errors."""
+
+from datetime import datetime
+
+import httpx
+import ollama
+import openai
+
+from _harness import MODEL, URL, Raises, run
+
+client = ollama.Client(host=URL, timeout=120)
+GREEDY = {"temperature": 0, "num_predict": 12}
+
+
+def test_version():
+    r = httpx.get(f"{URL}/api/version", timeout=10)
+    assert r.status_code == 200 and isinstance(r.json()["version"], str) and r.json()["version"]
+
+
+def test_tags_show_and_ps_describe_the_model():
+    models = client.list().models
+    m = next(m for m in models if m.model == MODEL)
+    assert m.size > 50_000_000 and isinstance(m.modified_at, datetime)
+    d = m.details
+    assert (d.format, d.family, d.quantization_level) == ("gguf", "llama", "Q4_1"), d
+    assert d.parameter_size.endswith("M"), d
+    show = client.show(MODEL)
+    assert "<|im_start|>" in show.template
+    assert show.modelinfo["general.architecture"] == "llama"
+    assert show.modelinfo["llama.context_length"] == 8192 and show.modelinfo["llama.block_count"] == 30
+    assert "completion" in show.capabilities and show.details.family == "llama"
+    assert client.show(f"{MODEL}:latest").template == show.template
+    ps = client.ps().models
+    assert MODEL in [p.model for p in ps] and all(p.context_length > 0 for p in ps)
+
+
+def test_generate_whole_and_streamed():
+    r = client.generate(model=MODEL, prompt="Why is the sky blue?", options=GREEDY)
+    assert r.done and r.done_reason in ("stop", "length") and r.response
+    assert 0 < r.eval_count <= 12 and r.prompt_eval_count > 5
+    assert r.total_duration >= r.eval_duration > 0 and r.prompt_eval_duration > 0 and r.load_duration == 0
+    parts = list(client.generate(model=MODEL, prompt="Why is the sky blue?", options=GREEDY, stream=True))
+    assert all(not p.done for p in parts[:-1]) and parts[-1].done
+    assert "".join(p.response for p in parts) == r.response
+    assert (parts[-1].eval_count, parts[-1].done_reason) == (r.eval_count, r.done_reason)
+
+
+def test_streaming_is_the_default_and_ndjson():
+    body = {"model": MODEL, "prompt": "Hi", "options": {"temperature": 0, "num_predict": 3}}
+    r = httpx.post(f"{URL}/api/generate", json=body, timeout=60)
+    assert r.headers["content-type"] == "application/x-ndjson"
+    lines = r.text.strip().split("\n")
+    assert len(lines) >= 2 and '"done":true' in lines[-1]
+
+
+def test_chat_whole_and_streamed():
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a fruit."}]
+    r = client.chat(model=MODEL, messages=msgs, options=GREEDY)
+    assert r.message.role == "assistant" and r.message.content and r.done
+    parts = list(client.chat(model=MODEL, messages=msgs, options=GREEDY, stream=True))
+    assert "".join(p.message.content for p in parts) == r.message.content
+    assert parts[-1].done and parts[-1].eval_count == r.eval_count
+
+
+def test_raw_generate_matches_openai_completions():
+    # Same prompt, greedy, no penalty: the two APIs give the same text.
+    prompt = "The first law of thermodynamics states that"
+    oa = openai.OpenAI(base_url=f"{URL}/v1", api_key="unused", max_retries=0)
+    want = oa.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0).choices[0].text
+    got = client.generate(model=MODEL, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 16, "repeat_penalty": 1.0})
+    assert got.response == want
+
+
+def test_options_stop_seed_and_keep_alive():
+    full = client.generate(model=MODEL, prompt="Why is the sky blue?", options={"temperature": 0, "num_predict": 24}).response
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2]
+    cut = client.generate(model=MODEL, prompt="Why is the sky blue?", options={"temperature": 0, "num_predict": 24, "stop": [stop]})
+    assert cut.response == full[: full.index(stop)] and cut.done_reason == "stop"
+    sampled = {"temperature": 1.0, "top_k": 100, "top_p": 0.95, "min_p": 0.01, "num_predict": 12, "num_ctx": 2048}
+    a = client.generate(model=MODEL, prompt="Tell me a story.", options={**sampled, "seed": 3}, keep_alive="5m")
+    b = client.generate(model=MODEL, prompt="Tell me a story.", options={**sampled, "seed": 3}, keep_alive=0)
+    assert a.response == b.response
+    others = {client.generate(model=MODEL, prompt="Tell me a story.", options={**sampled, "seed": s}).response for s in (4, 5)}
+    assert others != {a.response}
+
+
+def test_num_predict_minus_one_runs_to_a_natural_end():
+    r = client.generate(model=MODEL, prompt="Say OK.", options={"temperature": 0, "num_predict": -1})
+    assert r.done_reason == "stop" and r.eval_count > 0
+
+
+def test_empty_prompt_loads_the_model():
+    r = client.generate(model=MODEL)
+    assert r.done and r.done_reason == "load" and r.response == ""
+    c = client.chat(model=MODEL, messages=[])
+    assert c.done and c.done_reason == "load"
+
+
+def test_logprobs():
+    r = client.generate(model=MODEL, prompt="Hello", options=GREEDY, logprobs=True, top_logprobs=2)
+    assert len(r.logprobs) == r.eval_count
+    assert "".join(lp.token for lp in r.logprobs) == r.response
+    for lp in r.logprobs:
+        assert len(lp.top_logprobs) == 2 and lp.top_logprobs[0].token == lp.token
+
+
+def test_errors_have_ollama_shape():
+    with Raises(ollama.ResponseError) as e:
+        client.generate(model="llama3", prompt="hi")
+    assert e.value.status_code == 404 and "llama3" in e.value.error
+    cases = [
+        (dict(options={"temperature": "hot"}), "options.temperature"),
+        (dict(options={"top_p": 1.5}), "options.top_p"),
+        (dict(format="json"), "format"),
+        (dict(images=["aGVsbG8="]), "images"),
+        (dict(think=True), "think"),
+    ]
+    for kw, field in cases:
+        with Raises(ollama.ResponseError) as e:
+            client.generate(model=MODEL, prompt="hi", **kw)
+        assert e.value.status_code == 400 and field in e.value.error, (kw, e.value.error)
+    with Raises(ollama.ResponseError) as e:
+        client.chat(model=MODEL, messages=[{"role": "user", "content": "hi", "images": ["aGVsbG8="]}])
+    assert e.value.status_code == 400 and "messages[0].images" in e.value.error
+    r = httpx.post(f"{URL}/api/chat", content=b'{"model": ', timeout=10)
+    assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON"), r.text
+
+
+if __name__ == "__main__":
+    run(globals())
