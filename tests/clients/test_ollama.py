@@ -100,7 +100,10 @@ def test_empty_prompt_loads_the_model():
 
 
 def test_logprobs():
-    r = client.generate(model=MODEL, prompt="Hello", options=GREEDY, logprobs=True, top_logprobs=2)
+    # Log-probs describe the model's raw distribution; without the repeat penalty (Ollama's default
+    # 1.1) the greedy choice is also its most likely token.
+    options = {**GREEDY, "repeat_penalty": 1.0}
+    r = client.generate(model=MODEL, prompt="Hello", options=options, logprobs=True, top_logprobs=2)
     assert len(r.logprobs) == r.eval_count
     assert "".join(lp.token for lp in r.logprobs) == r.response
     for lp in r.logprobs:
