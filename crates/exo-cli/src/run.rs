@@ -82,6 +82,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
         },
         stop: a.stop.clone(),
         ignore_eos: false,
+        constraint: None,
     };
     params.sampler.validate().map_err(anyhow::Error::msg)?;
     let mut session = Session::new(&model, ctx, 512).context("--ctx-size")?;

@@ -5,7 +5,9 @@
 //! - [`sampler`]: penalties, top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's
 //!   order.
 //! - [`stop`]: stop strings over streamed text.
+//! - [`constrain`]: JSON and JSON Schema constrained decoding (token masking).
 
+pub mod constrain;
 pub mod sampler;
 mod session;
 pub mod stop;
@@ -33,4 +35,7 @@ pub enum EngineError {
     /// A sampler setting is out of range.
     #[error("invalid sampling setting: {0}")]
     Sampler(String),
+    /// Constrained decoding reached a token it cannot accept.
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
 }

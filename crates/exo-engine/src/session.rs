@@ -1,11 +1,13 @@
 //! One sequence's generation loop: prefill with prefix reuse, then sample, detokenize, stop.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exo_models::{LoadedModel, State};
 use exo_tokenizer::StreamDecoder;
 
+use crate::constrain::{Constraint, ConstraintState};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::stop::{StopMatcher, StopScan};
 use crate::EngineError;
@@ -21,18 +23,21 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Only tokens that continue this document may be sampled; generation ends once it is
+    /// complete and nothing may follow.
+    pub constraint: Option<Arc<Constraint>>,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampler: SamplerConfig::default(), stop: Vec::new(), ignore_eos: false }
+        Self { max_tokens: 256, sampler: SamplerConfig::default(), stop: Vec::new(), ignore_eos: false, constraint: None }
     }
 }
 
 /// Why generation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
-    /// The model produced an end-of-generation token.
+    /// The model produced an end-of-generation token, or the constrained document is complete.
     Eog,
     /// `max_tokens` were generated.
     MaxTokens,
@@ -152,13 +157,18 @@ impl Session {
             time_to_first_token: Duration::ZERO,
             gen_time: Duration::ZERO,
         };
+        let mut constraint = params.constraint.clone().map(ConstraintState::new);
         let mut first_at = None;
         let mut emit = |text: &str, out: &mut Completion| {
             out.text.push_str(text);
             if text.is_empty() { ControlFlow::Continue(()) } else { on_text(text) }
         };
         while out.tokens.len() < params.max_tokens {
-            let id = sampler.sample(self.state.last_logits(), &self.cached);
+            let logits = match constraint.as_mut() {
+                Some(c) => c.mask_logits(self.state.last_logits())?,
+                None => self.state.last_logits(),
+            };
+            let id = sampler.sample(logits, &self.cached);
             if first_at.is_none() {
                 first_at = Some(Instant::now());
                 out.time_to_first_token = start.elapsed();
@@ -166,6 +176,9 @@ impl Session {
             if !params.ignore_eos && tok.is_eog(id) {
                 out.stop_reason = StopReason::Eog;
                 break;
+            }
+            if let Some(c) = constraint.as_mut() {
+                c.accept(id)?;
             }
             out.tokens.push(id);
             if let Some(piece) = decoder.push(id) {
@@ -182,6 +195,10 @@ impl Session {
                         break;
                     }
                 }
+            }
+            if constraint.as_ref().is_some_and(ConstraintState::is_finished) {
+                out.stop_reason = StopReason::Eog;
+                break;
             }
             if out.tokens.len() >= params.max_tokens {
                 break;

@@ -89,6 +89,7 @@ fn check_model(name: &str) {
             sampler: SamplerConfig::greedy(),
             stop: Vec::new(),
             ignore_eos: true,
+            constraint: None,
         };
         session.clear();
         let got = session.generate(&m, &prompt, &params, |_| std::ops::ControlFlow::Continue(())).unwrap().tokens;
