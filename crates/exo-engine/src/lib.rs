@@ -6,11 +6,13 @@
 //!   order.
 //! - [`stop`]: stop strings over streamed text.
 //! - [`constrain`]: JSON and JSON Schema constrained decoding (token masking).
+//! - [`tools`]: tool calls: prompting with tools, parsing calls, forcing them.
 
 pub mod constrain;
 pub mod sampler;
 mod session;
 pub mod stop;
+pub mod tools;
 
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Completion, GenerateParams, Session, StopReason};

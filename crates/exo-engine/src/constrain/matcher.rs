@@ -10,7 +10,7 @@ use super::grammar::{Grammar, Node, NodeId, Object};
 /// Nesting (frames on a stack) past which a union takes only its shallowest choices, an array
 /// no more items than it must and an object no optional property that needs nesting, so that
 /// recursive schemas end.
-pub(crate) const MAX_DEPTH: usize = 24;
+pub(crate) const MAX_DEPTH: usize = 16;
 /// Whitespace between tokens is empty, or an optional newline and then at most this many spaces
 /// or tabs (llama.cpp's JSON grammars bound it the same way), so a model cannot loop on it.
 const MAX_SPACES: u8 = 20;
