@@ -76,6 +76,36 @@ fn formats_are_detected_from_the_templates() {
     assert!(!ToolCalling::detect(&gemma.chat_template_or_fallback()).is_native());
 }
 
+/// Qwen's prompts for OpenAI-shaped requests (arguments as JSON strings) equal what
+/// `transformers` renders for the same conversations (tests/fixtures/chat_templates.json, from
+/// tests/reference/gen_chat_templates.py, where arguments are objects as transformers wants).
+#[test]
+fn qwen_prompts_match_transformers() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/chat_templates.json");
+    let fixtures: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let tok = common::tokenizer(QWEN);
+    let calling = ToolCalling::detect(tok.chat_template().unwrap());
+    let mut checked = 0;
+    for case in fixtures.as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        if !name.starts_with(QWEN) || !case["tools"].is_array() || case["add_generation_prompt"] != true {
+            continue;
+        }
+        assert_eq!(case["template"].as_str(), Some(tok.chat_template().unwrap().source()));
+        let mut messages = case["messages"].clone();
+        for m in messages.as_array_mut().unwrap() {
+            for call in m.get_mut("tool_calls").and_then(Value::as_array_mut).into_iter().flatten() {
+                let args = call["function"]["arguments"].to_string();
+                call["function"]["arguments"] = json!(args);
+            }
+        }
+        let tools = Tool::list_from_openai(&case["tools"]).unwrap();
+        assert_eq!(calling.render(&messages, &tools, &ToolChoice::Auto).unwrap(), case["rendered"].as_str().unwrap(), "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "the fixture's Qwen cases with tools and a generation prompt");
+}
+
 #[test]
 fn prompts_carry_the_tools_natively_or_injected() {
     let history = json!([

@@ -30,7 +30,7 @@ const TAG_ADDITIONAL: u32 = u32::MAX - 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Frame {
     /// The document: prefix, value, suffix (`pos` into the prefix or suffix).
-    Root { node: NodeId, phase: u8, pos: u32, ws: u8 },
+    Root { node: NodeId, phase: RootPhase, pos: u32, ws: u8 },
     /// Entries `lo..hi` of a literal set match the `pos` bytes read.
     Lits { set: u32, lo: u32, hi: u32, pos: u32 },
     /// Inside a string of `len` characters; `esc` is the escape state, `utf8` the UTF-8 state.
@@ -38,49 +38,57 @@ pub(crate) enum Frame {
     /// Inside an additional key of object `obj`; declared names `lo..hi` match its `pos` bytes.
     Key { obj: NodeId, lo: u32, hi: u32, pos: u32, utf8: u8 },
     /// Inside a number.
-    Num { integer: bool, phase: u8, digits: u8 },
+    Num { integer: bool, phase: NumPhase, digits: u8 },
     /// Inside an object after `next` declared properties; `value` is the schema of the value
     /// being read.
-    Obj { node: NodeId, next: u32, value: NodeId, phase: u8, ws: u8 },
+    Obj { node: NodeId, next: u32, value: NodeId, phase: ObjPhase, ws: u8 },
     /// Inside an array after `count` items.
-    Arr { node: NodeId, count: u32, phase: u8, ws: u8 },
+    Arr { node: NodeId, count: u32, phase: ArrPhase, ws: u8 },
 }
 
-mod root {
-    pub const PREFIX: u8 = 0;
-    pub const BEFORE: u8 = 1;
-    pub const IN_VALUE: u8 = 2;
-    pub const AFTER: u8 = 3;
-    pub const SUFFIX: u8 = 4;
-    pub const DONE: u8 = 5;
+/// Where the document is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RootPhase {
+    Prefix,
+    Before,
+    InValue,
+    After,
+    Suffix,
+    Done,
 }
 
-mod obj {
-    pub const OPEN: u8 = 0;
-    pub const IN_KEY: u8 = 1;
-    pub const KEY_DONE: u8 = 2;
-    pub const COLON: u8 = 3;
-    pub const IN_VALUE: u8 = 4;
-    pub const AFTER_VALUE: u8 = 5;
-    pub const COMMA: u8 = 6;
+/// Where an object is: reading a key, a value, or the punctuation around them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ObjPhase {
+    Open,
+    InKey,
+    KeyDone,
+    Colon,
+    InValue,
+    AfterValue,
+    Comma,
 }
 
-mod arr {
-    pub const OPEN: u8 = 0;
-    pub const IN_VALUE: u8 = 1;
-    pub const AFTER_VALUE: u8 = 2;
-    pub const COMMA: u8 = 3;
+/// Where an array is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ArrPhase {
+    Open,
+    InValue,
+    AfterValue,
+    Comma,
 }
 
-mod num {
-    pub const MINUS: u8 = 0;
-    pub const ZERO: u8 = 1;
-    pub const INT: u8 = 2;
-    pub const DOT: u8 = 3;
-    pub const FRAC: u8 = 4;
-    pub const EXP: u8 = 5;
-    pub const EXP_SIGN: u8 = 6;
-    pub const EXP_DIGITS: u8 = 7;
+/// Which part of a number was read last (JSON's number grammar, RFC 8259 section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NumPhase {
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    Exp,
+    ExpSign,
+    ExpDigits,
 }
 
 /// What a byte did to a stack.
@@ -112,7 +120,7 @@ pub(crate) struct Stacks {
 impl Stacks {
     /// The single stack at the start of a document of `g`.
     pub fn start(g: &Grammar) -> Self {
-        let phase = if g.prefix.is_empty() { root::BEFORE } else { root::PREFIX };
+        let phase = if g.prefix.is_empty() { RootPhase::Before } else { RootPhase::Prefix };
         Self { frames: vec![Frame::Root { node: g.root, phase, pos: 0, ws: 0 }], ends: vec![1] }
     }
 
@@ -226,7 +234,7 @@ pub(crate) fn can_end(g: &Grammar, s: &mut Scratch, stack: &[Frame]) -> bool {
     s.load(stack);
     loop {
         let tag = match s.work.last() {
-            Some(Frame::Root { phase, .. }) => return *phase == root::DONE,
+            Some(Frame::Root { phase, .. }) => return *phase == RootPhase::Done,
             Some(&Frame::Num { phase, .. }) if num_accepts(phase) => TAG_VALUE,
             Some(&Frame::Lits { set, lo, hi, pos }) => match g.lit_set(set).complete(lo, hi, pos) {
                 Some(tag) => tag,
@@ -241,13 +249,13 @@ pub(crate) fn can_end(g: &Grammar, s: &mut Scratch, stack: &[Frame]) -> bool {
 
 /// Whether `stack` is a complete document that no byte can continue.
 pub(crate) fn is_done(stack: &[Frame]) -> bool {
-    matches!(stack, [Frame::Root { phase: root::DONE, .. }])
+    matches!(stack, [Frame::Root { phase: RootPhase::Done, .. }])
 }
 
 /// Whether `bytes` are a complete document of node `node` (used to check enum values against
 /// the rest of their schema).
 pub(crate) fn accepts(g: &Grammar, node: NodeId, bytes: &[u8]) -> bool {
-    let mut cur = Stacks { frames: vec![Frame::Root { node, phase: root::BEFORE, pos: 0, ws: 0 }], ends: vec![1] };
+    let mut cur = Stacks { frames: vec![Frame::Root { node, phase: RootPhase::Before, pos: 0, ws: 0 }], ends: vec![1] };
     let (mut next, mut s) = (Stacks::default(), Scratch::default());
     for &b in bytes {
         advance_all(g, &mut s, &cur, b, &mut next);
@@ -305,14 +313,14 @@ fn start_value(g: &Grammar, st: &mut Vec<Frame>, node: NodeId, b: u8) -> bool {
             return matches!(step(g, st, b), Step::Ok);
         }
         &Node::Number { integer } => match b {
-            b'-' => Frame::Num { integer, phase: num::MINUS, digits: 0 },
-            b'0' => Frame::Num { integer, phase: num::ZERO, digits: 1 },
-            b'1'..=b'9' => Frame::Num { integer, phase: num::INT, digits: 1 },
+            b'-' => Frame::Num { integer, phase: NumPhase::Minus, digits: 0 },
+            b'0' => Frame::Num { integer, phase: NumPhase::Zero, digits: 1 },
+            b'1'..=b'9' => Frame::Num { integer, phase: NumPhase::Int, digits: 1 },
             _ => return false,
         },
         Node::String { .. } if b == b'"' => Frame::Str { node, len: 0, esc: 0, utf8: 0 },
-        Node::Object(_) if b == b'{' => Frame::Obj { node, next: 0, value: node, phase: obj::OPEN, ws: 0 },
-        Node::Array(_) if b == b'[' => Frame::Arr { node, count: 0, phase: arr::OPEN, ws: 0 },
+        Node::Object(_) if b == b'{' => Frame::Obj { node, next: 0, value: node, phase: ObjPhase::Open, ws: 0 },
+        Node::Array(_) if b == b'[' => Frame::Arr { node, count: 0, phase: ArrPhase::Open, ws: 0 },
         _ => return false,
     };
     st.push(frame);
@@ -323,11 +331,11 @@ fn start_value(g: &Grammar, st: &mut Vec<Frame>, node: NodeId, b: u8) -> bool {
 fn child_done(g: &Grammar, st: &mut [Frame], tag: u32) {
     match st.last_mut() {
         Some(Frame::Root { phase, ws, .. }) => {
-            *phase = if g.suffix.is_empty() { root::DONE } else { root::AFTER };
+            *phase = if g.suffix.is_empty() { RootPhase::Done } else { RootPhase::After };
             *ws = 0;
         }
         Some(Frame::Obj { node, next, value, phase, ws }) => {
-            if *phase == obj::IN_KEY {
+            if *phase == ObjPhase::InKey {
                 let Node::Object(o) = g.node(*node) else { return };
                 match tag {
                     TAG_ADDITIONAL => *value = o.additional.unwrap_or(*value),
@@ -336,15 +344,15 @@ fn child_done(g: &Grammar, st: &mut [Frame], tag: u32) {
                         *next = i + 1;
                     }
                 }
-                *phase = obj::KEY_DONE;
+                *phase = ObjPhase::KeyDone;
             } else {
-                *phase = obj::AFTER_VALUE;
+                *phase = ObjPhase::AfterValue;
             }
             *ws = 0;
         }
         Some(Frame::Arr { count, phase, ws, .. }) => {
             *count += 1;
-            *phase = arr::AFTER_VALUE;
+            *phase = ArrPhase::AfterValue;
             *ws = 0;
         }
         _ => {}
@@ -368,28 +376,28 @@ fn ws_step(ws: &mut u8, b: u8) -> Option<Step> {
 fn root_step(g: &Grammar, top: &mut Frame, b: u8) -> Step {
     let Frame::Root { node, phase, pos, ws } = top else { return Step::Dead };
     match *phase {
-        root::PREFIX | root::SUFFIX => {
-            let text = if *phase == root::PREFIX { &g.prefix } else { &g.suffix };
+        RootPhase::Prefix | RootPhase::Suffix => {
+            let text = if *phase == RootPhase::Prefix { &g.prefix } else { &g.suffix };
             if text.get(*pos as usize) != Some(&b) {
                 return Step::Dead;
             }
             *pos += 1;
             if *pos as usize == text.len() {
-                *phase = if *phase == root::PREFIX { root::BEFORE } else { root::DONE };
+                *phase = if *phase == RootPhase::Prefix { RootPhase::Before } else { RootPhase::Done };
                 *pos = 0;
             }
             Step::Ok
         }
-        root::BEFORE => ws_step(ws, b).unwrap_or_else(|| {
-            *phase = root::IN_VALUE;
+        RootPhase::Before => ws_step(ws, b).unwrap_or_else(|| {
+            *phase = RootPhase::InValue;
             Step::StartValue(*node)
         }),
-        root::AFTER => ws_step(ws, b).unwrap_or_else(|| {
+        RootPhase::After => ws_step(ws, b).unwrap_or_else(|| {
             if g.suffix.first() != Some(&b) {
                 return Step::Dead;
             }
             *pos = 1;
-            *phase = if g.suffix.len() == 1 { root::DONE } else { root::SUFFIX };
+            *phase = if g.suffix.len() == 1 { RootPhase::Done } else { RootPhase::Suffix };
             Step::Ok
         }),
         _ => Step::Dead,
@@ -412,7 +420,7 @@ fn additional_key(g: &Grammar, o: &Object, next: u32, deep: bool) -> bool {
 fn obj_step(g: &Grammar, top: &mut Frame, b: u8, depth: usize) -> Flow {
     let Frame::Obj { node, next, value, phase, ws } = top else { return Flow::Step(Step::Dead) };
     let Node::Object(o) = g.node(*node) else { return Flow::Step(Step::Dead) };
-    if *phase != obj::IN_KEY && *phase != obj::IN_VALUE {
+    if *phase != ObjPhase::InKey && *phase != ObjPhase::InValue {
         if let Some(s) = ws_step(ws, b) {
             return Flow::Step(s);
         }
@@ -421,11 +429,11 @@ fn obj_step(g: &Grammar, top: &mut Frame, b: u8, depth: usize) -> Flow {
     let more_keys = key_set(o, *next, deep).is_some() || additional_key(g, o, *next, deep);
     let may_close = *next >= o.required_end;
     let (to, s) = match (*phase, b) {
-        (obj::OPEN | obj::COMMA, b'"') if more_keys => (obj::IN_KEY, Step::StartKey),
-        (obj::OPEN | obj::AFTER_VALUE, b'}') if may_close => return Flow::Pop(TAG_VALUE),
-        (obj::AFTER_VALUE, b',') if more_keys => (obj::COMMA, Step::Ok),
-        (obj::KEY_DONE, b':') => (obj::COLON, Step::Ok),
-        (obj::COLON, _) => (obj::IN_VALUE, Step::StartValue(*value)),
+        (ObjPhase::Open | ObjPhase::Comma, b'"') if more_keys => (ObjPhase::InKey, Step::StartKey),
+        (ObjPhase::Open | ObjPhase::AfterValue, b'}') if may_close => return Flow::Pop(TAG_VALUE),
+        (ObjPhase::AfterValue, b',') if more_keys => (ObjPhase::Comma, Step::Ok),
+        (ObjPhase::KeyDone, b':') => (ObjPhase::Colon, Step::Ok),
+        (ObjPhase::Colon, _) => (ObjPhase::InValue, Step::StartValue(*value)),
         _ => return Flow::Step(Step::Dead),
     };
     *phase = to;
@@ -436,7 +444,7 @@ fn obj_step(g: &Grammar, top: &mut Frame, b: u8, depth: usize) -> Flow {
 fn arr_step(g: &Grammar, top: &mut Frame, b: u8, depth: usize) -> Flow {
     let Frame::Arr { node, count, phase, ws } = top else { return Flow::Step(Step::Dead) };
     let Node::Array(a) = g.node(*node) else { return Flow::Step(Step::Dead) };
-    if *phase != arr::IN_VALUE {
+    if *phase != ArrPhase::InValue {
         if let Some(s) = ws_step(ws, b) {
             return Flow::Step(s);
         }
@@ -444,10 +452,10 @@ fn arr_step(g: &Grammar, top: &mut Frame, b: u8, depth: usize) -> Flow {
     // Past the depth limit an array takes only the items it must.
     let item = a.item(*count).filter(|_| *count < a.min || depth < MAX_DEPTH);
     let (to, s) = match (*phase, b) {
-        (arr::OPEN | arr::AFTER_VALUE, b']') if *count >= a.min => return Flow::Pop(TAG_VALUE),
-        (arr::AFTER_VALUE, b',') if item.is_some() => (arr::COMMA, Step::Ok),
-        (arr::OPEN | arr::COMMA, _) => match item {
-            Some(n) => (arr::IN_VALUE, Step::StartValue(n)),
+        (ArrPhase::Open | ArrPhase::AfterValue, b']') if *count >= a.min => return Flow::Pop(TAG_VALUE),
+        (ArrPhase::AfterValue, b',') if item.is_some() => (ArrPhase::Comma, Step::Ok),
+        (ArrPhase::Open | ArrPhase::Comma, _) => match item {
+            Some(n) => (ArrPhase::InValue, Step::StartValue(n)),
             None => return Flow::Step(Step::Dead),
         },
         _ => return Flow::Step(Step::Dead),
@@ -475,24 +483,24 @@ fn lits_step(g: &Grammar, top: &mut Frame, b: u8) -> Flow {
     }
 }
 
-fn num_accepts(phase: u8) -> bool {
-    matches!(phase, num::ZERO | num::INT | num::FRAC | num::EXP_DIGITS)
+fn num_accepts(phase: NumPhase) -> bool {
+    matches!(phase, NumPhase::Zero | NumPhase::Int | NumPhase::Frac | NumPhase::ExpDigits)
 }
 
 fn num_step(top: &mut Frame, b: u8) -> Flow {
     let Frame::Num { integer, phase, digits } = top else { return Flow::Step(Step::Dead) };
     let digit = b.is_ascii_digit();
     let (to, n) = match (*phase, b) {
-        (num::MINUS, b'0') => (num::ZERO, 1),
-        (num::MINUS, b'1'..=b'9') => (num::INT, 1),
-        (num::INT, _) if digit && *digits < MAX_INT_DIGITS => (num::INT, *digits + 1),
-        (num::ZERO | num::INT, b'.') if !*integer => (num::DOT, 0),
-        (num::ZERO | num::INT | num::FRAC, b'e' | b'E') if !*integer => (num::EXP, 0),
-        (num::DOT, _) if digit => (num::FRAC, 1),
-        (num::FRAC, _) if digit && *digits < MAX_FRAC_DIGITS => (num::FRAC, *digits + 1),
-        (num::EXP, b'+' | b'-') => (num::EXP_SIGN, 0),
-        (num::EXP | num::EXP_SIGN, _) if digit => (num::EXP_DIGITS, 1),
-        (num::EXP_DIGITS, _) if digit && *digits < MAX_EXP_DIGITS => (num::EXP_DIGITS, *digits + 1),
+        (NumPhase::Minus, b'0') => (NumPhase::Zero, 1),
+        (NumPhase::Minus, b'1'..=b'9') => (NumPhase::Int, 1),
+        (NumPhase::Int, _) if digit && *digits < MAX_INT_DIGITS => (NumPhase::Int, *digits + 1),
+        (NumPhase::Zero | NumPhase::Int, b'.') if !*integer => (NumPhase::Dot, 0),
+        (NumPhase::Zero | NumPhase::Int | NumPhase::Frac, b'e' | b'E') if !*integer => (NumPhase::Exp, 0),
+        (NumPhase::Dot, _) if digit => (NumPhase::Frac, 1),
+        (NumPhase::Frac, _) if digit && *digits < MAX_FRAC_DIGITS => (NumPhase::Frac, *digits + 1),
+        (NumPhase::Exp, b'+' | b'-') => (NumPhase::ExpSign, 0),
+        (NumPhase::Exp | NumPhase::ExpSign, _) if digit => (NumPhase::ExpDigits, 1),
+        (NumPhase::ExpDigits, _) if digit && *digits < MAX_EXP_DIGITS => (NumPhase::ExpDigits, *digits + 1),
         _ if num_accepts(*phase) => return Flow::PopRefeed(TAG_VALUE),
         _ => return Flow::Step(Step::Dead),
     };
