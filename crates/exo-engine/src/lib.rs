@@ -8,13 +8,17 @@
 //! - [`sampler`]: penalties, top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's
 //!   order.
 //! - [`stop`]: stop strings over streamed text.
+//! - [`constrain`]: JSON and JSON Schema constrained decoding (token masking).
+//! - [`tools`]: tool calls: prompting with tools, parsing calls, forcing them.
 
+pub mod constrain;
 mod engine;
 mod logprobs;
 mod prompt;
 pub mod sampler;
 mod session;
 pub mod stop;
+pub mod tools;
 
 pub use engine::{EngineConfig, EngineHandle, EngineLoad, Event, Finished, Request, RequestStream, SubmitError, Timings, Usage};
 pub use logprobs::TokenLogprob;
@@ -46,4 +50,7 @@ pub enum EngineError {
     /// caught while generating); the engine itself keeps running.
     #[error("internal engine error: {0}")]
     Internal(String),
+    /// Constrained decoding reached a token it cannot accept.
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
 }

@@ -141,7 +141,9 @@ impl Sampler {
                 return c.0;
             }
         }
-        self.candidates.last().map_or(0, |c| c.0)
+        // Rounding can leave `r` above the last sum: take the last token with any probability,
+        // never one that constrained decoding masked out.
+        self.candidates.iter().rev().find(|c| c.1 > 0.0).or(self.candidates.first()).map_or(0, |c| c.0)
     }
 
     fn apply_penalties(&mut self, history: &[u32]) {

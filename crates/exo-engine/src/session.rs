@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use exo_models::{LoadedModel, State};
 use exo_tokenizer::StreamDecoder;
 
+use crate::constrain::{Constraint, ConstraintState};
 use crate::logprobs::{LogprobScratch, TokenLogprob};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::stop::{StopMatcher, StopScan};
@@ -30,6 +31,9 @@ pub struct GenerateParams {
     /// Set from another thread to stop: checked before every forward pass, so generation ends
     /// (with [`StopReason::Cancelled`]) within one decode step or prompt batch.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Only tokens that continue this document may be sampled; generation ends once it is
+    /// complete and nothing may follow.
+    pub constraint: Option<Arc<Constraint>>,
 }
 
 impl Default for GenerateParams {
@@ -41,6 +45,7 @@ impl Default for GenerateParams {
             ignore_eos: false,
             logprobs: None,
             cancel: None,
+            constraint: None,
         }
     }
 }
@@ -48,7 +53,7 @@ impl Default for GenerateParams {
 /// Why generation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
-    /// The model produced an end-of-generation token.
+    /// The model produced an end-of-generation token, or the constrained document is complete.
     Eog,
     /// `max_tokens` were generated.
     MaxTokens,
@@ -194,6 +199,7 @@ impl Session {
             out.stop_reason = StopReason::Cancelled;
             return Ok(out);
         }
+        let mut constraint = params.constraint.clone().map(ConstraintState::new);
         let mut first_at = None;
         let mut scratch = LogprobScratch::default();
         let mut pending_logprobs = Vec::new();
@@ -209,7 +215,11 @@ impl Session {
             flow
         };
         while out.tokens.len() < params.max_tokens {
-            let id = sampler.sample(self.state.last_logits(), &self.cached);
+            let logits = match constraint.as_mut() {
+                Some(c) => c.mask_logits(self.state.last_logits())?,
+                None => self.state.last_logits(),
+            };
+            let id = sampler.sample(logits, &self.cached);
             if first_at.is_none() {
                 first_at = Some(Instant::now());
                 out.time_to_first_token = start.elapsed();
@@ -217,6 +227,9 @@ impl Session {
             if !params.ignore_eos && tok.is_eog(id) {
                 out.stop_reason = StopReason::Eog;
                 break;
+            }
+            if let Some(c) = constraint.as_mut() {
+                c.accept(id)?;
             }
             if let Some(n_top) = params.logprobs {
                 pending_logprobs.push(scratch.token(self.state.last_logits(), id, n_top));
@@ -236,6 +249,10 @@ impl Session {
                         break;
                     }
                 }
+            }
+            if constraint.as_ref().is_some_and(ConstraintState::is_finished) {
+                out.stop_reason = StopReason::Eog;
+                break;
             }
             if out.tokens.len() >= params.max_tokens {
                 break;

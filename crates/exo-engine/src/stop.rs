@@ -56,22 +56,23 @@ impl StopMatcher {
     }
 
     /// Length in bytes of the longest suffix of `pending` that is a proper prefix of a stop
-    /// string, cut at a char boundary.
+    /// string.
     fn partial_suffix(&self) -> usize {
-        let p = &self.pending;
-        let mut best = 0;
-        for s in &self.stops {
-            let max = s.len().saturating_sub(1).min(p.len());
-            for len in (1..=max).rev() {
-                let start = p.len() - len;
-                if len > best && p.is_char_boundary(start) && s.as_bytes().starts_with(&p.as_bytes()[start..]) {
-                    best = len;
-                    break;
-                }
-            }
-        }
-        best
+        self.stops.iter().map(|s| partial_match(&self.pending, s)).max().unwrap_or(0)
     }
+}
+
+/// Length in bytes of the longest suffix of `text` that is a proper prefix of `pattern`, cut at
+/// a char boundary: the text to hold back in case `pattern` is completed by what comes next.
+pub(crate) fn partial_match(text: &str, pattern: &str) -> usize {
+    let max = pattern.len().saturating_sub(1).min(text.len());
+    (1..=max)
+        .rev()
+        .find(|&len| {
+            let start = text.len() - len;
+            text.is_char_boundary(start) && pattern.as_bytes().starts_with(&text.as_bytes()[start..])
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

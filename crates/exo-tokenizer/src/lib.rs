@@ -181,8 +181,10 @@ impl Tokenizer {
         pieces.get(id as usize).map_or(&[], |p| p)
     }
 
-    /// Whether `id` renders as nothing when special tokens are skipped.
-    pub(crate) fn is_special(&self, id: u32) -> bool {
+    /// Whether `id` is a control or unknown token (`<|im_start|>`, `<unk>`, ...), which renders
+    /// as nothing when special tokens are skipped; user-defined tokens such as `<tool_call>` are
+    /// not.
+    pub fn is_special(&self, id: u32) -> bool {
         match &self.inner.backend {
             Backend::Gguf(v) => v.is_special_piece(id),
             Backend::Hf(h) => h.special.get(id as usize).copied().unwrap_or(false),
