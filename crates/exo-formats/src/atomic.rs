@@ -30,11 +30,6 @@ impl AtomicFile {
         &self.path
     }
 
-    /// Bytes written so far.
-    pub(crate) fn position(&self) -> u64 {
-        self.written
-    }
-
     /// Appends `bytes`; a failure (disk full, quota) names the file and the offset.
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
         let out = self.out.as_mut().expect("the writer lives until commit");

@@ -3,7 +3,8 @@
 //! - [`GgufFile`]: a GGUF v2/v3 file read through `mmap`: metadata key/values, tensor infos and
 //!   zero-copy views of tensor data.
 //! - [`HfModelDir`]: a Hugging Face model directory: `config.json`, `model.safetensors` or a
-//!   sharded index, read lazily through `mmap`.
+//!   sharded index, read lazily through `mmap`; PyTorch `pytorch_model.bin` checkpoints are read
+//!   the same way by a restricted unpickler that executes nothing.
 //! - [`GgufWriter`] and [`SafetensorsWriter`]: the same formats written, each file under a
 //!   temporary name renamed into place once complete.
 //!
@@ -17,6 +18,7 @@ mod ggml_type;
 mod gguf;
 mod gguf_writer;
 mod hf;
+mod pytorch;
 mod safetensors_writer;
 
 pub use bytes::TensorBytes;
