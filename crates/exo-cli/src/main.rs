@@ -8,6 +8,7 @@ mod bench;
 mod embed;
 mod info;
 mod model_path;
+mod perplexity;
 mod run;
 mod tokenize;
 
@@ -32,6 +33,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Print the embedding vector of each text as a JSON array of arrays.
     Embed(embed::EmbedArgs),
+    /// Perplexity of a text as llama.cpp computes it, and KL divergence against a base model.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() {
@@ -48,6 +51,7 @@ fn main() {
         Command::Bench(a) => bench::main(a),
         Command::Info(a) => info::main(a),
         Command::Embed(a) => embed::main(a),
+        Command::Perplexity(a) => perplexity::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

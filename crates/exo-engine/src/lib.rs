@@ -5,7 +5,9 @@
 //! - [`sampler`]: penalties, top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's
 //!   order.
 //! - [`stop`]: stop strings over streamed text.
+//! - [`perplexity`]: llama.cpp's perplexity and KL-divergence measures over a text.
 
+pub mod perplexity;
 pub mod sampler;
 mod session;
 pub mod stop;
@@ -30,6 +32,12 @@ pub enum EngineError {
         /// Context size.
         ctx: usize,
     },
+    /// The text could not be tokenized.
+    #[error(transparent)]
+    Tokenizer(#[from] exo_tokenizer::TokenizerError),
+    /// A perplexity run cannot be done as asked (text too short, vocabularies differ).
+    #[error("perplexity: {0}")]
+    Perplexity(String),
     /// A sampler setting is out of range.
     #[error("invalid sampling setting: {0}")]
     Sampler(String),
