@@ -5,6 +5,7 @@
 //! stderr, so `exo run --raw --temperature 0 ...` prints exactly the generated text.
 
 mod bench;
+mod convert;
 mod embed;
 mod info;
 mod model_path;
@@ -33,6 +34,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Print the embedding vector of each text as a JSON array of arrays.
     Embed(embed::EmbedArgs),
+    /// Convert a GGUF file to a Hugging Face directory, or a Hugging Face directory to GGUF.
+    Convert(convert::ConvertArgs),
     /// Perplexity of a text as llama.cpp computes it, and KL divergence against a base model.
     Perplexity(perplexity::PerplexityArgs),
 }
@@ -52,6 +55,7 @@ fn main() {
         Command::Info(a) => info::main(a),
         Command::Embed(a) => embed::main(a),
         Command::Perplexity(a) => perplexity::main(a),
+        Command::Convert(a) => convert::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
