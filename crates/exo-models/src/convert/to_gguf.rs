@@ -12,8 +12,8 @@ use crate::ModelError;
 
 /// Tensor names of a decoder layer in GGUF, in llama.cpp's order.
 const LAYER_PARTS: &[&str] = &[
-    "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm", "post_attention_norm",
-    "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm",
+    "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm", "ffn_norm",
+    "post_attention_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm",
 ];
 
 /// Writes the model in `h` as the GGUF file `out` (which must not exist yet). Matrices keep their
@@ -122,7 +122,7 @@ fn add_tensors<'a>(
             let gguf = format!("{stem}.{suffix}");
             let hf = hf_name(c.arch, &gguf);
             let Some(info) = h.tensor(&hf) else { continue };
-            // Llama's ffn_norm and post_attention_norm share a Hugging Face name: the first wins.
+            // Outside Gemma, post_attention_norm's Hugging Face name is ffn_norm's, which comes first.
             if !used.insert(hf.clone()) {
                 continue;
             }
