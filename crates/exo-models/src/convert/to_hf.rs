@@ -116,7 +116,7 @@ fn config_json(c: &ModelConfig, tied: bool, dtype: DType, tok: &vocab::HfTokeniz
             let act = if c.activation == Activation::GeluTanh { "gelu_pytorch_tanh" } else { "silu" };
             o.insert("hidden_activation".into(), json!(act));
             // exo's scale is 1/sqrt(query_pre_attn_scalar).
-            o.insert("query_pre_attn_scalar".into(), json!((1.0 / (c.attn_scale * c.attn_scale)).round()));
+            o.insert("query_pre_attn_scalar".into(), json!((1.0 / (c.attn_scale * c.attn_scale)).round() as u64));
             o.insert("sliding_window".into(), json!(c.sliding_window));
             let types: Vec<&str> =
                 c.sliding_layers.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();

@@ -65,6 +65,13 @@ pub(super) fn hf_tokenizer_from_gguf(g: &GgufFile, max_len: usize) -> Result<HfT
         other => return Err(meta_err(g, format!("tokenizer.ggml.model '{other}' has no tokenizer.json form exo writes (gpt2, llama)"))),
     };
     let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(spm);
+    // llama.cpp makes the tokens of its end-of-generation texts control tokens whatever their
+    // GGUF type ("</s>" is a normal token of Qwen2's vocabulary), so the tokenizer.json does too.
+    let types: Vec<i32> = types
+        .iter()
+        .zip(&tokens)
+        .map(|(&ty, t)| if exo_tokenizer::EOG_TEXTS.contains(&t.as_str()) { CONTROL } else { ty })
+        .collect();
     let added: Vec<Value> = (0..tokens.len())
         .filter(|&i| matches!(types[i], CONTROL | USER_DEFINED | UNKNOWN))
         .map(|i| {
