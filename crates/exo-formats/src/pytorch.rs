@@ -278,7 +278,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, pairs: Vec<Value>) -> Result<(), String> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of values".into());
         }
         let d = depth_of(pairs.iter())?;
@@ -396,24 +396,18 @@ impl<'a> Machine<'a> {
                     let g = global(&module, &name)?;
                     self.push(Value::Global(g))?
                 }
-                b'q' => {
-                    let k = self.uint(1)? as u32;
-                    self.memo_put(k)?
-                }
-                b'r' => {
-                    let k = self.uint(4)? as u32;
+                // BINPUT / LONG_BINPUT: a 1- or 4-byte memo key.
+                b'q' | b'r' => {
+                    let k = self.uint(if op == b'q' { 1 } else { 4 })? as u32;
                     self.memo_put(k)?
                 }
                 0x94 => {
                     let k = self.memo.len() as u32;
                     self.memo_put(k)?
                 }
-                b'h' => {
-                    let k = self.uint(1)? as u32;
-                    self.memo_get(k)?
-                }
-                b'j' => {
-                    let k = self.uint(4)? as u32;
+                // BINGET / LONG_BINGET.
+                b'h' | b'j' => {
+                    let k = self.uint(if op == b'h' { 1 } else { 4 })? as u32;
                     self.memo_get(k)?
                 }
                 b't' => {

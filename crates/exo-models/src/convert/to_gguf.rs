@@ -68,7 +68,7 @@ pub fn hf_to_gguf(h: &HfModelDir, out: &Path, dtype: Option<DType>) -> Result<Ve
     let leftover: Vec<String> = h
         .tensor_names()
         .into_iter()
-        .filter(|n| !used.contains(n) && !n.ends_with("rotary_emb.inv_freq") && !(tied && n == "lm_head.weight"))
+        .filter(|n| !(used.contains(n) || n.ends_with("rotary_emb.inv_freq") || (tied && n == "lm_head.weight")))
         .collect();
     if !leftover.is_empty() {
         return Err(unconvertible(format!("tensors with no GGUF name: {}", leftover.join(", "))));
