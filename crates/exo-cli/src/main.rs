@@ -5,9 +5,11 @@
 //! stderr, so `exo run --raw --temperature 0 ...` prints exactly the generated text.
 
 mod bench;
+mod convert;
 mod embed;
 mod info;
 mod model_path;
+mod perplexity;
 mod run;
 mod serve;
 mod tokenize;
@@ -35,6 +37,10 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Serve models over HTTP with OpenAI-, Ollama- and Anthropic-compatible APIs.
     Serve(serve::ServeArgs),
+    /// Convert a GGUF file to a Hugging Face directory, or a Hugging Face directory to GGUF.
+    Convert(convert::ConvertArgs),
+    /// Perplexity of a text as llama.cpp computes it, and KL divergence against a base model.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() {
@@ -52,6 +58,8 @@ fn main() {
         Command::Info(a) => info::main(a),
         Command::Embed(a) => embed::main(a),
         Command::Serve(a) => serve::main(a),
+        Command::Perplexity(a) => perplexity::main(a),
+        Command::Convert(a) => convert::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

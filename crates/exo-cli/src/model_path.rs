@@ -37,9 +37,13 @@ pub fn resolve(model: &str) -> anyhow::Result<PathBuf> {
 
 /// Resolves and loads MODEL, reporting the load time on stderr.
 pub fn load(model: &str) -> anyhow::Result<exo_models::LoadedModel> {
-    let path = resolve(model)?;
+    load_path(&resolve(model)?, false)
+}
+
+/// Loads the model at `path`, with every weight widened to f32 when `dequantize` is set.
+pub fn load_path(path: &Path, dequantize: bool) -> anyhow::Result<exo_models::LoadedModel> {
     let t = std::time::Instant::now();
-    let m = exo_models::load(&path, &exo_models::LoadOptions::default())
+    let m = exo_models::load(path, &exo_models::LoadOptions { dequantize })
         .with_context(|| format!("loading {}", path.display()))?;
     tracing::info!("loaded {} in {:.2?}", path.display(), t.elapsed());
     Ok(m)

@@ -10,10 +10,12 @@
 //! - [`stop`]: stop strings over streamed text.
 //! - [`constrain`]: JSON and JSON Schema constrained decoding (token masking).
 //! - [`tools`]: tool calls: prompting with tools, parsing calls, forcing them.
+//! - [`perplexity`]: llama.cpp's perplexity and KL-divergence measures over a text.
 
 pub mod constrain;
 mod engine;
 mod logprobs;
+pub mod perplexity;
 mod prompt;
 pub mod sampler;
 mod session;
@@ -43,6 +45,12 @@ pub enum EngineError {
         /// Context size.
         ctx: usize,
     },
+    /// The text could not be tokenized.
+    #[error(transparent)]
+    Tokenizer(#[from] exo_tokenizer::TokenizerError),
+    /// A perplexity run cannot be done as asked (text too short, vocabularies differ).
+    #[error("perplexity: {0}")]
+    Perplexity(String),
     /// A sampler setting is out of range.
     #[error("invalid sampling setting: {0}")]
     Sampler(String),

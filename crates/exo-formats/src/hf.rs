@@ -45,58 +45,28 @@ pub struct HfModelDir {
 }
 
 impl HfModelDir {
-    /// Opens `dir`: parses `config.json` and the safetensors headers of every shard.
+    /// Opens `dir`: parses `config.json` and the headers of every weight file: safetensors
+    /// (`model.safetensors` or a sharded index) or else PyTorch (`pytorch_model.bin` or its
+    /// sharded index), whose pickles are read without executing anything.
     pub fn open(dir: &Path) -> Result<Self, FormatError> {
         let config = read_json(&dir.join("config.json"))?;
-        let index_path = dir.join("model.safetensors.index.json");
-        let shard_names: Vec<String> = if index_path.is_file() {
-            let index = read_json(&index_path)?;
-            let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                FormatError::invalid(&index_path, "field 'weight_map' is missing or not an object")
-            })?;
-            let mut names: Vec<String> = Vec::new();
-            for (tensor, file) in map {
-                let file = file.as_str().ok_or_else(|| {
-                    FormatError::invalid(&index_path, format!("weight_map['{tensor}'] is not a file name"))
-                })?;
-                if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-                    return Err(FormatError::invalid(
-                        &index_path,
-                        format!("weight_map['{tensor}'] = '{file}' points outside the directory"),
-                    ));
-                }
-                if !names.iter().any(|n| n == file) {
-                    names.push(file.to_string());
-                }
-            }
-            names.sort();
-            names
-        } else if dir.join("model.safetensors").is_file() {
-            vec!["model.safetensors".to_string()]
+        let (files, pytorch) = if let Some(names) = shard_names(dir, "model.safetensors")? {
+            (names, false)
+        } else if let Some(names) = shard_names(dir, "pytorch_model.bin")? {
+            (names, true)
         } else {
             return Err(FormatError::invalid(
                 dir,
-                "no weights: expected model.safetensors or model.safetensors.index.json",
+                "no weights: expected model.safetensors, pytorch_model.bin or a sharded index of either",
             ));
         };
-        let mut shards = Vec::with_capacity(shard_names.len());
+        let mut shards = Vec::with_capacity(files.len());
         let mut tensors = HashMap::new();
-        for (i, name) in shard_names.iter().enumerate() {
+        for (i, name) in files.iter().enumerate() {
             let path = dir.join(name);
-            let map = crate::bytes::map_file(&path)?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map)
-                .map_err(|e| FormatError::invalid(&path, format!("invalid safetensors header: {e}")))?;
-            let base = 8 + header_len;
-            for (tname, info) in meta.tensors() {
-                let (s, e) = info.data_offsets;
-                // read_metadata checked the offsets are contiguous and end at the file's end.
-                let t = SafeTensorInfo {
-                    name: tname.clone(),
-                    dtype: float_type(info.dtype),
-                    shape: info.shape.clone(),
-                    shard: i,
-                    range: base + s..base + e,
-                };
+            let (map, found) = if pytorch { read_pytorch(&path)? } else { read_safetensors(&path)? };
+            for (tname, dtype, shape, range) in found {
+                let t = SafeTensorInfo { name: tname.clone(), dtype, shape, shard: i, range };
                 if tensors.insert(tname.clone(), t).is_some() {
                     return Err(FormatError::invalid(&path, format!("tensor '{tname}' appears in two shards")));
                 }
@@ -167,6 +137,59 @@ fn float_type(d: Dtype) -> FloatType {
     }
 }
 
+/// The weight files of `dir` named after `single` (`model.safetensors`): the shards listed by
+/// `single.index.json`, or `single` itself; `None` when neither exists.
+fn shard_names(dir: &Path, single: &str) -> Result<Option<Vec<String>>, FormatError> {
+    let index_path = dir.join(format!("{single}.index.json"));
+    if !index_path.is_file() {
+        return Ok(dir.join(single).is_file().then(|| vec![single.to_string()]));
+    }
+    let index = read_json(&index_path)?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| FormatError::invalid(&index_path, "field 'weight_map' is missing or not an object"))?;
+    let mut names: Vec<String> = Vec::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| FormatError::invalid(&index_path, format!("weight_map['{tensor}'] is not a file name")))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(FormatError::invalid(
+                &index_path,
+                format!("weight_map['{tensor}'] = '{file}' points outside the directory"),
+            ));
+        }
+        if !names.iter().any(|n| n == file) {
+            names.push(file.to_string());
+        }
+    }
+    names.sort();
+    Ok(Some(names))
+}
+
+/// A weight file's tensors: (name, element type, shape, byte range in the map).
+type FileTensors = (Arc<Mmap>, Vec<(String, FloatType, Vec<usize>, std::ops::Range<usize>)>);
+
+fn read_safetensors(path: &Path) -> Result<FileTensors, FormatError> {
+    let map = crate::bytes::map_file(path)?;
+    let (header_len, meta) = SafeTensors::read_metadata(&map)
+        .map_err(|e| FormatError::invalid(path, format!("invalid safetensors header: {e}")))?;
+    let base = 8 + header_len;
+    // read_metadata checked the offsets are contiguous and end at the file's end.
+    let tensors = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, float_type(info.dtype), info.shape.clone(), base + info.data_offsets.0..base + info.data_offsets.1))
+        .collect();
+    Ok((map, tensors))
+}
+
+fn read_pytorch(path: &Path) -> Result<FileTensors, FormatError> {
+    let (map, found) = crate::pytorch::read_checkpoint(path)?;
+    Ok((map, found.into_iter().map(|t| (t.name, t.dtype, t.shape, t.range)).collect()))
+}
+
 /// Reads and parses a JSON file, naming it in any error.
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, FormatError> {
     let text = std::fs::read_to_string(path).map_err(|source| FormatError::Io { path: path.to_path_buf(), source })?;
@@ -216,7 +239,7 @@ mod tests {
         assert!(e.contains("config.json: invalid JSON"), "{e}");
         std::fs::write(d.path().join("config.json"), "{}").unwrap();
         let e = HfModelDir::open(d.path()).unwrap_err().to_string();
-        assert!(e.contains("no weights"), "{e}");
+        assert!(e.contains("no weights: expected model.safetensors, pytorch_model.bin"), "{e}");
         std::fs::write(d.path().join("model.safetensors"), [200u8, 0, 0, 0, 0, 0, 0, 0, b'{']).unwrap();
         let e = HfModelDir::open(d.path()).unwrap_err().to_string();
         assert!(e.contains("model.safetensors: invalid safetensors header"), "{e}");

@@ -5,6 +5,8 @@
 //! tokenizer, and returns a [`LoadedModel`]. All architectures run through the one forward pass
 //! in [`transformer`]; quantized and float weights differ only inside each weight [`Matrix`].
 //!
+//! [`convert`] turns a GGUF file into a Hugging Face directory and back.
+//!
 //! Embedding models are the other kind: [`Embedder::load`] opens a sentence-transformers
 //! directory (a [`bert`] encoder, pooling, normalisation) and [`Embedder::embed`] turns texts into
 //! vectors. [`is_embedding_model`] tells the two kinds of directory apart.
@@ -13,6 +15,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod convert;
 pub mod embed;
 pub mod gemma3;
 pub mod llama;
@@ -62,6 +65,14 @@ pub enum ModelError {
         /// The file.
         file: String,
         /// What is wrong.
+        what: String,
+    },
+    /// The model holds something the target format of a conversion cannot express.
+    #[error("{file}: cannot convert: {what}")]
+    Unconvertible {
+        /// The file or directory converted.
+        file: String,
+        /// What cannot be carried over, and why.
         what: String,
     },
     /// A tensor the architecture needs is absent.
@@ -200,15 +211,36 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> 
     Ok(LoadedModel { transformer: transformer?, tokenizer: tokenizer?, info })
 }
 
-fn gguf_parts(g: &GgufFile) -> Result<(ModelConfig, ModelInfo), ModelError> {
+/// The model's hyper-parameters from GGUF metadata, for whichever architecture it names.
+pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ModelError> {
     let source = g.path().display().to_string();
     let arch_name = g.get_str("general.architecture")?.to_string();
     let arch = Arch::from_name(&arch_name).ok_or(ModelError::UnknownArch { file: source, arch: arch_name })?;
-    let config = match arch {
-        Arch::Llama => llama::config_from_gguf(g)?,
-        Arch::Qwen2 => qwen2::config_from_gguf(g)?,
-        Arch::Gemma3 => gemma3::config_from_gguf(g)?,
-    };
+    match arch {
+        Arch::Llama => llama::config_from_gguf(g),
+        Arch::Qwen2 => qwen2::config_from_gguf(g),
+        Arch::Gemma3 => gemma3::config_from_gguf(g),
+    }
+}
+
+/// The model's hyper-parameters from a Hugging Face `config.json`.
+pub fn config_from_hf(h: &HfModelDir) -> Result<ModelConfig, ModelError> {
+    let source = h.dir().join("config.json").display().to_string();
+    let cfg = h.config();
+    let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    if embed::is_bert_config(cfg) {
+        return Err(ModelError::NotGenerative { file: source, arch: model_type });
+    }
+    let arch = Arch::from_name(&model_type).ok_or(ModelError::UnknownArch { file: source.clone(), arch: model_type })?;
+    match arch {
+        Arch::Llama => llama::config_from_hf(cfg, &source),
+        Arch::Qwen2 => qwen2::config_from_hf(cfg, &source),
+        Arch::Gemma3 => gemma3::config_from_hf(cfg, &source),
+    }
+}
+
+fn gguf_parts(g: &GgufFile) -> Result<(ModelConfig, ModelInfo), ModelError> {
+    let config = config_from_gguf(g)?;
     let n_params = g.tensors().iter().map(|t| t.dims.iter().product::<usize>() as u64).sum();
     let info = ModelInfo {
         path: g.path().to_path_buf(),
@@ -221,19 +253,7 @@ fn gguf_parts(g: &GgufFile) -> Result<(ModelConfig, ModelInfo), ModelError> {
 }
 
 fn hf_parts(h: &HfModelDir) -> Result<(ModelConfig, ModelInfo), ModelError> {
-    let source = h.dir().join("config.json").display().to_string();
-    let cfg = h.config();
-    let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    if embed::is_bert_config(cfg) {
-        return Err(ModelError::NotGenerative { file: source, arch: model_type });
-    }
-    let arch = Arch::from_name(&model_type).ok_or(ModelError::UnknownArch { file: source.clone(), arch: model_type })?;
-    let config = match arch {
-        Arch::Llama => llama::config_from_hf(cfg, &source)?,
-        Arch::Qwen2 => qwen2::config_from_hf(cfg, &source)?,
-        Arch::Gemma3 => gemma3::config_from_hf(cfg, &source)?,
-    };
-    Ok((config, hf_info(h)))
+    Ok((config_from_hf(h)?, hf_info(h)))
 }
 
 /// Path, name (the directory's), parameter count and weight bytes of a Hugging Face directory.

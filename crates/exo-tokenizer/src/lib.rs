@@ -23,6 +23,7 @@ mod vocab;
 
 use std::sync::Arc;
 
+pub use vocab::EOG_TEXTS;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::TokenizerError;
 pub use stream::StreamDecoder;

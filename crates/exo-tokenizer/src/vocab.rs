@@ -70,8 +70,9 @@ const FIM_MID: &[&str] = &[
 const FIM_PAD: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
 const FIM_REP: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 const FIM_SEP: &[&str] = &["<|file_sep|>"];
-/// Texts that end generation, whatever the GGUF says (llama.cpp's text-based EOG list).
-pub(crate) const EOG_TEXTS: &[&str] = &[
+/// Texts that end generation, whatever the GGUF says (llama.cpp's text-based EOG list); such
+/// tokens are control tokens even where the GGUF types them as normal.
+pub const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
