@@ -117,17 +117,15 @@ pub(crate) fn input_texts(input: &Value, param: &str) -> Result<Vec<String>, Api
     if items.len() > MAX_INPUTS {
         return Err(ApiError::invalid(param, format!("{} texts, more than the limit of {MAX_INPUTS} per request", items.len())));
     }
+    let token_ids = !items.is_empty() && items.iter().all(Value::is_number) || items.iter().any(Value::is_array);
+    if token_ids {
+        let why = "token ids are not supported: send the texts, which exo tokenizes with the model's own tokenizer";
+        return Err(ApiError::invalid(param, why));
+    }
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| match item {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(_) | Value::Array(_) => Err(ApiError::invalid(
-                param,
-                "token ids are not supported: send the texts, which exo tokenizes with the model's own tokenizer",
-            )),
-            _ => Err(ApiError::invalid(&format!("{param}[{i}]"), "must be a string")),
-        })
+        .map(|(i, item)| item.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid(&format!("{param}[{i}]"), "must be a string")))
         .collect()
 }
 

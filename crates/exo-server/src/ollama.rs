@@ -23,7 +23,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use exo_engine::{Event, Finished, GenerateParams, Prompt, Request, SamplerConfig, StopReason};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::body::{check_range, from_value, JsonBody};
@@ -105,6 +105,22 @@ pub(crate) struct EmbedBody {
 pub(crate) struct EmbeddingsBody {
     model: String,
     prompt: Option<String>,
+}
+
+/// The answer of `/api/embed`, written through `Serialize` so that vectors go out as f32.
+#[derive(Serialize)]
+struct EmbedAnswer<'a> {
+    model: &'a str,
+    embeddings: Vec<&'a [f32]>,
+    total_duration: u64,
+    load_duration: u64,
+    prompt_eval_count: usize,
+}
+
+/// The answer of `/api/embeddings`.
+#[derive(Serialize)]
+struct LegacyEmbedAnswer<'a> {
+    embedding: &'a [f32],
 }
 
 /// The request body of `/api/show`.
@@ -274,7 +290,7 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
 }
 
 /// `POST /api/embed`.
-pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedBody>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedBody>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let model = state.model(&req.model)?;
     let runner = model.embeddings()?;
@@ -290,28 +306,29 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
     } else {
         runner.embed(&state, &model.name, EmbedRequest { texts, param: "input", truncate: req.truncate != Some(false) }).await?
     };
-    let tokens: usize = embedded.iter().map(|e| e.tokens).sum();
-    let embeddings: Vec<&[f32]> = embedded.iter().map(|e| e.vector.as_slice()).collect();
-    Ok(Json(json!({
-        "model": model.name,
-        "embeddings": embeddings,
-        "total_duration": started.elapsed().as_nanos() as u64,
+    Ok(Json(EmbedAnswer {
+        model: &model.name,
+        embeddings: embedded.iter().map(|e| e.vector.as_slice()).collect(),
+        total_duration: started.elapsed().as_nanos() as u64,
         // The model was loaded before the server became ready.
-        "load_duration": 0,
-        "prompt_eval_count": tokens,
-    })))
+        load_duration: 0,
+        prompt_eval_count: embedded.iter().map(|e| e.tokens).sum(),
+    })
+    .into_response())
 }
 
 /// `POST /api/embeddings`: one `prompt`, one `embedding` (Ollama's older endpoint).
-pub(crate) async fn embeddings(State(state): State<AppState>, JsonBody(req): JsonBody<EmbeddingsBody>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn embeddings(State(state): State<AppState>, JsonBody(req): JsonBody<EmbeddingsBody>) -> Result<Response, ApiError> {
     let model = state.model(&req.model)?;
     let runner = model.embeddings()?;
     let prompt = req.prompt.unwrap_or_default();
-    if prompt.is_empty() {
-        return Ok(Json(json!({ "embedding": [] })));
-    }
-    let embedded = runner.embed(&state, &model.name, EmbedRequest { texts: vec![prompt], param: "prompt", truncate: true }).await?;
-    Ok(Json(json!({ "embedding": embedded.first().map_or(&[][..], |e| e.vector.as_slice()) })))
+    let embedded = if prompt.is_empty() {
+        Vec::new()
+    } else {
+        runner.embed(&state, &model.name, EmbedRequest { texts: vec![prompt], param: "prompt", truncate: true }).await?
+    };
+    let embedding = embedded.first().map_or(&[][..], |e| e.vector.as_slice());
+    Ok(Json(LegacyEmbedAnswer { embedding }).into_response())
 }
 
 fn reject_nonempty(param: &str, present: bool, what: &str) -> Result<(), ApiError> {

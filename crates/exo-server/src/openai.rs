@@ -233,6 +233,36 @@ enum EncodingFormat {
     Base64,
 }
 
+/// The answer of `POST /v1/embeddings`. Written through `Serialize` rather than `json!`, so
+/// vectors go out as f32 (`0.1`), not widened to f64 (`0.10000000149011612`) at twice the bytes.
+#[derive(Serialize)]
+struct EmbeddingList<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingObject<'a>>,
+    model: &'a str,
+    usage: EmbeddingUsage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingObject<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: EmbeddingVector<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbeddingVector<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct EmbeddingUsage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
 /// `GET /v1/models`.
 pub(crate) async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state.models()?.iter().map(|m| model_object(m)).collect();
@@ -299,7 +329,7 @@ pub(crate) async fn completions(State(state): State<AppState>, JsonBody(body): J
 }
 
 /// `POST /v1/embeddings`.
-pub(crate) async fn embeddings(State(state): State<AppState>, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn embeddings(State(state): State<AppState>, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Response, ApiError> {
     let texts = input_texts(&req.input, "input")?;
     if texts.is_empty() {
         return Err(ApiError::invalid("input", "the list is empty; send at least one text"));
@@ -309,22 +339,22 @@ pub(crate) async fn embeddings(State(state): State<AppState>, JsonBody(req): Jso
     check_dimensions(req.dimensions, runner.embedder(), &model.name)?;
     let embedded = runner.embed(&state, &model.name, EmbedRequest { texts, param: "input", truncate: true }).await?;
     let tokens: usize = embedded.iter().map(|e| e.tokens).sum();
-    let data: Vec<Value> = embedded
+    let data = embedded
         .iter()
         .enumerate()
         .map(|(index, e)| {
             let embedding = match req.encoding_format {
-                EncodingFormat::Float => json!(e.vector),
+                EncodingFormat::Float => EmbeddingVector::Float(&e.vector),
                 EncodingFormat::Base64 => {
                     let bytes: Vec<u8> = e.vector.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
                 }
             };
-            json!({ "object": "embedding", "index": index, "embedding": embedding })
+            EmbeddingObject { object: "embedding", index, embedding }
         })
         .collect();
-    let usage = json!({ "prompt_tokens": tokens, "total_tokens": tokens });
-    Ok(Json(json!({ "object": "list", "data": data, "model": model.name, "usage": usage })))
+    let usage = EmbeddingUsage { prompt_tokens: tokens, total_tokens: tokens };
+    Ok(Json(EmbeddingList { object: "list", data, model: &model.name, usage }).into_response())
 }
 
 impl Common {
