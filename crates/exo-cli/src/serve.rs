@@ -12,6 +12,7 @@ use exo_server::{ModelSpec, Server, ServerConfig};
 pub struct ServeArgs {
     /// A model to serve (repeatable): a .gguf file, a Hugging Face directory or a name in the
     /// model cache, served under its file name without extension; NAME=MODEL picks the name.
+    /// A sentence-transformers directory (all-minilm-l6-v2) is served for embeddings.
     #[arg(short = 'm', long = "model", required = true)]
     models: Vec<String>,
     /// Address to listen on; the default accepts connections from this machine only.
@@ -26,7 +27,7 @@ pub struct ServeArgs {
     /// Context size per request slot in tokens (default: the model's training context, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
-    /// Requests each model generates at once (each slot holds its own KV cache).
+    /// Requests each model generates (or embeds) at once (each generation slot holds its own KV cache).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     parallel: u16,
     /// Requests each model lets wait for a free slot; beyond that clients get 503 and Retry-After.

@@ -1,8 +1,8 @@
 //! `exo serve` driven by the real client libraries: each test starts the `exo` binary on a free
-//! port with SmolLM2 and runs one of the Python scripts in tests/clients/ (written against the
-//! `openai`, `ollama` and `anthropic` packages pinned in tests/clients/requirements.txt), which
-//! exits non-zero if any of its checks fails. The Python environment comes from
-//! scripts/setup-clients.sh (scripts/test.sh runs it first).
+//! port with SmolLM2 (and all-MiniLM-L6-v2 for embeddings) and runs one of the Python scripts in
+//! tests/clients/ (written against the `openai`, `ollama` and `anthropic` packages pinned in
+//! tests/clients/requirements.txt), which exits non-zero if any of its checks fails. The Python
+//! environment comes from scripts/setup-clients.sh (scripts/test.sh runs it first).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,8 @@ use std::time::Duration;
 
 const SMOLLM2: &str = "smollm2-135m-instruct";
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
+/// The sentence-transformers directory served for embeddings.
+const MINILM: &str = "all-minilm-l6-v2";
 
 /// The Python of the clients' virtual environment.
 fn client_python() -> PathBuf {
@@ -135,6 +137,15 @@ fn eight_concurrent_clients_match_alone() {
 #[test]
 fn greedy_answers_equal_exo_run() {
     main_server().run_clients("test_exo_run.py");
+}
+
+#[test]
+fn embeddings_through_both_clients() {
+    let dir = exo_models::models_dir().join(MINILM);
+    assert!(dir.is_dir(), "{} is missing: run scripts/fetch-models.sh all", dir.display());
+    // One slot and a queue of one, so that a flood of requests is refused quickly.
+    let args = ["-m", MINILM, "-m", SMOLLM2, "--parallel", "1", "--queue-size", "1", "--ctx-size", "512"];
+    Served::start(&args, None).run_clients("test_embeddings.py");
 }
 
 #[test]

@@ -158,11 +158,7 @@ impl Embedder {
     /// The ids of text number `index` as the model sees them: lowercased if the model asks for
     /// it, special-token texts parsed (as the tokenizers library does by default), truncated.
     fn tokenize(&self, index: usize, text: &str) -> Result<Vec<u32>, ModelError> {
-        let mut ids = if self.lowercase {
-            self.tokenizer.encode(&text.to_lowercase(), true, true)?
-        } else {
-            self.tokenizer.encode(text, true, true)?
-        };
+        let mut ids = self.encode(text)?;
         if ids.is_empty() {
             return Err(ModelError::EmptyText { index });
         }
@@ -172,6 +168,22 @@ impl Embedder {
             ids.drain(self.max_tokens - self.n_suffix..ids.len() - self.n_suffix);
         }
         Ok(ids)
+    }
+
+    /// The ids of `text` before truncation, special tokens included.
+    fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let ids = if self.lowercase {
+            self.tokenizer.encode(&text.to_lowercase(), true, true)?
+        } else {
+            self.tokenizer.encode(text, true, true)?
+        };
+        Ok(ids)
+    }
+
+    /// Tokens `text` takes before truncation, special tokens included: what an API that refuses
+    /// over-long texts instead of cutting them compares with [`Embedder::max_tokens`].
+    pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
+        Ok(self.encode(text)?.len())
     }
 
     /// One vector from a text's token vectors (`rows`: at least one row of [`Embedder::dim`]).

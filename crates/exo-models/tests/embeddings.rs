@@ -69,6 +69,13 @@ fn minilm_matches_sentence_transformers_batched_and_one_by_one() {
     for (i, text) in texts.iter().enumerate() {
         let label = format!("batched text {i} {:?}", text.chars().take(40).collect::<String>());
         assert_eq!(batch[i].tokens as u64, tokens[i].as_u64().unwrap(), "{label}: tokens");
+        // Before truncation: the same count below the limit, more at it.
+        let untruncated = e.count_tokens(text).unwrap();
+        if batch[i].tokens < e.max_tokens() {
+            assert_eq!(untruncated, batch[i].tokens, "{label}: count_tokens");
+        } else {
+            assert!(untruncated > e.max_tokens(), "{label}: count_tokens {untruncated}");
+        }
         check(&label, &batch[i], &want[i], e.normalizes());
         let alone = e.embed(&[text]).unwrap().remove(0);
         assert_eq!(alone.tokens, batch[i].tokens, "text {i} alone: tokens");

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use exo_engine::{Event, Finished, Request, RequestStream, TokenLogprob};
+use exo_engine::{EngineHandle, Event, Finished, Request, RequestStream, TokenLogprob};
+use exo_tokenizer::Tokenizer;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::models::ServedModel;
@@ -14,6 +15,7 @@ use crate::AppState;
 /// response stream holding it).
 pub(crate) struct Generation {
     stream: RequestStream,
+    engine: EngineHandle,
     model: Arc<ServedModel>,
     state: AppState,
 }
@@ -26,15 +28,16 @@ pub(crate) struct Output {
     pub(crate) finished: Finished,
 }
 
-/// Submits `request` to `model`. Template rendering and tokenization of a large prompt take
-/// milliseconds to seconds, so they run off the async workers.
+/// Submits `request` to `model` (a 400 if it does not generate text). Template rendering and
+/// tokenization of a large prompt take milliseconds to seconds, so they run off the async workers.
 pub(crate) async fn submit(state: &AppState, model: Arc<ServedModel>, request: Request) -> Result<Generation, ApiError> {
-    let engine = model.engine.clone();
-    let submitted = tokio::task::spawn_blocking(move || engine.submit(request))
+    let engine = model.engine()?.clone();
+    let submitter = engine.clone();
+    let submitted = tokio::task::spawn_blocking(move || submitter.submit(request))
         .await
         .map_err(|e| ApiError::new(ErrorKind::Internal, format!("submitting the request failed: {e}")))?;
     let stream = submitted.map_err(ApiError::from_submit)?;
-    Ok(Generation { stream, model, state: state.clone() })
+    Ok(Generation { stream, engine, model, state: state.clone() })
 }
 
 impl Generation {
@@ -50,6 +53,11 @@ impl Generation {
     /// The model generating.
     pub(crate) fn model(&self) -> &ServedModel {
         &self.model
+    }
+
+    /// The model's tokenizer.
+    pub(crate) fn tokenizer(&self) -> &Tokenizer {
+        &self.engine.model().tokenizer
     }
 
     /// Tokens in the prompt.

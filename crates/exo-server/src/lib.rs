@@ -5,6 +5,8 @@
 //! - `openai`, `ollama`, `anthropic`: each API's wire format, translated to and from
 //!   engine [`Request`](exo_engine::Request)s and [`Event`](exo_engine::Event)s. No API talks to
 //!   a model directly: `generation` submits to the model's [`EngineHandle`] and reads its events.
+//! - `embedding`: embedding models ([`exo_models::Embedder`], served next to generators) behind
+//!   `/v1/embeddings`, `/api/embed` and `/api/embeddings`, computed off the async workers.
 //! - `error`: one error type; its status is decided once and its body written in the shape of
 //!   the API the request was made to.
 //! - `auth`: optional API key (`Authorization: Bearer` or `x-api-key`); `/health` stays open.
@@ -16,6 +18,7 @@
 mod anthropic;
 mod auth;
 mod body;
+mod embedding;
 mod error;
 mod generation;
 mod metrics;
@@ -37,9 +40,10 @@ use axum::{Json, Router};
 use exo_engine::{EngineConfig, EngineHandle};
 use tokio::net::TcpListener;
 
+use crate::embedding::EmbeddingRunner;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
-use crate::models::ServedModel;
+use crate::models::{Runner, ServedModel};
 
 /// How to run the server.
 #[derive(Clone, Debug)]
@@ -52,7 +56,7 @@ pub struct ServerConfig {
     pub models: Vec<ModelSpec>,
     /// Context size per slot in tokens; `None`: the model's training context, at most 4096.
     pub ctx_size: Option<usize>,
-    /// Requests each model generates at once.
+    /// Requests each model generates (or embeds) at once.
     pub parallel: usize,
     /// Requests each model lets wait for a slot before answering 503.
     pub queue: usize,
@@ -65,7 +69,8 @@ pub struct ServerConfig {
 pub struct ModelSpec {
     /// Name in the APIs' `model` field.
     pub name: String,
-    /// A `.gguf` file or a Hugging Face directory.
+    /// A `.gguf` file or a Hugging Face directory: a text generator, or a sentence-transformers
+    /// directory (see [`exo_models::is_embedding_model`]), served for embeddings.
     pub path: PathBuf,
 }
 
@@ -160,14 +165,19 @@ impl Server {
 fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerError> {
     let mut out = Vec::new();
     for spec in &config.models {
-        let model = exo_models::load(&spec.path, &exo_models::LoadOptions::default()).map_err(|source| {
-            ServerError::Load { name: spec.name.clone(), path: spec.path.clone(), source: Box::new(source) }
-        })?;
-        let ctx = config.ctx_size.unwrap_or(model.transformer.config().train_ctx.min(4096));
-        let engine_config = EngineConfig { ctx, parallel: config.parallel, queue: config.queue, batch: PROMPT_BATCH };
-        let engine = EngineHandle::start(Arc::new(model), engine_config)
-            .map_err(|source| ServerError::Engine { name: spec.name.clone(), source })?;
-        out.push(Arc::new(ServedModel::new(spec.name.clone(), engine)));
+        let load_error = |source| ServerError::Load { name: spec.name.clone(), path: spec.path.clone(), source: Box::new(source) };
+        let runner = if exo_models::is_embedding_model(&spec.path) {
+            let embedder = exo_models::Embedder::load(&spec.path).map_err(load_error)?;
+            Runner::Embedder(EmbeddingRunner::new(embedder, config.parallel, config.queue))
+        } else {
+            let model = exo_models::load(&spec.path, &exo_models::LoadOptions::default()).map_err(load_error)?;
+            let ctx = config.ctx_size.unwrap_or(model.transformer.config().train_ctx.min(4096));
+            let engine_config = EngineConfig { ctx, parallel: config.parallel, queue: config.queue, batch: PROMPT_BATCH };
+            let engine = EngineHandle::start(Arc::new(model), engine_config)
+                .map_err(|source| ServerError::Engine { name: spec.name.clone(), source })?;
+            Runner::Generator(engine)
+        };
+        out.push(Arc::new(ServedModel::new(spec.name.clone(), runner)));
     }
     Ok(out)
 }
@@ -178,6 +188,7 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/models/{model}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/messages", post(anthropic::messages))
         .route("/api/version", get(ollama::version))
         .route("/api/tags", get(ollama::tags))
@@ -185,6 +196,8 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/api/ps", get(ollama::ps))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embeddings))
         .route("/metrics", get(metrics))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key))
         .route("/health", get(health))
@@ -220,7 +233,7 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `GET /metrics`.
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let engines: Vec<_> = state.models()?.iter().map(|m| (m.name.clone(), m.engine.load())).collect();
+    let engines: Vec<_> = state.models()?.iter().map(|m| (m.name.clone(), m.load())).collect();
     let text = state.metrics.render(&engines);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }

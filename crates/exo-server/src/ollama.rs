@@ -1,6 +1,7 @@
 //! The Ollama API: `/api/version`, `/api/tags`, `/api/show`, `/api/ps`, `/api/generate` and
 //! `/api/chat`, streaming newline-delimited JSON by default (as Ollama does) and ending with an
-//! object that has `done: true`, the reason and the counts and durations (in nanoseconds).
+//! object that has `done: true`, the reason and the counts and durations (in nanoseconds); and
+//! `/api/embed` with the legacy `/api/embeddings`.
 //!
 //! Sampling defaults are Ollama's (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1 over
 //! the last 64 tokens). Models stay loaded for the server's lifetime, so `keep_alive` is accepted
@@ -8,6 +9,10 @@
 //! (a running slot cannot be reallocated per request). Unknown `options` are ignored, as Ollama
 //! ignores them. `logprobs`/`top_logprobs` report each token as OpenAI's chat API does.
 //! Structured outputs (`format`) need constrained decoding and get a 400 for now.
+//!
+//! Embeddings follow Ollama: an empty `input` (or `prompt`) loads the model and answers no
+//! vectors, `truncate` (default true) cuts texts to the model's limit, and with `truncate: false`
+//! an over-long text is a 400 naming it. `options` and `keep_alive` are accepted and ignored.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,13 +23,14 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use exo_engine::{Event, Finished, GenerateParams, Prompt, Request, SamplerConfig, StopReason};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::body::{check_range, from_value, JsonBody};
+use crate::embedding::{check_dimensions, input_texts, EmbedRequest};
 use crate::error::{Api, ApiError};
 use crate::generation::{rfc3339, submit, Generation};
-use crate::models::ServedModel;
+use crate::models::{Runner, ServedModel};
 use crate::openai::{token_logprobs, Tool};
 use crate::AppState;
 
@@ -85,6 +91,38 @@ struct Options {
     frequency_penalty: Option<f32>,
 }
 
+/// The request body of `/api/embed`.
+#[derive(Deserialize)]
+pub(crate) struct EmbedBody {
+    model: String,
+    input: Option<Value>,
+    truncate: Option<bool>,
+    dimensions: Option<u64>,
+}
+
+/// The request body of the legacy `/api/embeddings`.
+#[derive(Deserialize)]
+pub(crate) struct EmbeddingsBody {
+    model: String,
+    prompt: Option<String>,
+}
+
+/// The answer of `/api/embed`, written through `Serialize` so that vectors go out as f32.
+#[derive(Serialize)]
+struct EmbedAnswer<'a> {
+    model: &'a str,
+    embeddings: Vec<&'a [f32]>,
+    total_duration: u64,
+    load_duration: u64,
+    prompt_eval_count: usize,
+}
+
+/// The answer of `/api/embeddings`.
+#[derive(Serialize)]
+struct LegacyEmbedAnswer<'a> {
+    embedding: &'a [f32],
+}
+
 /// The request body of `/api/show`.
 #[derive(Deserialize)]
 pub(crate) struct ShowRequest {
@@ -106,7 +144,7 @@ pub(crate) async fn tags(State(state): State<AppState>) -> Result<Json<Value>, A
 
 /// `GET /api/ps`: the loaded models (all of them, always).
 pub(crate) async fn ps(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let models = state.models()?.iter().map(|m| listing(m, json!({ "size_vram": 0, "context_length": m.engine.config().ctx })));
+    let models = state.models()?.iter().map(|m| listing(m, json!({ "size_vram": 0, "context_length": m.context_length() })));
     Ok(Json(json!({ "models": models.collect::<Vec<_>>() })))
 }
 
@@ -123,33 +161,57 @@ fn listing(m: &ServedModel, extra: Value) -> Value {
 pub(crate) async fn show(State(state): State<AppState>, JsonBody(req): JsonBody<ShowRequest>) -> Result<Json<Value>, ApiError> {
     let name = req.model.or(req.name).ok_or_else(|| ApiError::invalid("model", "missing"))?;
     let m = state.model(&name)?;
-    let lm = m.model();
-    let c = lm.transformer.config();
+    let info = m.info();
     let arch = m.arch();
-    let template = lm.tokenizer.chat_template().map(|t| t.source().to_string()).unwrap_or_default();
-    let mut capabilities = vec!["completion"];
-    if template.contains("tools") {
-        capabilities.push("tools");
+    let mut model_info = json!({
+        "general.architecture": arch,
+        "general.name": info.name,
+        "general.parameter_count": info.n_params,
+    });
+    let (template, hyper) = match &m.runner {
+        Runner::Generator(engine) => {
+            let lm = engine.model();
+            let c = lm.transformer.config();
+            let template = lm.tokenizer.chat_template().map(|t| t.source().to_string()).unwrap_or_default();
+            let hyper = json!({
+                format!("{arch}.context_length"): c.train_ctx,
+                format!("{arch}.embedding_length"): c.hidden,
+                format!("{arch}.block_count"): c.n_layers,
+                format!("{arch}.attention.head_count"): c.n_heads,
+                format!("{arch}.attention.head_count_kv"): c.n_kv_heads,
+                format!("{arch}.feed_forward_length"): c.ffn_dim,
+                "tokenizer.vocab_size": c.vocab_size,
+            });
+            (template, hyper)
+        }
+        Runner::Embedder(runner) => {
+            let e = runner.embedder();
+            let c = e.config();
+            // Ollama's keys for BERT GGUFs; the context is the text limit sentence-transformers uses.
+            let hyper = json!({
+                format!("{arch}.context_length"): e.max_tokens(),
+                format!("{arch}.embedding_length"): e.dim(),
+                format!("{arch}.block_count"): c.n_layers,
+                format!("{arch}.attention.head_count"): c.n_heads,
+                format!("{arch}.feed_forward_length"): c.ffn_dim,
+                format!("{arch}.pooling_type"): e.pooling().name(),
+                format!("{arch}.normalize_embeddings"): e.normalizes(),
+                "tokenizer.vocab_size": c.vocab_size,
+            });
+            (String::new(), hyper)
+        }
+    };
+    if let (Some(all), Value::Object(hyper)) = (model_info.as_object_mut(), hyper) {
+        all.extend(hyper);
     }
     Ok(Json(json!({
         "license": "",
-        "modelfile": format!("# Served by exo\nFROM {}\n", lm.info.path.display()),
+        "modelfile": format!("# Served by exo\nFROM {}\n", info.path.display()),
         "parameters": "",
         "template": template,
         "details": details(&m),
-        "model_info": {
-            "general.architecture": arch,
-            "general.name": lm.info.name,
-            "general.parameter_count": lm.info.n_params,
-            format!("{arch}.context_length"): c.train_ctx,
-            format!("{arch}.embedding_length"): c.hidden,
-            format!("{arch}.block_count"): c.n_layers,
-            format!("{arch}.attention.head_count"): c.n_heads,
-            format!("{arch}.attention.head_count_kv"): c.n_kv_heads,
-            format!("{arch}.feed_forward_length"): c.ffn_dim,
-            "tokenizer.vocab_size": c.vocab_size,
-        },
-        "capabilities": capabilities,
+        "model_info": model_info,
+        "capabilities": m.capabilities(),
         "modified_at": rfc3339(m.modified_at),
     })))
 }
@@ -157,7 +219,7 @@ pub(crate) async fn show(State(state): State<AppState>, JsonBody(req): JsonBody<
 fn details(m: &ServedModel) -> Value {
     json!({
         "parent_model": "",
-        "format": m.model().info.format,
+        "format": m.info().format,
         "family": m.arch(),
         "families": [m.arch()],
         "parameter_size": m.parameter_size(),
@@ -176,6 +238,7 @@ pub(crate) async fn generate(State(state): State<AppState>, JsonBody(body): Json
     reject_nonempty("template", req.template.as_ref().is_some_and(|s| !s.is_empty()), "a request template (the model's own chat template is used)")?;
     reject_nonempty("context", req.context.as_ref().is_some_and(|c| !c.is_empty()), "context (pass the conversation as text or use /api/chat)")?;
     let model = state.model(&req.model)?;
+    model.engine()?;
     let prompt = req.prompt.unwrap_or_default();
     if prompt.is_empty() {
         // Ollama's way to load a model without generating.
@@ -202,6 +265,7 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
     let common: Common = from_value(&body)?;
     let (params, max_tokens) = common.params()?;
     let model = state.model(&req.model)?;
+    model.engine()?;
     let messages = req.messages.unwrap_or_default();
     if messages.is_empty() {
         let message = json!({ "role": "assistant", "content": "" });
@@ -223,6 +287,48 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
     let prompt = Prompt::Chat { messages: Value::Array(rendered), tools };
     let generation = submit(&state, model, Request { prompt, max_tokens, params }).await?;
     respond(generation, common.stream != Some(false), started, Kind::Chat).await
+}
+
+/// `POST /api/embed`.
+pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedBody>) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let model = state.model(&req.model)?;
+    let runner = model.embeddings()?;
+    check_dimensions(req.dimensions, runner.embedder(), &model.name)?;
+    let texts = match &req.input {
+        // Ollama reads a missing or empty string as "no input", an empty list item as a text.
+        None => Vec::new(),
+        Some(Value::String(s)) if s.is_empty() => Vec::new(),
+        Some(input) => input_texts(input, "input")?,
+    };
+    let embedded = if texts.is_empty() {
+        Vec::new()
+    } else {
+        runner.embed(&state, &model.name, EmbedRequest { texts, param: "input", truncate: req.truncate != Some(false) }).await?
+    };
+    Ok(Json(EmbedAnswer {
+        model: &model.name,
+        embeddings: embedded.iter().map(|e| e.vector.as_slice()).collect(),
+        total_duration: started.elapsed().as_nanos() as u64,
+        // The model was loaded before the server became ready.
+        load_duration: 0,
+        prompt_eval_count: embedded.iter().map(|e| e.tokens).sum(),
+    })
+    .into_response())
+}
+
+/// `POST /api/embeddings`: one `prompt`, one `embedding` (Ollama's older endpoint).
+pub(crate) async fn embeddings(State(state): State<AppState>, JsonBody(req): JsonBody<EmbeddingsBody>) -> Result<Response, ApiError> {
+    let model = state.model(&req.model)?;
+    let runner = model.embeddings()?;
+    let prompt = req.prompt.unwrap_or_default();
+    let embedded = if prompt.is_empty() {
+        Vec::new()
+    } else {
+        runner.embed(&state, &model.name, EmbedRequest { texts: vec![prompt], param: "prompt", truncate: true }).await?
+    };
+    let embedding = embedded.first().map_or(&[][..], |e| e.vector.as_slice());
+    Ok(Json(LegacyEmbedAnswer { embedding }).into_response())
 }
 
 fn reject_nonempty(param: &str, present: bool, what: &str) -> Result<(), ApiError> {
@@ -325,7 +431,7 @@ fn ndjson_line(v: &Value) -> Result<Bytes, Infallible> {
 
 async fn respond(mut generation: Generation, stream: bool, started: Instant, kind: Kind) -> Result<Response, ApiError> {
     let model = generation.model().name.clone();
-    let tok = generation.model().model().tokenizer.clone();
+    let tok = generation.tokenizer().clone();
     if !stream {
         let out = generation.collect().await?;
         let mut last = kind.last(&model, &out.text, &out.finished, started);

@@ -1,5 +1,6 @@
 //! The OpenAI API: `GET /v1/models`, `POST /v1/chat/completions` and the legacy
-//! `POST /v1/completions`, streaming as server-sent events that end with `data: [DONE]`.
+//! `POST /v1/completions`, streaming as server-sent events that end with `data: [DONE]`, and
+//! `POST /v1/embeddings`.
 //!
 //! Sampling defaults are OpenAI's (temperature 1, top_p 1, no top-k or min-p), so a client gets
 //! what it would from the API it was written for. `top_k`, `min_p` and `repeat_penalty` are
@@ -8,6 +9,10 @@
 //! `tools` are rendered into the prompt by the model's chat template. Enforcing
 //! `response_format` (JSON mode, JSON Schema) and `tool_choice` `required`/named functions needs
 //! constrained decoding, which is not wired in yet: such requests get a 400 saying so.
+//!
+//! Embeddings come as JSON floats or, with `encoding_format: "base64"` (what the `openai` Python
+//! client asks for unless told otherwise), as the base64 of the little-endian f32 bytes. A text
+//! over the model's token limit is truncated, as sentence-transformers does, rather than refused.
 
 use std::convert::Infallible;
 use std::time::SystemTime;
@@ -16,6 +21,7 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine as _;
 use exo_engine::{Event, Finished, GenerateParams, Prompt, Request, SamplerConfig, StopReason, TokenLogprob};
 use exo_tokenizer::Tokenizer;
 use futures_util::Stream;
@@ -23,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::body::{check_range, from_value, JsonBody};
+use crate::embedding::{check_dimensions, input_texts, EmbedRequest};
 use crate::error::{Api, ApiError};
 use crate::generation::{response_id, submit, unix_secs, Generation};
 use crate::models::ServedModel;
@@ -208,6 +215,54 @@ struct CompletionFields {
     best_of: Option<u64>,
 }
 
+/// The body of `POST /v1/embeddings` (`user` is accepted and ignored).
+#[derive(Deserialize)]
+pub(crate) struct EmbeddingsRequest {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: EncodingFormat,
+    dimensions: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+/// The answer of `POST /v1/embeddings`. Written through `Serialize` rather than `json!`, so
+/// vectors go out as f32 (`0.1`), not widened to f64 (`0.10000000149011612`) at twice the bytes.
+#[derive(Serialize)]
+struct EmbeddingList<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingObject<'a>>,
+    model: &'a str,
+    usage: EmbeddingUsage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingObject<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: EmbeddingVector<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbeddingVector<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct EmbeddingUsage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
 /// `GET /v1/models`.
 pub(crate) async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state.models()?.iter().map(|m| model_object(m)).collect();
@@ -271,6 +326,35 @@ pub(crate) async fn completions(State(state): State<AppState>, JsonBody(body): J
     let generation = submit(&state, model, Request { prompt: Prompt::Text(prompt), max_tokens, params }).await?;
     let reply = Reply::new("cmpl-", false, include_usage, fields.logprobs.is_some());
     reply.send(generation, stream).await
+}
+
+/// `POST /v1/embeddings`.
+pub(crate) async fn embeddings(State(state): State<AppState>, JsonBody(req): JsonBody<EmbeddingsRequest>) -> Result<Response, ApiError> {
+    let texts = input_texts(&req.input, "input")?;
+    if texts.is_empty() {
+        return Err(ApiError::invalid("input", "the list is empty; send at least one text"));
+    }
+    let model = state.model(&req.model)?;
+    let runner = model.embeddings()?;
+    check_dimensions(req.dimensions, runner.embedder(), &model.name)?;
+    let embedded = runner.embed(&state, &model.name, EmbedRequest { texts, param: "input", truncate: true }).await?;
+    let tokens: usize = embedded.iter().map(|e| e.tokens).sum();
+    let data = embedded
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let embedding = match req.encoding_format {
+                EncodingFormat::Float => EmbeddingVector::Float(&e.vector),
+                EncodingFormat::Base64 => {
+                    let bytes: Vec<u8> = e.vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+            };
+            EmbeddingObject { object: "embedding", index, embedding }
+        })
+        .collect();
+    let usage = EmbeddingUsage { prompt_tokens: tokens, total_tokens: tokens };
+    Ok(Json(EmbeddingList { object: "list", data, model: &model.name, usage }).into_response())
 }
 
 impl Common {
@@ -472,7 +556,7 @@ impl Reply {
         if stream {
             return Ok(self.stream(generation).into_response());
         }
-        let tok = generation.model().model().tokenizer.clone();
+        let tok = generation.tokenizer().clone();
         let model = generation.model().name.clone();
         let out = generation.collect().await?;
         let logprobs = self.logprobs(&tok, &out.logprobs, &mut 0);
@@ -520,7 +604,7 @@ impl Reply {
     fn stream(self, mut generation: Generation) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
         let data = |v: &Value| Ok(SseEvent::default().data(v.to_string()));
         let model = generation.model().name.clone();
-        let tok = generation.model().model().tokenizer.clone();
+        let tok = generation.tokenizer().clone();
         let stream = async_stream::stream! {
             let mut offset = 0;
             if self.chat {
