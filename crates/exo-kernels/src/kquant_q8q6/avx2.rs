@@ -119,27 +119,99 @@ fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10))
 }
 
+/// Q5_0 and Q4_1 blocks share their nibble planes and this module's kernel; they differ in the
+/// fifth bits, where the sums start, and Q4_1's row offsets.
+trait NibbleBlock {
+    /// The row scales.
+    fn d(&self) -> &[u16; GROUP];
+    /// Code vector `step` of rows `8 h .. 8 h + 8` (codes of at most 31).
+    ///
+    /// # Safety
+    /// `step < 8`, `h < 2`; the caller enables avx2.
+    unsafe fn vector(&self, step: usize, h: usize) -> __m256i;
+    /// The integer sums' start value for activation block `x`, cancelling any code offset.
+    fn start(x: &ActQ8_0) -> i32;
+    /// The row offsets `m` that multiply the activation sum (Q4_1), if the type has them.
+    fn offsets(&self) -> Option<&[u16; GROUP]>;
+}
+
+/// Nibble `step % 2` of the 32 bytes at `64 (step / 2) + 32 h` of `qs`.
+///
+/// # Safety
+/// `step < 8`, `h < 2`; the caller enables avx2.
+#[inline(always)]
+unsafe fn low_codes(qs: &[u8; 256], step: usize, h: usize) -> __m256i {
+    // SAFETY: 32 bytes at 64 (step / 2) + 32 h inside the 256.
+    let raw = unsafe { _mm256_loadu_si256(qs.as_ptr().add(64 * (step / 2) + 32 * h).cast()) };
+    _mm256_and_si256(if step.is_multiple_of(2) { raw } else { _mm256_srli_epi16::<4>(raw) }, _mm256_set1_epi8(0x0F))
+}
+
+impl NibbleBlock for Q5_0x16 {
+    fn d(&self) -> &[u16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    unsafe fn vector(&self, step: usize, h: usize) -> __m256i {
+        // SAFETY: 4 bytes at 8 step + 4 h inside the 64 bytes of fifth bits; the rest per the
+        // caller.
+        unsafe {
+            let bits = std::ptr::read_unaligned(self.qh.as_ptr().add(8 * step + 4 * h).cast::<u32>());
+            _mm256_or_si256(low_codes(&self.qs, step, h), fifth_bits(bits))
+        }
+    }
+    /// `-16 Σx` (`corr = -128 Σx`): the codes carry +16.
+    fn start(x: &ActQ8_0) -> i32 {
+        x.corr >> 3
+    }
+    fn offsets(&self) -> Option<&[u16; GROUP]> {
+        None
+    }
+}
+
+impl NibbleBlock for Q4_1x16 {
+    fn d(&self) -> &[u16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    unsafe fn vector(&self, step: usize, h: usize) -> __m256i {
+        // SAFETY: per the caller.
+        unsafe { low_codes(&self.qs, step, h) }
+    }
+    fn start(_: &ActQ8_0) -> i32 {
+        0
+    }
+    fn offsets(&self) -> Option<&[u16; GROUP]> {
+        Some(&self.m)
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5_0_half_rows<const M: usize>(w: &[Q5_0x16], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
+    // SAFETY: same contract; features enabled here.
+    unsafe { nibble_half_rows::<Q5_0x16, M>(w, x, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_half_rows<const M: usize>(w: &[Q4_1x16], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
+    // SAFETY: same contract; features enabled here.
+    unsafe { nibble_half_rows::<Q4_1x16, M>(w, x, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn nibble_half_rows<W: NibbleBlock, const M: usize>(w: &[W], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
     let ones = _mm256_set1_epi16(1);
-    let m4 = _mm256_set1_epi8(0x0F);
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); M];
         for (b, blk) in w.iter().enumerate() {
             let mut isum = [_mm256_setzero_si256(); M];
             for i in 0..M {
                 // SAFETY: b < the activation row length (checked by the caller).
-                isum[i] = _mm256_set1_epi32(unsafe { x[i].get_unchecked(b).corr } >> 3);
+                isum[i] = _mm256_set1_epi32(W::start(unsafe { x[i].get_unchecked(b) }));
             }
             for step in 0..8 {
-                // SAFETY: 32 bytes at 64 (step / 2) + 32 h inside the 256; 4 bytes at 8 step + 4 h
-                // inside the 64 bytes of fifth bits.
-                let v = unsafe {
-                    let raw = _mm256_loadu_si256(blk.qs.as_ptr().add(64 * (step / 2) + 32 * h).cast());
-                    let lo = if step % 2 == 0 { raw } else { _mm256_srli_epi16::<4>(raw) };
-                    let bits = std::ptr::read_unaligned(blk.qh.as_ptr().add(8 * step + 4 * h).cast::<u32>());
-                    _mm256_or_si256(_mm256_and_si256(lo, m4), fifth_bits(bits))
-                };
+                // SAFETY: step < 8, h < 2; features enabled here.
+                let v = unsafe { blk.vector(step, h) };
                 for i in 0..M {
                     // SAFETY: as above; 4 step + 4 <= 32.
                     let xv = unsafe { bcast4(x[i].get_unchecked(b).qs.as_ptr().add(4 * step)) };
@@ -148,50 +220,17 @@ unsafe fn q5_0_half_rows<const M: usize>(w: &[Q5_0x16], x: &[&[ActQ8_0]], out: &
                 }
             }
             // SAFETY: features enabled by this function.
-            let dw = unsafe { scales(&blk.d, h) };
-            for i in 0..M {
-                // SAFETY: as above.
-                let dx = unsafe { x[i].get_unchecked(b).d };
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc[i]);
-            }
-        }
-        for i in 0..M {
-            // SAFETY: 8 floats at out[i][8 h].
-            unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
-        }
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_half_rows<const M: usize>(w: &[Q4_1x16], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
-    let ones = _mm256_set1_epi16(1);
-    let m4 = _mm256_set1_epi8(0x0F);
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); M];
-        for (b, blk) in w.iter().enumerate() {
-            let mut isum = [_mm256_setzero_si256(); M];
-            for step in 0..8 {
-                // SAFETY: 32 bytes at 64 (step / 2) + 32 h inside the 256.
-                let v = unsafe {
-                    let raw = _mm256_loadu_si256(blk.qs.as_ptr().add(64 * (step / 2) + 32 * h).cast());
-                    _mm256_and_si256(if step % 2 == 0 { raw } else { _mm256_srli_epi16::<4>(raw) }, m4)
-                };
-                for i in 0..M {
-                    // SAFETY: b < the activation row length (checked by the caller); 4 step + 4 <= 32.
-                    let xv = unsafe { bcast4(x[i].get_unchecked(b).qs.as_ptr().add(4 * step)) };
-                    // Codes <= 15: the i16 pair sums stay below 2 · 15 · 128.
-                    isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv), ones));
-                }
-            }
-            // SAFETY: features enabled by this function.
-            let (dw, mw) = unsafe { (scales(&blk.d, h), scales(&blk.m, h)) };
+            let dw = unsafe { scales(blk.d(), h) };
+            let mw = blk.offsets().map(|m| unsafe { scales(m, h) });
             for i in 0..M {
                 // SAFETY: as above.
                 let a = unsafe { x[i].get_unchecked(b) };
-                // The offsets times the activation sum dₓ Σx (corr = -128 Σx).
-                let x_sum = (a.corr as f32) * (-1.0 / 128.0) * a.d;
                 acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc[i]);
-                acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x_sum), acc[i]);
+                if let Some(mw) = mw {
+                    // Row offsets times the activation sum dₓ Σx (corr = -128 Σx).
+                    let x_sum = (a.corr as f32) * (-1.0 / 128.0) * a.d;
+                    acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x_sum), acc[i]);
+                }
             }
         }
         for i in 0..M {

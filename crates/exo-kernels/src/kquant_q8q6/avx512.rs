@@ -158,35 +158,101 @@ unsafe fn store<const R: usize, const M: usize>(acc: &[[__m512; M]; R], out: &mu
     }
 }
 
+/// Q5_0 and Q4_1 blocks share their nibble planes and this module's kernel; they differ in the
+/// fifth bits, where the sums start, and Q4_1's row offsets.
+trait NibbleBlock {
+    /// The row scales.
+    fn d(&self) -> &[u16; GROUP];
+    /// Code vectors `2 pair` and `2 pair + 1` (elements `8 pair .. 8 pair + 8` of every row).
+    ///
+    /// # Safety
+    /// `pair < 4`; the caller enables avx512f/bw.
+    unsafe fn vectors(&self, pair: usize) -> [__m512i; 2];
+    /// The integer sums' start value for activation block `x`, cancelling any code offset.
+    fn start(x: &ActQ8_0) -> i32;
+    /// The row offsets `m` that multiply the activation sum (Q4_1), if the type has them.
+    fn offsets(&self) -> Option<&[u16; GROUP]>;
+}
+
+impl NibbleBlock for Q5_0x16 {
+    fn d(&self) -> &[u16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    unsafe fn vectors(&self, pair: usize) -> [__m512i; 2] {
+        // SAFETY: 64 pair + 64 <= 256 = qs.len(); 16 pair + 16 <= 64 = qh.len(); features per
+        // the caller.
+        unsafe {
+            let (lo, hi) = nibbles(_mm512_loadu_si512(self.qs.as_ptr().add(64 * pair).cast()));
+            let k0 = std::ptr::read_unaligned(self.qh.as_ptr().add(16 * pair).cast::<u64>());
+            let k1 = std::ptr::read_unaligned(self.qh.as_ptr().add(16 * pair + 8).cast::<u64>());
+            let fifth = _mm512_set1_epi8(0x10);
+            [_mm512_mask_add_epi8(lo, k0, lo, fifth), _mm512_mask_add_epi8(hi, k1, hi, fifth)]
+        }
+    }
+    /// `-16 Σx` (`corr = -128 Σx`): the codes carry +16.
+    fn start(x: &ActQ8_0) -> i32 {
+        x.corr >> 3
+    }
+    fn offsets(&self) -> Option<&[u16; GROUP]> {
+        None
+    }
+}
+
+impl NibbleBlock for Q4_1x16 {
+    fn d(&self) -> &[u16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    unsafe fn vectors(&self, pair: usize) -> [__m512i; 2] {
+        // SAFETY: 64 pair + 64 <= 256 = qs.len(); features per the caller.
+        let (lo, hi) = unsafe { nibbles(_mm512_loadu_si512(self.qs.as_ptr().add(64 * pair).cast())) };
+        [lo, hi]
+    }
+    fn start(_: &ActQ8_0) -> i32 {
+        0
+    }
+    fn offsets(&self) -> Option<&[u16; GROUP]> {
+        Some(&self.m)
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
 #[cfg_attr(target_feature = "gfni", target_feature(enable = "gfni"))]
 unsafe fn q5_0_tile<const R: usize, const M: usize>(w: &[&[Q5_0x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+    // SAFETY: same contract; features enabled here.
+    unsafe { nibble_tile::<Q5_0x16, R, M>(w, x, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+#[cfg_attr(target_feature = "gfni", target_feature(enable = "gfni"))]
+unsafe fn q4_1_tile<const R: usize, const M: usize>(w: &[&[Q4_1x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+    // SAFETY: same contract; features enabled here.
+    unsafe { nibble_tile::<Q4_1x16, R, M>(w, x, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+#[cfg_attr(target_feature = "gfni", target_feature(enable = "gfni"))]
+#[inline]
+unsafe fn nibble_tile<W: NibbleBlock, const R: usize, const M: usize>(w: &[&[W]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
     let nb = x[0].len();
-    let fifth = _mm512_set1_epi8(0x10);
     let mut acc = [[_mm512_setzero_ps(); M]; R];
     for b in 0..nb {
         // SAFETY: b < nb, the length of every weight and activation slice (checked by dispatch).
-        let wb: [&Q5_0x16; R] = std::array::from_fn(|r| unsafe { w[r].get_unchecked(b) });
+        let wb: [&W; R] = std::array::from_fn(|r| unsafe { w[r].get_unchecked(b) });
         let xb: [&ActQ8_0; M] = std::array::from_fn(|i| unsafe { x[i].get_unchecked(b) });
-        // Sums start at -16 Σx (corr = -128 Σx), cancelling the code offset; a single
-        // activation row gets a second chain as in `q8_0_tile`.
+        // A single activation row gets a second chain as in `q8_0_tile`.
         let mut s0 = [[_mm512_setzero_si512(); M]; R];
         let mut s1 = [[_mm512_setzero_si512(); M]; R];
         for i in 0..M {
-            let c = _mm512_set1_epi32(xb[i].corr >> 3);
+            let c = _mm512_set1_epi32(W::start(xb[i]));
             for s in s0.iter_mut() {
                 s[i] = c;
             }
         }
         for pair in 0..4 {
-            // SAFETY: 64 pair + 64 <= 256 = qs.len(); 8 (2 pair + 1) + 8 <= 64 = qh.len().
-            let v: [[__m512i; 2]; R] = std::array::from_fn(|r| unsafe {
-                let (lo, hi) = nibbles(_mm512_loadu_si512(wb[r].qs.as_ptr().add(64 * pair).cast()));
-                let qh = wb[r].qh.as_ptr();
-                let k0 = std::ptr::read_unaligned(qh.add(16 * pair).cast::<u64>());
-                let k1 = std::ptr::read_unaligned(qh.add(16 * pair + 8).cast::<u64>());
-                [_mm512_mask_add_epi8(lo, k0, lo, fifth), _mm512_mask_add_epi8(hi, k1, hi, fifth)]
-            });
+            // SAFETY: pair < 4; features enabled here.
+            let v: [[__m512i; 2]; R] = std::array::from_fn(|r| unsafe { wb[r].vectors(pair) });
             for i in 0..M {
                 // SAFETY: 8 pair + 8 <= 32 = qs.len().
                 let x0 = unsafe { bcast4(xb[i].qs.as_ptr().add(8 * pair)) };
@@ -201,58 +267,19 @@ unsafe fn q5_0_tile<const R: usize, const M: usize>(w: &[&[Q5_0x16]], x: &[&[Act
                 }
             }
         }
-        // A single activation row ran two chains; fold the second into the first.
         let sums: [[__m512i; M]; R] =
             std::array::from_fn(|r| std::array::from_fn(|i| if M == 1 { _mm512_add_epi32(s0[r][i], s1[r][i]) } else { s0[r][i] }));
         // SAFETY: features enabled by this function.
-        unsafe { scale_add(wb.map(|b| &b.d), xb.map(|x| x.d), &sums, &mut acc) };
-    }
-    // SAFETY: out has at least R * M entries (checked by dispatch); features enabled here.
-    unsafe { store(&acc, out) };
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
-#[cfg_attr(target_feature = "gfni", target_feature(enable = "gfni"))]
-unsafe fn q4_1_tile<const R: usize, const M: usize>(w: &[&[Q4_1x16]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
-    let nb = x[0].len();
-    let mut acc = [[_mm512_setzero_ps(); M]; R];
-    for b in 0..nb {
-        // SAFETY: b < nb, the length of every weight and activation slice (checked by dispatch).
-        let wb: [&Q4_1x16; R] = std::array::from_fn(|r| unsafe { w[r].get_unchecked(b) });
-        let xb: [&ActQ8_0; M] = std::array::from_fn(|i| unsafe { x[i].get_unchecked(b) });
-        // Codes carry no offset, so the sums start at zero; a single activation row gets a
-        // second chain as in `q8_0_tile`.
-        let mut s0 = [[_mm512_setzero_si512(); M]; R];
-        let mut s1 = [[_mm512_setzero_si512(); M]; R];
-        for pair in 0..4 {
-            // SAFETY: 64 pair + 64 <= 256 = qs.len().
-            let v: [(__m512i, __m512i); R] =
-                std::array::from_fn(|r| unsafe { nibbles(_mm512_loadu_si512(wb[r].qs.as_ptr().add(64 * pair).cast())) });
-            for i in 0..M {
-                // SAFETY: 8 pair + 8 <= 32 = qs.len().
-                let x0 = unsafe { bcast4(xb[i].qs.as_ptr().add(8 * pair)) };
-                let x1 = unsafe { bcast4(xb[i].qs.as_ptr().add(8 * pair + 4)) };
-                for r in 0..R {
-                    s0[r][i] = _mm512_dpbusd_epi32(s0[r][i], v[r].0, x0);
-                    if M == 1 {
-                        s1[r][i] = _mm512_dpbusd_epi32(s1[r][i], v[r].1, x1);
-                    } else {
-                        s0[r][i] = _mm512_dpbusd_epi32(s0[r][i], v[r].1, x1);
-                    }
-                }
-            }
-        }
-        let sums: [[__m512i; M]; R] =
-            std::array::from_fn(|r| std::array::from_fn(|i| if M == 1 { _mm512_add_epi32(s0[r][i], s1[r][i]) } else { s0[r][i] }));
-        // SAFETY: features enabled by this function.
-        unsafe { scale_add(wb.map(|b| &b.d), xb.map(|x| x.d), &sums, &mut acc) };
-        // The offsets times the activation sum dₓ Σx (corr = -128 Σx, exact in f32).
+        unsafe { scale_add(wb.map(W::d), xb.map(|x| x.d), &sums, &mut acc) };
+        // Row offsets times the activation sum dₓ Σx (corr = -128 Σx, exact in f32).
         for r in 0..R {
-            // SAFETY: features enabled by this function.
-            let mw = unsafe { scales(&wb[r].m) };
-            for i in 0..M {
-                let x_sum = (xb[i].corr as f32) * (-1.0 / 128.0) * xb[i].d;
-                acc[r][i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x_sum), acc[r][i]);
+            if let Some(m) = wb[r].offsets() {
+                // SAFETY: features enabled by this function.
+                let mw = unsafe { scales(m) };
+                for i in 0..M {
+                    let x_sum = (xb[i].corr as f32) * (-1.0 / 128.0) * xb[i].d;
+                    acc[r][i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x_sum), acc[r][i]);
+                }
             }
         }
     }
