@@ -125,6 +125,43 @@ const _: () = {
     assert!(std::mem::size_of::<Q6Kx16>() == GROUP * Q6K_BYTES);
 };
 
+/// What the Q5_0 and Q4_1 kernels share: both have the nibble planes of [`Q5_0x16`]; they differ
+/// in the fifth bits (each SIMD module adds them its own way), where the integer sums start, and
+/// Q4_1's row offsets.
+pub(crate) trait NibbleBlock {
+    /// The row scales.
+    fn d(&self) -> &[u16; GROUP];
+    /// The integer sums' start value for activation block `x`, cancelling any code offset.
+    fn start(x: &ActQ8_0) -> i32;
+    /// The row offsets `m` that multiply the activation sum (Q4_1), if the type has them.
+    fn offsets(&self) -> Option<&[u16; GROUP]>;
+}
+
+impl NibbleBlock for Q5_0x16 {
+    fn d(&self) -> &[u16; GROUP] {
+        &self.d
+    }
+    /// `-16 Σx` (`corr = -128 Σx`): the codes carry +16.
+    fn start(x: &ActQ8_0) -> i32 {
+        x.corr >> 3
+    }
+    fn offsets(&self) -> Option<&[u16; GROUP]> {
+        None
+    }
+}
+
+impl NibbleBlock for Q4_1x16 {
+    fn d(&self) -> &[u16; GROUP] {
+        &self.d
+    }
+    fn start(_: &ActQ8_0) -> i32 {
+        0
+    }
+    fn offsets(&self) -> Option<&[u16; GROUP]> {
+        Some(&self.m)
+    }
+}
+
 /// 32 activations quantized for Q8_0 weights: `x[j] ≈ d * qs[j]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActQ8K, ActQ8_0, Q4_1x16, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
+use super::{ActQ8K, ActQ8_0, NibbleBlock, Q4_1x16, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
 
 /// The kernel for one group of 16 weight rows against one or two activation rows.
 type HalfRows<W, A> = unsafe fn(&[W], &[&[A]], &mut [[f32; GROUP]; 2]);
@@ -119,20 +119,13 @@ fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10))
 }
 
-/// Q5_0 and Q4_1 blocks share their nibble planes and this module's kernel; they differ in the
-/// fifth bits, where the sums start, and Q4_1's row offsets.
-trait NibbleBlock {
-    /// The row scales.
-    fn d(&self) -> &[u16; GROUP];
+/// The code vectors of Q5_0 and Q4_1 blocks in ymm registers.
+trait NibbleVectors: NibbleBlock {
     /// Code vector `step` of rows `8 h .. 8 h + 8` (codes of at most 31).
     ///
     /// # Safety
     /// `step < 8`, `h < 2`; the caller enables avx2.
     unsafe fn vector(&self, step: usize, h: usize) -> __m256i;
-    /// The integer sums' start value for activation block `x`, cancelling any code offset.
-    fn start(x: &ActQ8_0) -> i32;
-    /// The row offsets `m` that multiply the activation sum (Q4_1), if the type has them.
-    fn offsets(&self) -> Option<&[u16; GROUP]>;
 }
 
 /// Nibble `step % 2` of the 32 bytes at `64 (step / 2) + 32 h` of `qs`.
@@ -146,10 +139,7 @@ unsafe fn low_codes(qs: &[u8; 256], step: usize, h: usize) -> __m256i {
     _mm256_and_si256(if step.is_multiple_of(2) { raw } else { _mm256_srli_epi16::<4>(raw) }, _mm256_set1_epi8(0x0F))
 }
 
-impl NibbleBlock for Q5_0x16 {
-    fn d(&self) -> &[u16; GROUP] {
-        &self.d
-    }
+impl NibbleVectors for Q5_0x16 {
     #[inline(always)]
     unsafe fn vector(&self, step: usize, h: usize) -> __m256i {
         // SAFETY: 4 bytes at 8 step + 4 h inside the 64 bytes of fifth bits; the rest per the
@@ -159,29 +149,13 @@ impl NibbleBlock for Q5_0x16 {
             _mm256_or_si256(low_codes(&self.qs, step, h), fifth_bits(bits))
         }
     }
-    /// `-16 Σx` (`corr = -128 Σx`): the codes carry +16.
-    fn start(x: &ActQ8_0) -> i32 {
-        x.corr >> 3
-    }
-    fn offsets(&self) -> Option<&[u16; GROUP]> {
-        None
-    }
 }
 
-impl NibbleBlock for Q4_1x16 {
-    fn d(&self) -> &[u16; GROUP] {
-        &self.d
-    }
+impl NibbleVectors for Q4_1x16 {
     #[inline(always)]
     unsafe fn vector(&self, step: usize, h: usize) -> __m256i {
         // SAFETY: per the caller.
         unsafe { low_codes(&self.qs, step, h) }
-    }
-    fn start(_: &ActQ8_0) -> i32 {
-        0
-    }
-    fn offsets(&self) -> Option<&[u16; GROUP]> {
-        Some(&self.m)
     }
 }
 
@@ -199,7 +173,7 @@ unsafe fn q4_1_half_rows<const M: usize>(w: &[Q4_1x16], x: &[&[ActQ8_0]], out: &
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn nibble_half_rows<W: NibbleBlock, const M: usize>(w: &[W], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
+unsafe fn nibble_half_rows<W: NibbleVectors, const M: usize>(w: &[W], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]; 2]) {
     let ones = _mm256_set1_epi16(1);
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); M];

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActQ8K, ActQ8_0, Q4_1x16, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
+use super::{ActQ8K, ActQ8_0, NibbleBlock, Q4_1x16, Q5_0x16, Q6Kx16, Q8_0x16, GROUP};
 use crate::legacy_quants::x86::avx512::nibbles;
 
 /// Dispatches a dynamic (groups, activation rows) tile to a const-size kernel.
@@ -158,26 +158,16 @@ unsafe fn store<const R: usize, const M: usize>(acc: &[[__m512; M]; R], out: &mu
     }
 }
 
-/// Q5_0 and Q4_1 blocks share their nibble planes and this module's kernel; they differ in the
-/// fifth bits, where the sums start, and Q4_1's row offsets.
-trait NibbleBlock {
-    /// The row scales.
-    fn d(&self) -> &[u16; GROUP];
+/// The code vectors of Q5_0 and Q4_1 blocks in zmm registers.
+trait NibbleVectors: NibbleBlock {
     /// Code vectors `2 pair` and `2 pair + 1` (elements `8 pair .. 8 pair + 8` of every row).
     ///
     /// # Safety
     /// `pair < 4`; the caller enables avx512f/bw.
     unsafe fn vectors(&self, pair: usize) -> [__m512i; 2];
-    /// The integer sums' start value for activation block `x`, cancelling any code offset.
-    fn start(x: &ActQ8_0) -> i32;
-    /// The row offsets `m` that multiply the activation sum (Q4_1), if the type has them.
-    fn offsets(&self) -> Option<&[u16; GROUP]>;
 }
 
-impl NibbleBlock for Q5_0x16 {
-    fn d(&self) -> &[u16; GROUP] {
-        &self.d
-    }
+impl NibbleVectors for Q5_0x16 {
     #[inline(always)]
     unsafe fn vectors(&self, pair: usize) -> [__m512i; 2] {
         // SAFETY: 64 pair + 64 <= 256 = qs.len(); 16 pair + 16 <= 64 = qh.len(); features per
@@ -190,30 +180,14 @@ impl NibbleBlock for Q5_0x16 {
             [_mm512_mask_add_epi8(lo, k0, lo, fifth), _mm512_mask_add_epi8(hi, k1, hi, fifth)]
         }
     }
-    /// `-16 Σx` (`corr = -128 Σx`): the codes carry +16.
-    fn start(x: &ActQ8_0) -> i32 {
-        x.corr >> 3
-    }
-    fn offsets(&self) -> Option<&[u16; GROUP]> {
-        None
-    }
 }
 
-impl NibbleBlock for Q4_1x16 {
-    fn d(&self) -> &[u16; GROUP] {
-        &self.d
-    }
+impl NibbleVectors for Q4_1x16 {
     #[inline(always)]
     unsafe fn vectors(&self, pair: usize) -> [__m512i; 2] {
         // SAFETY: 64 pair + 64 <= 256 = qs.len(); features per the caller.
         let (lo, hi) = unsafe { nibbles(_mm512_loadu_si512(self.qs.as_ptr().add(64 * pair).cast())) };
         [lo, hi]
-    }
-    fn start(_: &ActQ8_0) -> i32 {
-        0
-    }
-    fn offsets(&self) -> Option<&[u16; GROUP]> {
-        Some(&self.m)
     }
 }
 
@@ -234,7 +208,7 @@ unsafe fn q4_1_tile<const R: usize, const M: usize>(w: &[&[Q4_1x16]], x: &[&[Act
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
 #[cfg_attr(target_feature = "gfni", target_feature(enable = "gfni"))]
 #[inline]
-unsafe fn nibble_tile<W: NibbleBlock, const R: usize, const M: usize>(w: &[&[W]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
+unsafe fn nibble_tile<W: NibbleVectors, const R: usize, const M: usize>(w: &[&[W]], x: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
     let nb = x[0].len();
     let mut acc = [[_mm512_setzero_ps(); M]; R];
     for b in 0..nb {

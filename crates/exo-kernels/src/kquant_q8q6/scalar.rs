@@ -34,22 +34,23 @@ pub(crate) fn q8_0(groups: &[&[Q8_0x16]], acts: &[&[ActQ8_0]], out: &mut [[f32; 
     tile(groups, acts, out, block)
 }
 
-/// Q5_0 tile, laid out as [`tile`] says; the sums start at `-16 Σx` (`corr / 8`), the code offset.
+/// Q5_0 tile, laid out as [`tile`] says.
 pub(crate) fn q5_0(groups: &[&[Q5_0x16]], acts: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
-    let block = |blk: &Q5_0x16, a: &ActQ8_0, r: usize| {
-        let sumi = (0..QK8_0).fold(a.corr >> 3, |sum, e| sum + i32::from(q5_code(blk, r, e)) * i32::from(a.qs[e]));
-        scaled(sumi, blk.d[r], a.d)
-    };
-    tile(groups, acts, out, block)
+    nibble_tile(groups, acts, out, q5_code)
 }
 
-/// Q4_1 tile, laid out as [`tile`] says; the row offset `m` multiplies the activation sum
-/// `dₓ Σx`, recovered from `corr = -128 Σx`.
+/// Q4_1 tile, laid out as [`tile`] says.
 pub(crate) fn q4_1(groups: &[&[Q4_1x16]], acts: &[&[ActQ8_0]], out: &mut [[f32; GROUP]]) {
-    let block = |blk: &Q4_1x16, a: &ActQ8_0, r: usize| {
-        let sumi = (0..QK8_0).fold(0, |sum, e| sum + i32::from(nibble_code(&blk.qs, r, e)) * i32::from(a.qs[e]));
+    nibble_tile(groups, acts, out, |blk, r, e| nibble_code(&blk.qs, r, e))
+}
+
+/// Q5_0 or Q4_1 (`code(block, row, element)`): the sums start where [`NibbleBlock::start`]
+/// says, and row offsets multiply the activation sum `dₓ Σx`, recovered from `corr = -128 Σx`.
+fn nibble_tile<W: NibbleBlock>(groups: &[&[W]], acts: &[&[ActQ8_0]], out: &mut [[f32; GROUP]], code: impl Fn(&W, usize, usize) -> u8) {
+    let block = |blk: &W, a: &ActQ8_0, r: usize| {
+        let sumi = (0..QK8_0).fold(W::start(a), |sum, e| sum + i32::from(code(blk, r, e)) * i32::from(a.qs[e]));
         let x_sum = (a.corr as f32) * (-1.0 / 128.0) * a.d;
-        scaled(sumi, blk.d[r], a.d) + f16::from_bits(blk.m[r]).to_f32() * x_sum
+        scaled(sumi, blk.d()[r], a.d) + blk.offsets().map_or(0.0, |m| f16::from_bits(m[r]).to_f32() * x_sum)
     };
     tile(groups, acts, out, block)
 }
