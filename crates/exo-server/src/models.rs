@@ -1,7 +1,10 @@
 //! The models a server serves, with what the listing endpoints say about them.
 
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use exo_engine::constrain::{Constraint, JsonGrammar, TokenTrie};
+use exo_engine::tools::ToolCalling;
 use exo_engine::EngineHandle;
 use exo_models::LoadedModel;
 
@@ -16,6 +19,11 @@ pub(crate) struct ServedModel {
     pub(crate) modified_at: SystemTime,
     /// Bytes of its weights on disk.
     pub(crate) size: u64,
+    /// The vocabulary as constrained decoding walks it; built on the first constrained request
+    /// (a large vocabulary takes a moment), so that startup stays fast.
+    trie: OnceLock<Arc<TokenTrie>>,
+    /// How its chat template takes tools and how its calls read, detected on first use.
+    tool_calling: OnceLock<ToolCalling>,
 }
 
 impl ServedModel {
@@ -23,7 +31,19 @@ impl ServedModel {
         let info = &engine.model().info;
         let modified_at = std::fs::metadata(&info.path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
         let size = info.file_bytes;
-        Self { name, engine, loaded_at: SystemTime::now(), modified_at, size }
+        Self { name, engine, loaded_at: SystemTime::now(), modified_at, size, trie: OnceLock::new(), tool_calling: OnceLock::new() }
+    }
+
+    /// `grammar` over this model's vocabulary. Blocking (the first call builds the trie).
+    pub(crate) fn constraint(&self, grammar: JsonGrammar) -> Arc<Constraint> {
+        let trie = self.trie.get_or_init(|| Arc::new(TokenTrie::new(&self.model().tokenizer)));
+        Arc::new(Constraint::new(grammar, trie.clone()))
+    }
+
+    /// How this model is told about tools and writes its calls. Blocking (the first call renders
+    /// the template).
+    pub(crate) fn tool_calling(&self) -> &ToolCalling {
+        self.tool_calling.get_or_init(|| ToolCalling::detect(&self.model().tokenizer.chat_template_or_fallback()))
     }
 
     pub(crate) fn model(&self) -> &LoadedModel {

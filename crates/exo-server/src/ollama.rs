@@ -25,7 +25,7 @@ use crate::body::{check_range, from_value, JsonBody};
 use crate::error::{Api, ApiError};
 use crate::generation::{rfc3339, submit, Generation};
 use crate::models::ServedModel;
-use crate::openai::{token_logprobs, Tool};
+use crate::openai::token_logprobs;
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -44,7 +44,7 @@ struct GenerateRequest {
 struct ChatRequest {
     model: String,
     messages: Option<Vec<Message>>,
-    tools: Option<Vec<Tool>>,
+    tools: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -219,7 +219,7 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
         }
         rendered.push(msg);
     }
-    let tools = req.tools.filter(|t| !t.is_empty()).map(|t| serde_json::to_value(t).map_err(|e| ApiError::invalid("tools", e))).transpose()?;
+    let tools = req.tools.filter(|t| t.as_array().is_some_and(|a| !a.is_empty()));
     let prompt = Prompt::Chat { messages: Value::Array(rendered), tools };
     let generation = submit(&state, model, Request { prompt, max_tokens, params }).await?;
     respond(generation, common.stream != Some(false), started, Kind::Chat).await
