@@ -68,6 +68,14 @@ fn prepare_blocking(model: &ServedModel, spec: ChatSpec) -> Result<Prepared, Api
     })
 }
 
+/// `grammar` over `model`'s vocabulary, off the async workers (the first one builds the trie).
+pub(crate) async fn constraint(model: &Arc<ServedModel>, grammar: JsonGrammar) -> Result<Arc<Constraint>, ApiError> {
+    let model = model.clone();
+    tokio::task::spawn_blocking(move || model.constraint(grammar))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("preparing the constraint failed: {e}")))
+}
+
 /// A [`ToolError`] as a 400 naming the request field at fault.
 fn tool_error(e: ToolError, tools: &[Tool], schema_field: &str) -> ApiError {
     match e {
