@@ -29,7 +29,7 @@ use crate::error::{Api, ApiError};
 use crate::generation::{rfc3339, submit, Generation};
 use crate::models::ServedModel;
 use crate::openai::token_logprobs;
-use crate::structured::{constraint, prepare, schema_grammar, CallReader, ChatSpec, Piece};
+use crate::structured::{arguments_object, constraint, prepare, schema_grammar, CallReader, ChatSpec, Piece};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -366,10 +366,7 @@ fn ndjson_line(v: &Value) -> Result<Bytes, Infallible> {
 
 /// Ollama's `message.tool_calls`: arguments as objects, no ids.
 fn tool_calls(calls: &[ToolCall]) -> Value {
-    let call = |c: &ToolCall| {
-        let arguments: Value = serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
-        json!({ "function": { "name": c.name, "arguments": arguments } })
-    };
+    let call = |c: &ToolCall| json!({ "function": { "name": c.name, "arguments": arguments_object(c) } });
     calls.iter().map(call).collect()
 }
 

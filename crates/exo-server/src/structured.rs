@@ -96,6 +96,11 @@ pub(crate) fn schema_grammar(schema: &Value, field: &str) -> Result<JsonGrammar,
     JsonGrammar::from_schema(schema).map_err(|e| ApiError::invalid(field, e))
 }
 
+/// A call's arguments as a JSON object (the parser only accepts calls whose arguments are one).
+pub(crate) fn arguments_object(c: &ToolCall) -> Value {
+    serde_json::from_str(&c.arguments).unwrap_or_else(|_| Value::Object(Default::default()))
+}
+
 /// A piece of the answer: text, or a call.
 pub(crate) enum Piece {
     Text(String),
