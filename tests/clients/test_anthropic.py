@@ -1,5 +1,5 @@
 """`exo serve` through the real `anthropic` client: the Messages API whole and as its event stream,
-system prompts, content blocks, stop sequences, sampling settings and errors.
+system prompts, content blocks, stop sequences, sampling settings, tool use and errors.
 
 This client version has no arguments for temperature, top_p and top_k; they go in `extra_body`,
 as the JSON fields the Messages API defines."""
@@ -90,6 +90,36 @@ def test_multi_turn_conversation():
     assert m.content[0].text and m.usage.input_tokens > create().usage.input_tokens
 
 
+WEATHER = [{
+    "name": "get_weather",
+    "description": "Get the current weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False},
+}]
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
+
+
+def test_tool_use():
+    for choice in ({"type": "any"}, {"type": "tool", "name": "get_weather"}, {"type": "auto"}):
+        m = create(model="qwen", max_tokens=40, messages=WEATHER_QUESTION, tools=WEATHER, tool_choice=choice)
+        assert m.stop_reason == "tool_use", m
+        (use,) = [b for b in m.content if b.type == "tool_use"]
+        assert use.name == "get_weather" and use.input == {"city": "Paris"} and use.id.startswith("toolu_"), m
+        with client.messages.stream(model="qwen", max_tokens=40, messages=WEATHER_QUESTION, tools=WEATHER, tool_choice=choice,
+                                    extra_body={"temperature": 0}) as s:
+            final = s.get_final_message()
+        assert final.stop_reason == "tool_use", final
+        assert [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [("get_weather", {"city": "Paris"})], final
+    history = WEATHER_QUESTION + [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 C and sunny"}]},
+    ]
+    m = create(model="qwen", max_tokens=20, messages=history, tools=WEATHER)
+    assert m.stop_reason != "tool_use" and m.content[0].type == "text" and m.content[0].text, m
+    none = create(model="qwen", max_tokens=1, messages=WEATHER_QUESTION, tools=WEATHER, tool_choice={"type": "none"})
+    plain = create(model="qwen", max_tokens=1, messages=WEATHER_QUESTION)
+    assert none.usage.input_tokens == plain.usage.input_tokens
+
+
 def test_errors_have_anthropic_shape():
     cases = [
         (dict(temperature=1.5), "temperature"),
@@ -97,6 +127,9 @@ def test_errors_have_anthropic_shape():
         (dict(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aGk="}}]}]), "messages[0].content[0].type"),
         (dict(messages=[{"role": "system", "content": "hi"}]), "messages[0].role"),
         (dict(messages=[]), "messages"),
+        (dict(tools=WEATHER, tool_choice={"type": "tool", "name": "get_time"}), "tool_choice"),
+        (dict(tools=[{"name": "f", "input_schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}],
+              tool_choice={"type": "any"}), "tools[0].input_schema"),
     ]
     for kw, field in cases:
         with Raises(anthropic.BadRequestError) as e:

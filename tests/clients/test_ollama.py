@@ -1,6 +1,8 @@
 """`exo serve` through the real `ollama` client: version, tags, show, ps, generate and chat
-(streamed NDJSON by default, and whole), options, keep_alive, log-probabilities and errors."""
+(streamed NDJSON by default, and whole), options, keep_alive, log-probabilities, structured
+output (`format`), tool calls and errors."""
 
+import json
 from datetime import datetime
 
 import httpx
@@ -110,6 +112,36 @@ def test_logprobs():
         assert len(lp.top_logprobs) == 2 and lp.top_logprobs[0].token == lp.token
 
 
+def test_format_json_and_schema():
+    r = client.generate(model="qwen", prompt="Describe Paris as a JSON object with keys name and country.", format="json", options={**GREEDY, "num_predict": 60})
+    assert isinstance(json.loads(r.response), dict) and r.done_reason == "stop", r
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    for stream in (False, True):
+        messages = [{"role": "user", "content": "Describe Paris as JSON."}]
+        r = client.chat(model="qwen", messages=messages, format=schema, options={**GREEDY, "num_predict": 40}, stream=stream)
+        text = "".join(p.message.content for p in r) if stream else r.message.content
+        doc = json.loads(text)
+        assert set(doc) == {"city", "population"} and isinstance(doc["city"], str) and isinstance(doc["population"], int), doc
+
+
+def test_tool_calls():
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    messages = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
+    # Greedy without Ollama's default repeat penalty, which pushes Qwen off its JSON call.
+    options = {**GREEDY, "num_predict": 40, "repeat_penalty": 1.0}
+    r = client.chat(model="qwen", messages=messages, tools=tools, options=options)
+    (call,) = r.message.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}, r.message
+    streamed = [c for p in client.chat(model="qwen", messages=messages, tools=tools, options=options, stream=True) for c in p.message.tool_calls or []]
+    assert [(c.function.name, c.function.arguments) for c in streamed] == [("get_weather", {"city": "Paris"})], streamed
+    history = messages + [r.message, {"role": "tool", "tool_name": "get_weather", "content": "18 C and sunny"}]
+    answer = client.chat(model="qwen", messages=history, tools=tools, options=options)
+    assert answer.message.content and not answer.message.tool_calls, answer.message
+
+
 def test_errors_have_ollama_shape():
     with Raises(ollama.ResponseError) as e:
         client.generate(model="llama3", prompt="hi")
@@ -117,7 +149,7 @@ def test_errors_have_ollama_shape():
     cases = [
         (dict(options={"temperature": "hot"}), "options.temperature"),
         (dict(options={"top_p": 1.5}), "options.top_p"),
-        (dict(format="json"), "format"),
+        (dict(format={"type": "string", "format": "date"}), "format"),
         (dict(images=["aGVsbG8="]), "images"),
         (dict(think=True), "think"),
     ]

@@ -20,6 +20,9 @@ pub enum Prompt {
         /// Tool definitions passed to the template as `tools` (OpenAI's `tools` array).
         tools: Option<serde_json::Value>,
     },
+    /// A conversation already rendered with the model's chat template (tool calling renders
+    /// its own prompt: [`crate::tools::ToolCalling::render`]); tokenized as `Chat` is.
+    Rendered(String),
 }
 
 impl Prompt {
@@ -35,7 +38,7 @@ impl Prompt {
     /// The text the model is given: the chat template applied, or the text itself.
     pub fn render(&self, tok: &Tokenizer) -> Result<String, TokenizerError> {
         match self {
-            Prompt::Text(text) => Ok(text.clone()),
+            Prompt::Text(text) | Prompt::Rendered(text) => Ok(text.clone()),
             Prompt::Chat { messages, tools } => tok.chat_template_or_fallback().render_json(messages, true, tools.as_ref()),
         }
     }
@@ -44,7 +47,7 @@ impl Prompt {
     pub fn tokenize(&self, tok: &Tokenizer) -> Result<Vec<u32>, TokenizerError> {
         let text = self.render(tok)?;
         // Templates that write the BOS text themselves must not get a second BOS.
-        let bos_in_text = matches!(self, Prompt::Chat { .. })
+        let bos_in_text = matches!(self, Prompt::Chat { .. } | Prompt::Rendered(_))
             && tok.bos_id().map(|b| tok.token_bytes(b)).is_some_and(|b| !b.is_empty() && text.as_bytes().starts_with(&b));
         tok.encode(&text, !bos_in_text, true)
     }

@@ -64,11 +64,6 @@ impl ApiError {
         Self::invalid(param, format!("{what} is not supported"))
     }
 
-    /// A 400 for a feature exo will provide but does not yet.
-    pub(crate) fn not_yet(param: &str, what: impl std::fmt::Display) -> Self {
-        Self::invalid(param, format!("{what} is not supported yet"))
-    }
-
     pub(crate) fn model_not_found(name: &str, available: &[&str]) -> Self {
         let mut e = Self::new(
             ErrorKind::ModelNotFound,

@@ -25,6 +25,7 @@ mod metrics;
 mod models;
 mod ollama;
 mod openai;
+mod structured;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;

@@ -1,9 +1,12 @@
 //! The models a server serves, with what the listing endpoints say about them.
 
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use exo_engine::constrain::{Constraint, JsonGrammar, TokenTrie};
+use exo_engine::tools::ToolCalling;
 use exo_engine::{EngineHandle, EngineLoad};
-use exo_models::ModelInfo;
+use exo_models::{LoadedModel, ModelInfo};
 
 use crate::embedding::EmbeddingRunner;
 use crate::error::ApiError;
@@ -25,6 +28,11 @@ pub(crate) struct ServedModel {
     pub(crate) modified_at: SystemTime,
     /// Bytes of its weights on disk.
     pub(crate) size: u64,
+    /// The vocabulary as constrained decoding walks it; built on the first constrained request
+    /// (a large vocabulary takes a moment), so that startup stays fast.
+    trie: OnceLock<Arc<TokenTrie>>,
+    /// How its chat template takes tools and how its calls read, detected on first use.
+    tool_calling: OnceLock<ToolCalling>,
 }
 
 impl ServedModel {
@@ -32,7 +40,34 @@ impl ServedModel {
         let info = info(&runner);
         let modified_at = std::fs::metadata(&info.path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
         let size = info.file_bytes;
-        Self { name, runner, loaded_at: SystemTime::now(), modified_at, size }
+        Self {
+            name,
+            runner,
+            loaded_at: SystemTime::now(),
+            modified_at,
+            size,
+            trie: OnceLock::new(),
+            tool_calling: OnceLock::new(),
+        }
+    }
+
+    /// The generator's model, or a 400 naming the model and what it does instead.
+    fn generator(&self) -> Result<&LoadedModel, ApiError> {
+        self.engine().map(|e| e.model().as_ref())
+    }
+
+    /// `grammar` over this model's vocabulary. Blocking (the first call builds the trie).
+    pub(crate) fn constraint(&self, grammar: JsonGrammar) -> Result<Arc<Constraint>, ApiError> {
+        let model = self.generator()?;
+        let trie = self.trie.get_or_init(|| Arc::new(TokenTrie::new(&model.tokenizer)));
+        Ok(Arc::new(Constraint::new(grammar, trie.clone())))
+    }
+
+    /// How this model is told about tools and writes its calls. Blocking (the first call renders
+    /// the template).
+    pub(crate) fn tool_calling(&self) -> Result<&ToolCalling, ApiError> {
+        let model = self.generator()?;
+        Ok(self.tool_calling.get_or_init(|| ToolCalling::detect(&model.tokenizer.chat_template_or_fallback())))
     }
 
     /// Where the model came from and what it is.

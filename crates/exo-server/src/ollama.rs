@@ -8,7 +8,8 @@
 //! and has no effect, and the context size is the server's `--ctx-size` whatever `num_ctx` says
 //! (a running slot cannot be reallocated per request). Unknown `options` are ignored, as Ollama
 //! ignores them. `logprobs`/`top_logprobs` report each token as OpenAI's chat API does.
-//! Structured outputs (`format`) need constrained decoding and get a 400 for now.
+//! Structured outputs (`format`: `"json"` or a JSON schema) are enforced by constrained decoding;
+//! `/api/chat` `tools` come back as `message.tool_calls` with the arguments as objects.
 //!
 //! Embeddings follow Ollama: an empty `input` (or `prompt`) loads the model and answers no
 //! vectors, `truncate` (default true) cuts texts to the model's limit, and with `truncate: false`
@@ -22,6 +23,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use exo_engine::constrain::JsonGrammar;
+use exo_engine::tools::{Tool, ToolCall, ToolChoice};
 use exo_engine::{Event, Finished, GenerateParams, Prompt, Request, SamplerConfig, StopReason};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -31,7 +34,8 @@ use crate::embedding::{check_dimensions, input_texts, EmbedRequest};
 use crate::error::{Api, ApiError};
 use crate::generation::{rfc3339, submit, Generation};
 use crate::models::{Runner, ServedModel};
-use crate::openai::{token_logprobs, Tool};
+use crate::openai::token_logprobs;
+use crate::structured::{arguments_object, constraint, prepare, schema_grammar, CallReader, ChatSpec, Piece};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -50,7 +54,7 @@ struct GenerateRequest {
 struct ChatRequest {
     model: String,
     messages: Option<Vec<Message>>,
-    tools: Option<Vec<Tool>>,
+    tools: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -232,7 +236,8 @@ pub(crate) async fn generate(State(state): State<AppState>, JsonBody(body): Json
     let started = Instant::now();
     let req: GenerateRequest = from_value(&body)?;
     let common: Common = from_value(&body)?;
-    let (params, max_tokens) = common.params()?;
+    let (mut params, max_tokens) = common.params()?;
+    let format = common.format_grammar()?;
     reject_nonempty("images", req.images.as_ref().is_some_and(|v| !v.is_empty()), "images (exo serves text models)")?;
     reject_nonempty("suffix", req.suffix.as_ref().is_some_and(|s| !s.is_empty()), "a suffix (fill-in-the-middle)")?;
     reject_nonempty("template", req.template.as_ref().is_some_and(|s| !s.is_empty()), "a request template (the model's own chat template is used)")?;
@@ -254,8 +259,11 @@ pub(crate) async fn generate(State(state): State<AppState>, JsonBody(body): Json
         messages.push(json!({ "role": "user", "content": prompt }));
         Prompt::Chat { messages: Value::Array(messages), tools: None }
     };
+    if let Some(g) = format {
+        params.constraint = Some(constraint(&model, g).await?);
+    }
     let generation = submit(&state, model, Request { prompt, max_tokens, params }).await?;
-    respond(generation, common.stream != Some(false), started, Kind::Generate).await
+    respond(generation, common.stream != Some(false), started, Kind::Generate, CallReader::none()).await
 }
 
 /// `POST /api/chat`.
@@ -263,7 +271,8 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
     let started = Instant::now();
     let req: ChatRequest = from_value(&body)?;
     let common: Common = from_value(&body)?;
-    let (params, max_tokens) = common.params()?;
+    let (mut params, max_tokens) = common.params()?;
+    let format = common.format_grammar()?;
     let model = state.model(&req.model)?;
     model.engine()?;
     let messages = req.messages.unwrap_or_default();
@@ -283,10 +292,21 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
         }
         rendered.push(msg);
     }
-    let tools = req.tools.filter(|t| !t.is_empty()).map(|t| serde_json::to_value(t).map_err(|e| ApiError::invalid("tools", e))).transpose()?;
-    let prompt = Prompt::Chat { messages: Value::Array(rendered), tools };
-    let generation = submit(&state, model, Request { prompt, max_tokens, params }).await?;
-    respond(generation, common.stream != Some(false), started, Kind::Chat).await
+    let tools = match req.tools.as_ref().filter(|t| !t.is_null()) {
+        Some(t) => Tool::list_from_openai(t).map_err(|e| ApiError::invalid("tools", e))?,
+        None => Vec::new(),
+    };
+    let spec = ChatSpec {
+        messages: Value::Array(rendered),
+        tools,
+        choice: ToolChoice::Auto,
+        format: format.map(|g| (g, "format")),
+        schema_field: ".function.parameters",
+    };
+    let prepared = prepare(&model, spec).await?;
+    params.constraint = prepared.constraint;
+    let generation = submit(&state, model, Request { prompt: prepared.prompt, max_tokens, params }).await?;
+    respond(generation, common.stream != Some(false), started, Kind::Chat, prepared.calls).await
 }
 
 /// `POST /api/embed`.
@@ -336,11 +356,19 @@ fn reject_nonempty(param: &str, present: bool, what: &str) -> Result<(), ApiErro
 }
 
 impl Common {
+    /// The grammar `format` asks for: `"json"` any JSON object, an object a JSON schema.
+    fn format_grammar(&self) -> Result<Option<JsonGrammar>, ApiError> {
+        match &self.format {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) if s == "json" => Ok(Some(JsonGrammar::any_object())),
+            Some(schema @ Value::Object(_)) => schema_grammar(schema, "format").map(Some),
+            Some(other) => Err(ApiError::invalid("format", format!("must be \"json\" or a JSON schema object, not {other}"))),
+        }
+    }
+
     /// Generation settings and the token limit (`None`: until the context is full).
     fn params(&self) -> Result<(GenerateParams, Option<usize>), ApiError> {
-        if self.format.as_ref().is_some_and(|f| !f.is_null() && f != "") {
-            return Err(ApiError::not_yet("format", "structured output (JSON mode or a JSON schema)"));
-        }
         if self.think.as_ref().is_some_and(|t| t != &Value::Bool(false) && !t.is_null()) {
             return Err(ApiError::unsupported("think", "thinking (the served models do not think)"));
         }
@@ -402,6 +430,19 @@ impl Kind {
         }
     }
 
+    /// One streamed object per piece: text, or a message holding one call.
+    fn pieces(self, model: &str, pieces: Vec<Piece>) -> Vec<Value> {
+        let line = |piece| match piece {
+            Piece::Text(t) => self.object(model, &t, false),
+            Piece::Call(c) => {
+                let mut o = self.object(model, "", false);
+                o["message"]["tool_calls"] = tool_calls(&[c]);
+                o
+            }
+        };
+        pieces.into_iter().map(line).collect()
+    }
+
     /// The final object: `text` (empty when streamed) with the reason, counts and durations.
     fn last(self, model: &str, text: &str, f: &Finished, started: Instant) -> Value {
         let mut o = self.object(model, text, true);
@@ -429,12 +470,23 @@ fn ndjson_line(v: &Value) -> Result<Bytes, Infallible> {
     Ok(Bytes::from(line))
 }
 
-async fn respond(mut generation: Generation, stream: bool, started: Instant, kind: Kind) -> Result<Response, ApiError> {
+/// Ollama's `message.tool_calls`: arguments as objects, no ids.
+fn tool_calls(calls: &[ToolCall]) -> Value {
+    let call = |c: &ToolCall| json!({ "function": { "name": c.name, "arguments": arguments_object(c) } });
+    calls.iter().map(call).collect()
+}
+
+/// The answer, whole or streamed; `calls` splits the model's tool calls from its text.
+async fn respond(mut generation: Generation, stream: bool, started: Instant, kind: Kind, mut calls: CallReader) -> Result<Response, ApiError> {
     let model = generation.model().name.clone();
     let tok = generation.tokenizer().clone();
     if !stream {
         let out = generation.collect().await?;
-        let mut last = kind.last(&model, &out.text, &out.finished, started);
+        let (text, found) = calls.split(&out.text);
+        let mut last = kind.last(&model, &text, &out.finished, started);
+        if !found.is_empty() {
+            last["message"]["tool_calls"] = tool_calls(&found);
+        }
         if !out.logprobs.is_empty() {
             last["logprobs"] = token_logprobs(&tok, &out.logprobs).into();
         }
@@ -445,13 +497,21 @@ async fn respond(mut generation: Generation, stream: bool, started: Instant, kin
             match event {
                 Event::Started { .. } => {}
                 Event::Chunk { text, logprobs } => {
-                    let mut o = kind.object(&model, &text, false);
+                    let mut lines = kind.pieces(&model, calls.push(&text));
                     if !logprobs.is_empty() {
-                        o["logprobs"] = token_logprobs(&tok, &logprobs).into();
+                        if lines.is_empty() {
+                            lines.push(kind.object(&model, "", false));
+                        }
+                        lines[0]["logprobs"] = token_logprobs(&tok, &logprobs).into();
                     }
-                    yield ndjson_line(&o);
+                    for line in lines {
+                        yield ndjson_line(&line);
+                    }
                 }
                 Event::Done(f) => {
+                    for line in kind.pieces(&model, calls.finish()) {
+                        yield ndjson_line(&line);
+                    }
                     yield ndjson_line(&kind.last(&model, "", &f, started));
                     break;
                 }

@@ -6,9 +6,10 @@
 //! what it would from the API it was written for. `top_k`, `min_p` and `repeat_penalty` are
 //! accepted as extensions, as llama.cpp's and vLLM's servers do.
 //!
-//! `tools` are rendered into the prompt by the model's chat template. Enforcing
-//! `response_format` (JSON mode, JSON Schema) and `tool_choice` `required`/named functions needs
-//! constrained decoding, which is not wired in yet: such requests get a 400 saying so.
+//! `response_format` (JSON mode, JSON Schema) is enforced by constrained decoding. `tools` reach
+//! the model through its chat template (or exo's instructions where the template has none; see
+//! `structured`); its calls come back as `tool_calls`, and `tool_choice` `required` or a named
+//! function forces one call whose arguments follow the function's schema.
 //!
 //! Embeddings come as JSON floats or, with `encoding_format: "base64"` (what the `openai` Python
 //! client asks for unless told otherwise), as the base64 of the little-endian f32 bytes. A text
@@ -22,6 +23,8 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
+use exo_engine::constrain::JsonGrammar;
+use exo_engine::tools::{Tool, ToolCall, ToolChoice};
 use exo_engine::{Event, Finished, GenerateParams, Prompt, Request, SamplerConfig, StopReason, TokenLogprob};
 use exo_tokenizer::Tokenizer;
 use futures_util::Stream;
@@ -33,6 +36,7 @@ use crate::embedding::{check_dimensions, input_texts, EmbedRequest};
 use crate::error::{Api, ApiError};
 use crate::generation::{response_id, submit, unix_secs, Generation};
 use crate::models::ServedModel;
+use crate::structured::{prepare, schema_grammar, CallReader, ChatSpec, Piece};
 use crate::AppState;
 
 /// Most alternatives per token OpenAI's `top_logprobs` allows.
@@ -79,8 +83,8 @@ struct ChatFields {
     max_completion_tokens: Option<u64>,
     logprobs: Option<bool>,
     top_logprobs: Option<u64>,
-    tools: Option<Vec<Tool>>,
-    tool_choice: Option<ToolChoice>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
     response_format: Option<ResponseFormat>,
 }
 
@@ -89,7 +93,7 @@ struct Message {
     role: Role,
     content: Option<Content>,
     name: Option<String>,
-    tool_calls: Option<Vec<ToolCall>>,
+    tool_calls: Option<Vec<RequestToolCall>>,
     tool_call_id: Option<String>,
 }
 
@@ -137,7 +141,7 @@ pub(crate) fn join_text_parts(parts: &[ContentPart], path: &str) -> Result<Strin
 }
 
 #[derive(Deserialize)]
-struct ToolCall {
+struct RequestToolCall {
     id: Option<String>,
     function: FunctionCall,
 }
@@ -146,50 +150,6 @@ struct ToolCall {
 struct FunctionCall {
     name: String,
     arguments: String,
-}
-
-/// A tool the model may call, passed to the chat template as OpenAI sent it.
-#[derive(Deserialize, Serialize)]
-pub(crate) struct Tool {
-    #[serde(rename = "type")]
-    kind: ToolKind,
-    function: FunctionDefinition,
-}
-
-#[derive(Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum ToolKind {
-    Function,
-}
-
-#[derive(Deserialize, Serialize)]
-struct FunctionDefinition {
-    name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<Value>,
-}
-
-/// `tool_choice`: a mode, or one named function.
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum ToolChoice {
-    Mode(ToolChoiceMode),
-    Function { function: NamedFunction },
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum ToolChoiceMode {
-    None,
-    Auto,
-    Required,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct NamedFunction {
-    name: String,
 }
 
 /// `response_format`.
@@ -203,7 +163,7 @@ pub(crate) enum ResponseFormat {
 
 #[derive(Deserialize)]
 pub(crate) struct JsonSchemaFormat {
-    name: String,
+    schema: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -290,13 +250,22 @@ pub(crate) async fn chat_completions(State(state): State<AppState>, JsonBody(bod
     if chat.logprobs == Some(true) {
         params.logprobs = Some(chat.top_logprobs.unwrap_or(0) as usize);
     }
-    check_response_format(chat.response_format.as_ref())?;
+    let format = response_format(chat.response_format.as_ref())?;
     let max_tokens = chat.max_completion_tokens.map(|n| ("max_completion_tokens", n));
     let max_tokens = checked_max_tokens(max_tokens.or(common.max_tokens.map(|n| ("max_tokens", n))))?;
-    let prompt = Prompt::Chat { messages: template_messages(&chat.messages)?, tools: template_tools(chat.tools, chat.tool_choice)? };
+    let tools = match chat.tools.as_ref().filter(|t| !t.is_null()) {
+        Some(t) => Tool::list_from_openai(t).map_err(|e| ApiError::invalid("tools", e))?,
+        None => Vec::new(),
+    };
+    let choice = ToolChoice::from_openai(chat.tool_choice.as_ref()).map_err(|e| ApiError::invalid("tool_choice", e))?;
+    let messages = template_messages(&chat.messages)?;
     let model = state.model(&common.model)?;
-    let generation = submit(&state, model, Request { prompt, max_tokens, params }).await?;
-    let reply = Reply::new("chatcmpl-", true, include_usage, chat.logprobs == Some(true));
+    let spec = ChatSpec { messages, tools, choice, format: format.map(|g| (g, "response_format")), schema_field: ".function.parameters" };
+    let prepared = prepare(&model, spec).await?;
+    params.constraint = prepared.constraint;
+    let generation = submit(&state, model, Request { prompt: prepared.prompt, max_tokens, params }).await?;
+    let mut reply = Reply::new("chatcmpl-", true, include_usage, chat.logprobs == Some(true));
+    reply.calls = prepared.calls;
     reply.send(generation, stream).await
 }
 
@@ -404,29 +373,16 @@ fn checked_max_tokens(field: Option<(&str, u64)>) -> Result<Option<usize>, ApiEr
     }
 }
 
-fn check_response_format(format: Option<&ResponseFormat>) -> Result<(), ApiError> {
+/// The grammar `response_format` asks for, if any.
+fn response_format(format: Option<&ResponseFormat>) -> Result<Option<JsonGrammar>, ApiError> {
     match format {
-        None | Some(ResponseFormat::Text) => Ok(()),
-        Some(ResponseFormat::JsonObject) => Err(ApiError::not_yet("response_format", "type 'json_object' (JSON mode)")),
-        Some(ResponseFormat::JsonSchema { json_schema }) => Err(ApiError::not_yet(
-            "response_format",
-            format!("type 'json_schema' (schema '{}')", json_schema.name),
-        )),
-    }
-}
-
-/// The `tools` the template sees: none when `tool_choice` is `none`.
-fn template_tools(tools: Option<Vec<Tool>>, choice: Option<ToolChoice>) -> Result<Option<Value>, ApiError> {
-    match choice {
-        Some(ToolChoice::Mode(ToolChoiceMode::None)) => return Ok(None),
-        Some(ToolChoice::Mode(ToolChoiceMode::Required)) => return Err(ApiError::not_yet("tool_choice", "'required'")),
-        Some(ToolChoice::Function { function }) => {
-            return Err(ApiError::not_yet("tool_choice", format!("forcing the function '{}'", function.name)))
+        None | Some(ResponseFormat::Text) => Ok(None),
+        Some(ResponseFormat::JsonObject) => Ok(Some(JsonGrammar::any_object())),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let schema = json_schema.schema.clone().unwrap_or_else(|| json!({}));
+            schema_grammar(&schema, "response_format.json_schema.schema").map(Some)
         }
-        Some(ToolChoice::Mode(ToolChoiceMode::Auto)) | None => {}
     }
-    let tools = tools.filter(|t| !t.is_empty());
-    tools.map(|t| serde_json::to_value(t).map_err(|e| ApiError::invalid("tools", e))).transpose()
 }
 
 /// Messages as chat templates expect them: content as one string, `developer` as `system`,
@@ -469,6 +425,16 @@ fn template_messages(messages: &[Message]) -> Result<Value, ApiError> {
         out.push(msg);
     }
     Ok(Value::Array(out))
+}
+
+/// A call as OpenAI writes it in `message.tool_calls`, or (with its `index`) in a streamed
+/// `delta.tool_calls`.
+fn tool_call(c: &ToolCall, index: Option<usize>) -> Value {
+    let mut v = json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } });
+    if let Some(i) = index {
+        v["index"] = json!(i);
+    }
+    v
 }
 
 /// OpenAI's `finish_reason`.
@@ -544,15 +510,17 @@ struct Reply {
     include_usage: bool,
     /// Log-probabilities were asked for.
     logprobs: bool,
+    /// Splits the model's calls from its text (chat with tools).
+    calls: CallReader,
 }
 
 impl Reply {
     fn new(id_prefix: &str, chat: bool, include_usage: bool, logprobs: bool) -> Self {
-        Self { id: response_id(id_prefix), created: unix_secs(SystemTime::now()), chat, include_usage, logprobs }
+        Self { id: response_id(id_prefix), created: unix_secs(SystemTime::now()), chat, include_usage, logprobs, calls: CallReader::none() }
     }
 
     /// Answers with the whole completion, or streams it.
-    async fn send(self, generation: Generation, stream: bool) -> Result<Response, ApiError> {
+    async fn send(mut self, generation: Generation, stream: bool) -> Result<Response, ApiError> {
         if stream {
             return Ok(self.stream(generation).into_response());
         }
@@ -560,7 +528,15 @@ impl Reply {
         let model = generation.model().name.clone();
         let out = generation.collect().await?;
         let logprobs = self.logprobs(&tok, &out.logprobs, &mut 0);
-        let choice = self.choice(&out.text, true, logprobs, Some(finish_reason(&out.finished.reason)));
+        let mut choice = self.choice(&out.text, true, logprobs, Some(finish_reason(&out.finished.reason)));
+        if self.chat {
+            let (content, calls) = std::mem::replace(&mut self.calls, CallReader::none()).split(&out.text);
+            if !calls.is_empty() {
+                choice["finish_reason"] = json!("tool_calls");
+                choice["message"]["tool_calls"] = calls.iter().map(|c| tool_call(c, None)).collect();
+                choice["message"]["content"] = if content.is_empty() { Value::Null } else { json!(content) };
+            }
+        }
         let mut answer = self.object(&model, true, choice);
         answer["usage"] = usage(&out.finished);
         Ok(Json(answer).into_response())
@@ -601,12 +577,36 @@ impl Reply {
         }
     }
 
-    fn stream(self, mut generation: Generation) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    /// The streamed chunks of `pieces`; `logprobs` go with the first (or alone when there is
+    /// none); `n_calls` counts the calls streamed so far.
+    fn piece_chunks(&self, model: &str, pieces: Vec<Piece>, mut logprobs: Value, n_calls: &mut usize) -> Vec<Value> {
+        let mut chunks = Vec::with_capacity(pieces.len().max(1));
+        for piece in pieces {
+            let logprobs = std::mem::take(&mut logprobs);
+            let choice = match piece {
+                Piece::Text(t) => self.choice(&t, false, logprobs, None),
+                Piece::Call(c) => {
+                    let mut choice = self.choice("", false, logprobs, None);
+                    choice["delta"] = json!({ "tool_calls": [tool_call(&c, Some(*n_calls))] });
+                    *n_calls += 1;
+                    choice
+                }
+            };
+            chunks.push(self.object(model, false, choice));
+        }
+        if !logprobs.is_null() {
+            chunks.push(self.object(model, false, self.choice("", false, logprobs, None)));
+        }
+        chunks
+    }
+
+    fn stream(mut self, mut generation: Generation) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
         let data = |v: &Value| Ok(SseEvent::default().data(v.to_string()));
         let model = generation.model().name.clone();
         let tok = generation.tokenizer().clone();
         let stream = async_stream::stream! {
             let mut offset = 0;
+            let mut n_calls = 0;
             if self.chat {
                 let mut first = self.choice("", false, Value::Null, None);
                 first["delta"] = json!({ "role": "assistant", "content": "" });
@@ -617,10 +617,18 @@ impl Reply {
                     Event::Started { .. } => {}
                     Event::Chunk { text, logprobs } => {
                         let logprobs = self.logprobs(&tok, &logprobs, &mut offset);
-                        yield data(&self.object(&model, false, self.choice(&text, false, logprobs, None)));
+                        let pieces = self.calls.push(&text);
+                        for chunk in self.piece_chunks(&model, pieces, logprobs, &mut n_calls) {
+                            yield data(&chunk);
+                        }
                     }
                     Event::Done(f) => {
-                        let last = self.choice("", false, Value::Null, Some(finish_reason(&f.reason)));
+                        let pieces = self.calls.finish();
+                        for chunk in self.piece_chunks(&model, pieces, Value::Null, &mut n_calls) {
+                            yield data(&chunk);
+                        }
+                        let reason = if n_calls > 0 { "tool_calls" } else { finish_reason(&f.reason) };
+                        let last = self.choice("", false, Value::Null, Some(reason));
                         yield data(&self.object(&model, false, last));
                         if self.include_usage {
                             let mut usage_chunk = self.object(&model, false, Value::Null);
