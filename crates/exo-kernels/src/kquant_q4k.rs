@@ -416,7 +416,7 @@ fn pack_groups<B: Sync, P: Zero + Copy + Send>(
 
 /// A vector of `n` all-zero values, from zeroed pages: the kernel maps them lazily, so the page
 /// faults happen in the threads that fill the vector rather than in a serial memset.
-fn zeroed_vec<P: Zero>(n: usize) -> Vec<P> {
+pub(crate) fn zeroed_vec<P: Zero>(n: usize) -> Vec<P> {
     if n == 0 || std::mem::size_of::<P>() == 0 {
         return Vec::new();
     }
@@ -437,7 +437,7 @@ fn zeroed_vec<P: Zero>(n: usize) -> Vec<P> {
 ///
 /// # Safety
 /// Implementors must be valid when every byte is zero.
-unsafe trait Zero {}
+pub(crate) unsafe trait Zero {}
 // SAFETY: integers, byte arrays and f16 (bits 0 = 0.0) only.
 unsafe impl Zero for Q4Kx4 {}
 // SAFETY: a byte array.

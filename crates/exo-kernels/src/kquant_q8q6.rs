@@ -39,6 +39,7 @@ use std::cell::Cell;
 
 use half::f16;
 
+use crate::kquant_q4k::{zeroed_vec, Zero};
 use crate::matrix::SendPtr;
 use crate::threads::parallel_for;
 
@@ -327,23 +328,20 @@ impl<T> PackedMat<T> {
     }
 }
 
-/// A zero-filled vector of plain-data blocks.
-fn zeroed_vec<T: Copy>(n: usize) -> Vec<T> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: the block types are integer arrays, for which all-zero bytes are valid values;
-    // the capacity was reserved above.
-    unsafe {
-        std::ptr::write_bytes(v.as_mut_ptr(), 0, n);
-        v.set_len(n);
-    }
-    v
-}
+// SAFETY: integer arrays only, for which all-zero bytes are valid values.
+unsafe impl Zero for Q8_0x16 {}
+// SAFETY: as above.
+unsafe impl Zero for Q6Kx16 {}
+// SAFETY: as above.
+unsafe impl Zero for Q5_0x16 {}
+// SAFETY: as above.
+unsafe impl Zero for Q4_1x16 {}
 
 /// Builds the `groups × nb` packed blocks of a `rows`-row matrix on all threads.
 ///
 /// `fill(dst, src)` packs one interleaved block from `src(r)`, the ggml block of lane `r` (the
 /// `n` real rows of the group; lanes `n..GROUP` are padding and start zeroed).
-fn pack_groups<'a, T: Copy>(
+fn pack_groups<'a, T: Zero + Copy>(
     rows: usize,
     nb: usize,
     block_bytes: usize,
