@@ -89,6 +89,18 @@ def test_options_stop_seed_and_keep_alive():
     assert others != {a.response}
 
 
+def test_num_ctx_is_the_request_window():
+    # The prompt alone: how many tokens it takes, from the server's own count.
+    n = client.generate(model=MODEL, prompt="Tell me a story.", options={"temperature": 0, "num_predict": 1}).prompt_eval_count
+    # No num_predict: generation ends where the window is full.
+    r = client.generate(model=MODEL, prompt="Tell me a story.", options={"temperature": 0, "num_ctx": n + 3})
+    assert r.eval_count == 3 and r.done_reason == "length", (r.eval_count, r.done_reason)
+    # A prompt plus num_predict over the window is refused with both numbers.
+    with Raises(ollama.ResponseError) as e:
+        client.generate(model=MODEL, prompt="Tell me a story.", options={"num_ctx": n + 3, "num_predict": 10})
+    assert e.value.status_code == 400 and str(n) in e.value.error and str(n + 3) in e.value.error, e.value.error
+
+
 def test_num_predict_minus_one_runs_to_a_natural_end():
     r = client.generate(model=MODEL, prompt="Say OK.", options={"temperature": 0, "num_predict": -1})
     assert r.done_reason == "stop" and r.eval_count > 0

@@ -41,6 +41,10 @@ pub struct Request {
     /// Most tokens to generate; `None`: until the context is full. (The engine sets
     /// `params.max_tokens` from this.)
     pub max_tokens: Option<usize>,
+    /// A smaller context window for this request (Ollama's `num_ctx`): prompt and generation
+    /// must fit it. Larger values are capped at the engine's context, which a slot cannot grow
+    /// per request; `None`: the engine's.
+    pub ctx: Option<usize>,
     /// Sampling, stop strings, log-probabilities. A `cancel` flag given here is the one
     /// [`RequestStream::cancel`] sets; without one the engine makes its own.
     pub params: GenerateParams,
@@ -267,7 +271,7 @@ impl EngineHandle {
     pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
         let ids = request.prompt.tokenize(&self.shared.model.tokenizer)?;
         request.params.sampler.validate().map_err(SubmitError::Sampler)?;
-        let ctx = self.shared.config.ctx;
+        let ctx = request.ctx.map_or(self.shared.config.ctx, |c| c.min(self.shared.config.ctx));
         let prompt_tokens = ids.len();
         if prompt_tokens == 0 {
             return Err(SubmitError::EmptyPrompt);

@@ -30,7 +30,7 @@ fn fixture() -> Value {
 
 fn greedy(prompt: Prompt, max_tokens: usize) -> Request {
     let params = GenerateParams { sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
-    Request { prompt, max_tokens: Some(max_tokens), params }
+    Request { prompt, max_tokens: Some(max_tokens), ctx: None, params }
 }
 
 /// Reads a stream to its end: the text, the chunk count and how it finished.
@@ -77,7 +77,7 @@ fn chat_answer_matches_llamacpp_and_parallel_slots_match_alone() {
     let user = "What is the capital of France? Answer in one sentence.";
     let chat = || Prompt::Chat { messages: json!([{ "role": "user", "content": user }]), tools: None };
     let params = GenerateParams { sampler: SamplerConfig::greedy(), ..Default::default() };
-    let request = Request { prompt: chat(), max_tokens: Some(32), params };
+    let request = Request { prompt: chat(), max_tokens: Some(32), ctx: None, params };
     let s = e.submit(request.clone()).unwrap();
     let prompt_ids: Vec<u64> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(s.prompt_tokens(), prompt_ids.len(), "the chat prompt tokenizes as llama.cpp's fixture");
@@ -108,7 +108,7 @@ fn logprobs_arrive_with_their_chunks() {
     let e = engine(1, 4, 512);
     let sampler = SamplerConfig { seed: Some(5), ..SamplerConfig::default() };
     let params = GenerateParams { logprobs: Some(3), sampler, ..Default::default() };
-    let mut s = e.submit(Request { prompt: Prompt::Text("Once upon a time".into()), max_tokens: Some(40), params }).unwrap();
+    let mut s = e.submit(Request { prompt: Prompt::Text("Once upon a time".into()), max_tokens: Some(40), ctx: None, params }).unwrap();
     let tok = e.model().tokenizer.clone();
     let mut n = 0;
     while let Some(ev) = s.blocking_next() {
@@ -180,6 +180,6 @@ fn requests_that_do_not_fit_are_refused_with_both_numbers() {
     let long = Prompt::Text("word ".repeat(80));
     assert!(matches!(e.submit(Request { max_tokens: None, ..greedy(long, 1) }), Err(SubmitError::PromptFillsContext { ctx: 64, .. })));
     let bad = GenerateParams { sampler: SamplerConfig { top_p: 2.0, ..Default::default() }, ..Default::default() };
-    let err = e.submit(Request { prompt: Prompt::Text("x".into()), max_tokens: Some(1), params: bad }).err().unwrap();
+    let err = e.submit(Request { prompt: Prompt::Text("x".into()), max_tokens: Some(1), ctx: None, params: bad }).err().unwrap();
     assert!(err.to_string().contains("top_p"), "{err}");
 }

@@ -5,8 +5,8 @@
 //!
 //! Sampling defaults are Ollama's (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1 over
 //! the last 64 tokens). Models stay loaded for the server's lifetime, so `keep_alive` is accepted
-//! and has no effect, and the context size is the server's `--ctx-size` whatever `num_ctx` says
-//! (a running slot cannot be reallocated per request). Unknown `options` are ignored, as Ollama
+//! and has no effect. `num_ctx` is the request's context window (prompt plus generation must fit
+//! it) up to the server's `--ctx-size`, beyond which a running slot cannot grow. Unknown `options` are ignored, as Ollama
 //! ignores them. `logprobs`/`top_logprobs` report each token as OpenAI's chat API does.
 //! Structured outputs (`format`: `"json"` or a JSON schema) are enforced by constrained decoding;
 //! `/api/chat` `tools` come back as `message.tool_calls` with the arguments as objects.
@@ -236,7 +236,7 @@ pub(crate) async fn generate(State(state): State<AppState>, JsonBody(body): Json
     let started = Instant::now();
     let req: GenerateRequest = from_value(&body)?;
     let common: Common = from_value(&body)?;
-    let (mut params, max_tokens) = common.params()?;
+    let (mut params, max_tokens, ctx) = common.params()?;
     let format = common.format_grammar()?;
     reject_nonempty("images", req.images.as_ref().is_some_and(|v| !v.is_empty()), "images (exo serves text models)")?;
     reject_nonempty("suffix", req.suffix.as_ref().is_some_and(|s| !s.is_empty()), "a suffix (fill-in-the-middle)")?;
@@ -262,7 +262,7 @@ pub(crate) async fn generate(State(state): State<AppState>, JsonBody(body): Json
     if let Some(g) = format {
         params.constraint = Some(constraint(&model, g).await?);
     }
-    let generation = submit(&state, model, Request { prompt, max_tokens, params }).await?;
+    let generation = submit(&state, model, Request { prompt, max_tokens, ctx, params }).await?;
     respond(generation, common.stream != Some(false), started, Kind::Generate, CallReader::none()).await
 }
 
@@ -271,7 +271,7 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
     let started = Instant::now();
     let req: ChatRequest = from_value(&body)?;
     let common: Common = from_value(&body)?;
-    let (mut params, max_tokens) = common.params()?;
+    let (mut params, max_tokens, ctx) = common.params()?;
     let format = common.format_grammar()?;
     let model = state.model(&req.model)?;
     model.engine()?;
@@ -305,7 +305,7 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
     };
     let prepared = prepare(&model, spec).await?;
     params.constraint = prepared.constraint;
-    let generation = submit(&state, model, Request { prompt: prepared.prompt, max_tokens, params }).await?;
+    let generation = submit(&state, model, Request { prompt: prepared.prompt, max_tokens, ctx, params }).await?;
     respond(generation, common.stream != Some(false), started, Kind::Chat, prepared.calls).await
 }
 
@@ -367,8 +367,9 @@ impl Common {
         }
     }
 
-    /// Generation settings and the token limit (`None`: until the context is full).
-    fn params(&self) -> Result<(GenerateParams, Option<usize>), ApiError> {
+    /// Generation settings, the token limit (`None`: until the context is full) and the
+    /// request's context window (`num_ctx`).
+    fn params(&self) -> Result<(GenerateParams, Option<usize>, Option<usize>), ApiError> {
         if self.think.as_ref().is_some_and(|t| t != &Value::Bool(false) && !t.is_null()) {
             return Err(ApiError::unsupported("think", "thinking (the served models do not think)"));
         }
@@ -380,9 +381,6 @@ impl Common {
         check_range("options.num_predict", o.num_predict, -2, i64::MAX)?;
         check_range("options.repeat_last_n", o.repeat_last_n, -1, i64::MAX)?;
         check_range("options.num_ctx", o.num_ctx, 1, u64::MAX)?;
-        if let Some(n) = o.num_ctx {
-            tracing::debug!("num_ctx {n} requested; the context size is fixed by --ctx-size");
-        }
         let sampler = SamplerConfig {
             temperature: o.temperature.unwrap_or(0.8),
             top_k: o.top_k.map_or(40, |k| k.max(0) as usize),
@@ -405,7 +403,8 @@ impl Common {
         let stop = o.stop.clone().unwrap_or_default();
         // -1: no limit; -2: fill the context. Both end when the context is full here.
         let max_tokens = o.num_predict.filter(|&n| n >= 0).map(|n| n as usize);
-        Ok((GenerateParams { sampler, stop, logprobs, ..GenerateParams::default() }, max_tokens))
+        let ctx = o.num_ctx.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        Ok((GenerateParams { sampler, stop, logprobs, ..GenerateParams::default() }, max_tokens, ctx))
     }
 }
 
