@@ -504,24 +504,18 @@ impl Packed {
     /// `out[i][r] = Σ_c x[i][c] · W[r][c]` for `m` activation rows (`out` is `m × rows`).
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
         match self {
-            Packed::Q8_0(p) => {
-                assert_eq!(out.len(), m * p.rows, "output length");
-                with_quantized::<ActQ8_0, _>(x, m, p.cols, |xq| run(p, xq, m, out, kernels::q8_0))
-            }
-            Packed::Q5_0(p) => {
-                assert_eq!(out.len(), m * p.rows, "output length");
-                with_quantized::<ActQ8_0, _>(x, m, p.cols, |xq| run(p, xq, m, out, kernels::q5_0))
-            }
-            Packed::Q4_1(p) => {
-                assert_eq!(out.len(), m * p.rows, "output length");
-                with_quantized::<ActQ8_0, _>(x, m, p.cols, |xq| run(p, xq, m, out, kernels::q4_1))
-            }
-            Packed::Q6K(p) => {
-                assert_eq!(out.len(), m * p.rows, "output length");
-                with_quantized::<ActQ8K, _>(x, m, p.cols, |xq| run(p, xq, m, out, kernels::q6k))
-            }
+            Packed::Q8_0(p) => quantize_and_run(p, x, m, out, kernels::q8_0),
+            Packed::Q5_0(p) => quantize_and_run(p, x, m, out, kernels::q5_0),
+            Packed::Q4_1(p) => quantize_and_run(p, x, m, out, kernels::q4_1),
+            Packed::Q6K(p) => quantize_and_run(p, x, m, out, kernels::q6k),
         }
     }
+}
+
+/// Quantizes the activations to the kernel's format, then [`run`]s it over `p`.
+fn quantize_and_run<W: Sync, A: Act>(p: &PackedMat<W>, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel<W, A>) {
+    assert_eq!(out.len(), m * p.rows, "output length");
+    with_quantized::<A, _>(x, m, p.cols, |xq| run(p, xq, m, out, kernel))
 }
 
 /// Stores the 16 code bytes `qs` of a ggml Q4_1/Q5_0 block (low nibble of byte `e` is element

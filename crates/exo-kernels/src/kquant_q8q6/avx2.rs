@@ -64,6 +64,25 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
     _mm256_set1_epi32(unsafe { std::ptr::read_unaligned(p.cast::<i32>()) })
 }
 
+/// Adds one block's integer sums times the half group's weight scales `dw` and each activation
+/// row's scale `xd[i]` to the float accumulators.
+#[inline(always)]
+unsafe fn scale_add<const M: usize>(isum: &[__m256i; M], dw: __m256, xd: [f32; M], acc: &mut [__m256; M]) {
+    for i in 0..M {
+        // SAFETY: the caller enabled avx2 and fma.
+        acc[i] = unsafe { _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(xd[i])), acc[i]) };
+    }
+}
+
+/// Writes the accumulators of half `h` (< 2) of a group for `M` activation rows.
+#[inline(always)]
+unsafe fn store<const M: usize>(acc: &[__m256; M], out: &mut [[f32; GROUP]; 2], h: usize) {
+    for i in 0..M {
+        // SAFETY: 8 floats at out[i][8 h] with h < 2; the caller enabled avx.
+        unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
+    }
+}
+
 /// The 8 row scales of half `h` of a group, as f32.
 #[inline(always)]
 unsafe fn scales(d: &[u16; GROUP], h: usize) -> __m256 {
@@ -91,18 +110,11 @@ unsafe fn q8_0_half_rows<const M: usize>(w: &[Q8_0x16], x: &[&[ActQ8_0]], out: &
                     isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(p, ones));
                 }
             }
-            // SAFETY: features enabled by this function.
-            let dw = unsafe { scales(&blk.d, h) };
-            for i in 0..M {
-                // SAFETY: as above.
-                let dx = unsafe { x[i].get_unchecked(b).d };
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc[i]);
-            }
+            // SAFETY: b < the activation row length (checked by the caller); features enabled here.
+            unsafe { scale_add(&isum, scales(&blk.d, h), std::array::from_fn(|i| x[i].get_unchecked(b).d), &mut acc) };
         }
-        for i in 0..M {
-            // SAFETY: 8 floats at out[i][8 h].
-            unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
-        }
+        // SAFETY: h < 2; features enabled by this function.
+        unsafe { store(&acc, out, h) };
     }
 }
 
@@ -193,24 +205,22 @@ unsafe fn nibble_half_rows<W: NibbleVectors, const M: usize>(w: &[W], x: &[&[Act
                     isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv), ones));
                 }
             }
+            // SAFETY: b < the activation row length (checked by the caller).
+            let xb: [&ActQ8_0; M] = std::array::from_fn(|i| unsafe { x[i].get_unchecked(b) });
             // SAFETY: features enabled by this function.
-            let dw = unsafe { scales(blk.d(), h) };
-            let mw = blk.offsets().map(|m| unsafe { scales(m, h) });
-            for i in 0..M {
-                // SAFETY: as above.
-                let a = unsafe { x[i].get_unchecked(b) };
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(a.d)), acc[i]);
-                if let Some(mw) = mw {
+            unsafe { scale_add(&isum, scales(blk.d(), h), xb.map(|a| a.d), &mut acc) };
+            if let Some(m) = blk.offsets() {
+                // SAFETY: features enabled by this function.
+                let mw = unsafe { scales(m, h) };
+                for (acc, a) in acc.iter_mut().zip(xb) {
                     // Row offsets times the activation sum dₓ Σx (corr = -128 Σx).
                     let x_sum = (a.corr as f32) * (-1.0 / 128.0) * a.d;
-                    acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x_sum), acc[i]);
+                    *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(x_sum), *acc);
                 }
             }
         }
-        for i in 0..M {
-            // SAFETY: 8 floats at out[i][8 h].
-            unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
-        }
+        // SAFETY: h < 2; features enabled by this function.
+        unsafe { store(&acc, out, h) };
     }
 }
 
@@ -251,17 +261,10 @@ unsafe fn q6k_half_rows<const M: usize>(w: &[Q6Kx16], x: &[&[ActQ8K]], out: &mut
                     isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(t, sc));
                 }
             }
-            // SAFETY: features enabled by this function.
-            let dw = unsafe { scales(&blk.d, h) };
-            for i in 0..M {
-                // SAFETY: as above.
-                let dx = unsafe { x[i].get_unchecked(b).d };
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc[i]);
-            }
+            // SAFETY: b < the activation row length (checked by the caller); features enabled here.
+            unsafe { scale_add(&isum, scales(&blk.d, h), std::array::from_fn(|i| x[i].get_unchecked(b).d), &mut acc) };
         }
-        for i in 0..M {
-            // SAFETY: 8 floats at out[i][8 h].
-            unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(8 * h), acc[i]) };
-        }
+        // SAFETY: h < 2; features enabled by this function.
+        unsafe { store(&acc, out, h) };
     }
 }
