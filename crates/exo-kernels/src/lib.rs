@@ -5,8 +5,10 @@
 //! - [`matrix`]: a weight matrix in any supported storage type (ggml quant blocks straight from an
 //!   mmapped GGUF, f32/f16/bf16) and its product with f32 activations, on all threads.
 //! - [`ops`]: the element-wise and row-wise pieces of a transformer layer (RMSNorm, RoPE, softmax,
-//!   SiLU/GELU gating, attention over a contiguous KV cache), written over plain `f32` slices so a
+//!   SiLU/GELU gating), written over plain `f32` slices so a
 //!   decode step allocates nothing.
+//! - [`kv`]: the paged KV cache (f32, f16 or Q8_0 rows in blocks of 16 positions) and causal
+//!   attention through block tables, batched over sequences.
 //! - [`legacy_quants`]: SIMD dot products for Q4_1, Q5_0 and Q5_1, which candle computes only with
 //!   scalar code.
 //! - [`kquant_q4k`]: Q4_K weights repacked four rows at a time, with AVX-512 VNNI/AVX2 kernels
@@ -24,6 +26,7 @@
 pub mod dense;
 pub mod kquant_q4k;
 pub mod kquant_q8q6;
+pub mod kv;
 pub mod legacy_quants;
 pub mod matrix;
 pub mod ops;

@@ -16,6 +16,9 @@ use crate::threads::parallel_for;
 /// Errors from building or applying a [`Matrix`].
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// A KV cache that cannot be built as asked (the message names the setting and the limit).
+    #[error("KV cache: {0}")]
+    KvCache(String),
     /// The storage type has no kernel yet.
     #[error("tensor '{name}': type {ty} has no CPU kernel in exo yet (supported: {supported})")]
     Unsupported {

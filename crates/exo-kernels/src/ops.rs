@@ -3,8 +3,6 @@
 //! Loops are written in 8- or 16-wide chunks that the compiler vectorizes under
 //! `-C target-cpu=native`; none allocates.
 
-use crate::matrix::SendPtr;
-use crate::threads::parallel_for;
 
 /// Dot product of two equal-length slices.
 #[inline]
@@ -251,60 +249,6 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
-/// Causal attention for `t` new tokens at positions `pos0..pos0+t` over a contiguous cache.
-///
-/// `q` is `t × n_heads × head_dim`; `k_cache`/`v_cache` hold rows of `n_kv_heads × head_dim` for
-/// positions `0..pos0+t` (the new tokens already written). Output `out` is
-/// `t × n_heads × head_dim`. Score scratch is per thread and only grows, so steady-state decoding
-/// does not allocate.
-pub fn attention(
-    shape: AttentionShape,
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    pos0: usize,
-    t: usize,
-    out: &mut [f32],
-) {
-    thread_local! {
-        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let AttentionShape { n_heads, n_kv_heads, head_dim, scale, window } = shape;
-    let kv_dim = n_kv_heads * head_dim;
-    let q_dim = n_heads * head_dim;
-    let group = n_heads / n_kv_heads;
-    let total = pos0 + t;
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    // Work items are (token, head) pairs.
-    parallel_for(t * n_heads, |range| SCORES.with(|cell| {
-        let mut scores = cell.borrow_mut();
-        if scores.len() < total {
-            scores.resize(total, 0.0);
-        }
-        let sc = &mut scores[..total];
-        for item in range {
-            let (i, h) = (item / n_heads, item % n_heads);
-            let qh = &q[i * q_dim + h * head_dim..i * q_dim + (h + 1) * head_dim];
-            let kvh = h / group;
-            let last = pos0 + i; // inclusive
-            let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
-            let sc = &mut sc[first..=last];
-            for (p, s) in (first..=last).zip(sc.iter_mut()) {
-                let kr = &k_cache[p * kv_dim + kvh * head_dim..p * kv_dim + (kvh + 1) * head_dim];
-                *s = dot(qh, kr) * scale;
-            }
-            softmax(sc);
-            // SAFETY: each (token, head) output slice is written by exactly one work item.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_dim + h * head_dim), head_dim) };
-            o.fill(0.0);
-            for (p, &w) in (first..=last).zip(sc.iter()) {
-                let vr = &v_cache[p * kv_dim + kvh * head_dim..p * kv_dim + (kvh + 1) * head_dim];
-                axpy(w, vr, o);
-            }
-        }
-    }));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,16 +307,5 @@ mod tests {
         let mut x = [1.0, 0.0, 0.0, 0.0];
         t.apply(&mut x, 1);
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
-    }
-
-    #[test]
-    fn attention_single_position_returns_value() {
-        let shape = AttentionShape { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0, window: None };
-        let q = [1.0, 0.0, 0.0, 1.0];
-        let k = [0.5, 0.5];
-        let v = [3.0, -2.0];
-        let mut out = [0f32; 4];
-        attention(shape, &q, &k, &v, 0, 1, &mut out);
-        assert_eq!(out, [3.0, -2.0, 3.0, -2.0]);
     }
 }

@@ -29,7 +29,8 @@ pub use config::{Arch, ModelConfig};
 pub use embed::{is_embedding_model, Embedder, Embedding, Pooling};
 use exo_formats::{GgufFile, HfModelDir};
 use exo_tokenizer::Tokenizer;
-pub use transformer::{State, Transformer};
+pub use exo_kernels::kv::{KvCache, KvType, BLOCK_TOKENS};
+pub use transformer::{Logits, Scratch, Segment, State, Transformer};
 use weights::{WeightFile, Weights};
 
 /// Errors from loading or running a model. Messages name the file, the tensor or field, and the

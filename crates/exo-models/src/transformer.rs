@@ -4,8 +4,9 @@
 //! Architecture differences are [`ModelConfig`] fields set by `llama.rs`, `qwen2.rs` and
 //! `gemma3.rs`. Read [`Transformer::forward`] top to bottom for the whole computation.
 
+use exo_kernels::kv::{KvCache, KvType, TokenPos, BLOCK_TOKENS};
 use exo_kernels::ops::{self, AttentionShape, RopeTable};
-use exo_kernels::Matrix;
+use exo_kernels::{KernelError, Matrix};
 
 use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
@@ -168,15 +169,36 @@ impl Transformer {
         counts.into_iter().collect()
     }
 
-    /// A fresh state for sequences of up to `ctx` tokens, processed `max_batch` at a time.
+    /// Paged KV storage of `n_blocks` blocks for this model's layers.
+    pub fn new_kv_cache(&self, ty: KvType, n_blocks: usize) -> Result<KvCache, ModelError> {
+        let c = &self.config;
+        Ok(KvCache::new(ty, c.n_layers, c.n_kv_heads, c.head_dim, n_blocks)?)
+    }
+
+    /// Scratch buffers for forward calls of up to `max_tokens` tokens at positions below
+    /// `max_pos` (at most the model's training context).
+    pub fn new_scratch(&self, max_tokens: usize, max_pos: usize) -> Result<Scratch, ModelError> {
+        if max_pos == 0 || max_pos > self.config.train_ctx {
+            return Err(ModelError::ContextSize { ctx: max_pos, max: self.config.train_ctx });
+        }
+        Ok(Scratch::new(&self.config, max_tokens, max_pos))
+    }
+
+    /// A fresh state for one sequence of up to `ctx` tokens, processed `max_batch` at a time,
+    /// with an f32 KV cache.
     ///
     /// `ctx` must be between 1 and the model's training context: the KV cache and rotary tables
     /// are allocated for all of it up front, so an absurd size must be refused, not attempted.
     pub fn new_state(&self, ctx: usize, max_batch: usize) -> Result<State, ModelError> {
-        if ctx == 0 || ctx > self.config.train_ctx {
-            return Err(ModelError::ContextSize { ctx, max: self.config.train_ctx });
-        }
-        Ok(State::new(&self.config, ctx, max_batch))
+        self.new_state_with(ctx, max_batch, KvType::F32)
+    }
+
+    /// [`Transformer::new_state`] with KV rows stored as `kv_type`.
+    pub fn new_state_with(&self, ctx: usize, max_batch: usize, kv_type: KvType) -> Result<State, ModelError> {
+        let scratch = self.new_scratch(max_batch, ctx)?;
+        let n_blocks = ctx.div_ceil(BLOCK_TOKENS);
+        let kv = self.new_kv_cache(kv_type, n_blocks)?;
+        Ok(State { kv, blocks: (0..n_blocks as u32).collect(), scratch, ctx, len: 0 })
     }
 
     /// Runs `tokens` (at most `state.max_batch`) after the ones already in `state`'s cache.
@@ -184,30 +206,62 @@ impl Transformer {
     /// Logits of the last token (or of every token with `all_logits`) are left in
     /// [`State::logits`].
     pub fn forward(&self, state: &mut State, tokens: &[u32], all_logits: bool) -> Result<(), ModelError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        if state.len + tokens.len() > state.ctx {
+            return Err(ModelError::ContextFull { need: state.len + tokens.len(), ctx: state.ctx });
+        }
+        let logits = if all_logits { Logits::All } else { Logits::Last };
+        let seg = Segment { tokens, pos0: state.len, blocks: &state.blocks, logits };
+        self.forward_batch(&mut state.kv, &mut state.scratch, &[seg])?;
+        state.len += tokens.len();
+        Ok(())
+    }
+
+    /// Runs one step for a batch of sequences: each segment's tokens follow the `pos0` already
+    /// cached in its blocks of `kv`. Their K/V rows are written to those blocks.
+    ///
+    /// Logits are left in [`Scratch::logits`]: for each segment in order, none, its last
+    /// token's row, or one row per token, as its [`Logits`] asks.
+    pub fn forward_batch(&self, kv: &mut KvCache, s: &mut Scratch, segments: &[Segment]) -> Result<(), ModelError> {
         let c = &self.config;
-        let t = tokens.len();
-        let pos0 = state.len;
+        let t: usize = segments.iter().map(|g| g.tokens.len()).sum();
         if t == 0 {
             return Ok(());
         }
-        if t > state.max_batch {
-            return Err(ModelError::Batch { tokens: t, max: state.max_batch });
+        if t > s.max_tokens {
+            return Err(ModelError::Batch { tokens: t, max: s.max_tokens });
         }
-        if pos0 + t > state.ctx {
-            return Err(ModelError::ContextFull { need: pos0 + t, ctx: state.ctx });
+        for g in segments {
+            let need = g.pos0 + g.tokens.len();
+            let room = (g.blocks.len() * BLOCK_TOKENS).min(s.max_pos);
+            if need > room {
+                return Err(ModelError::ContextFull { need, ctx: room });
+            }
+            if let Some(&b) = g.blocks.iter().find(|&&b| b as usize >= kv.n_blocks()) {
+                return Err(ModelError::Kernel(KernelError::KvCache(format!(
+                    "block {b} is outside the cache of {} blocks",
+                    kv.n_blocks()
+                ))));
+            }
         }
         let (h, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
-        let s = &mut *state;
 
-        // Token embeddings, scaled for Gemma.
-        for (i, &tok) in tokens.iter().enumerate() {
-            if tok as usize >= c.vocab_size {
-                return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
-            }
-            let row = &mut s.x[i * h..(i + 1) * h];
-            self.tok_embd.row_to_f32(tok as usize, row)?;
-            if let Some(scale) = c.embed_scale {
-                row.iter_mut().for_each(|v| *v *= scale);
+        // Token embeddings, scaled for Gemma, with each token's position.
+        let mut row = 0;
+        for (gi, g) in segments.iter().enumerate() {
+            for (i, &tok) in g.tokens.iter().enumerate() {
+                if tok as usize >= c.vocab_size {
+                    return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
+                }
+                let x = &mut s.x[row * h..(row + 1) * h];
+                self.tok_embd.row_to_f32(tok as usize, x)?;
+                if let Some(scale) = c.embed_scale {
+                    x.iter_mut().for_each(|v| *v *= scale);
+                }
+                s.pos[row] = TokenPos { seq: gi, pos: g.pos0 + i };
+                row += 1;
             }
         }
 
@@ -228,15 +282,18 @@ impl Transformer {
             }
             let sliding = c.sliding_layers[li];
             let rope = if sliding { &s.rope_local } else { &s.rope_global };
-            for i in 0..t {
-                rope.apply(&mut q[i * qd..(i + 1) * qd], pos0 + i);
-                rope.apply(&mut k[i * kvd..(i + 1) * kvd], pos0 + i);
+            for (i, p) in s.pos[..t].iter().enumerate() {
+                rope.apply(&mut q[i * qd..(i + 1) * qd], p.pos);
+                rope.apply(&mut k[i * kvd..(i + 1) * kvd], p.pos);
             }
 
-            // Append k/v to the preallocated cache and attend over everything so far.
-            let (kc, vc) = (&mut s.k_cache[li], &mut s.v_cache[li]);
-            kc[pos0 * kvd..(pos0 + t) * kvd].copy_from_slice(k);
-            vc[pos0 * kvd..(pos0 + t) * kvd].copy_from_slice(v);
+            // Append k/v to each sequence's blocks and attend over everything it has so far.
+            let mut at = 0;
+            for g in segments {
+                let n = g.tokens.len();
+                kv.write(li, g.blocks, g.pos0, &k[at * kvd..(at + n) * kvd], &v[at * kvd..(at + n) * kvd]);
+                at += n;
+            }
             let shape = AttentionShape {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
@@ -245,7 +302,7 @@ impl Transformer {
                 window: if sliding { c.sliding_window } else { None },
             };
             let att = &mut s.att[..t * qd];
-            ops::attention(shape, q, &kc[..(pos0 + t) * kvd], &vc[..(pos0 + t) * kvd], pos0, t, att);
+            kv.attention(li, shape, &s.pos[..t], |g| segments[g].blocks, q, att);
 
             // Output projection and residual.
             l.wo.matmul(att, t, xn)?;
@@ -269,22 +326,34 @@ impl Transformer {
             ops::add_inplace(x, xn);
         }
 
-        // Final norm and LM head, for the last token unless every position is wanted.
-        let first = if all_logits { 0 } else { t - 1 };
-        let n_out = t - first;
-        let xn = &mut s.xn[..n_out * h];
-        ops::rms_norm(&s.x[first * h..t * h], &self.output_norm, c.rms_eps, xn);
+        // Final norm and LM head for the rows that want logits, gathered in segment order.
+        let mut n_out = 0;
+        let mut row = 0;
+        for g in segments {
+            let n = g.tokens.len();
+            let wanted = match g.logits {
+                Logits::None => row + n..row + n,
+                Logits::Last => row + n - 1..row + n,
+                Logits::All => row..row + n,
+            };
+            for r in wanted {
+                ops::rms_norm(&s.x[r * h..(r + 1) * h], &self.output_norm, c.rms_eps, &mut s.xn[n_out * h..(n_out + 1) * h]);
+                n_out += 1;
+            }
+            row += n;
+        }
+        s.n_logits = n_out;
+        if n_out == 0 {
+            return Ok(());
+        }
         if s.logits.len() < n_out * c.vocab_size {
-            // Only callers asking for every position's logits (perplexity, tests) get here.
             s.logits.resize(n_out * c.vocab_size, 0.0);
         }
         let logits = &mut s.logits[..n_out * c.vocab_size];
-        self.output.matmul(xn, n_out, logits)?;
+        self.output.matmul(&s.xn[..n_out * h], n_out, logits)?;
         if let Some(cap) = c.final_logit_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
-        s.n_logits = n_out;
-        s.len = pos0 + t;
         Ok(())
     }
 }
@@ -297,17 +366,39 @@ fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
     }
 }
 
-/// A sequence's KV cache and the scratch buffers of the forward pass, all allocated once.
-pub struct State {
-    ctx: usize,
-    max_batch: usize,
-    len: usize,
+/// Which logits a [`Segment`] wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prompt chunk that is not the prompt's end).
+    None,
+    /// The last token's (the next token is sampled from it).
+    Last,
+    /// Every token's (perplexity, speculative verification).
+    All,
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    /// New tokens.
+    pub tokens: &'a [u32],
+    /// Tokens of the sequence already in its blocks; the new ones take the next positions.
+    pub pos0: usize,
+    /// The sequence's KV blocks in position order, covering at least `pos0 + tokens.len()`.
+    pub blocks: &'a [u32],
+    /// Which logits to compute.
+    pub logits: Logits,
+}
+
+/// The forward pass's working buffers, allocated once for a largest batch and position.
+pub struct Scratch {
+    max_tokens: usize,
+    max_pos: usize,
     n_logits: usize,
     vocab: usize,
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
     rope_global: RopeTable,
     rope_local: RopeTable,
+    pos: Vec<TokenPos>,
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
@@ -320,36 +411,60 @@ pub struct State {
     logits: Vec<f32>,
 }
 
-impl State {
-    fn new(c: &ModelConfig, ctx: usize, max_batch: usize) -> Self {
-        let max_batch = max_batch.max(1);
+impl Scratch {
+    fn new(c: &ModelConfig, max_tokens: usize, max_pos: usize) -> Self {
+        let n = max_tokens.max(1);
         let kv = c.kv_dim();
-        // vec![0; n] maps zeroed pages lazily, so a large context costs memory only as it fills.
-        let cache = || (0..c.n_layers).map(|_| vec![0f32; ctx * kv]).collect();
         let factors = c.rope_freq_factors.as_deref();
         Self {
-            ctx,
-            max_batch,
-            len: 0,
+            max_tokens: n,
+            max_pos,
             n_logits: 0,
             vocab: c.vocab_size,
-            k_cache: cache(),
-            v_cache: cache(),
-            rope_global: RopeTable::new(c.rope_style, c.head_dim, c.rope_theta, ctx, factors),
-            rope_local: RopeTable::new(c.rope_style, c.head_dim, c.rope_theta_local, ctx, factors),
-            x: vec![0.0; max_batch * c.hidden],
-            xn: vec![0.0; max_batch * c.hidden],
-            q: vec![0.0; max_batch * c.q_dim()],
-            k: vec![0.0; max_batch * kv],
-            v: vec![0.0; max_batch * kv],
-            att: vec![0.0; max_batch * c.q_dim()],
-            gate: vec![0.0; max_batch * c.ffn_dim],
-            up: vec![0.0; max_batch * c.ffn_dim],
-            stacked: vec![0.0; max_batch * (c.q_dim() + 2 * kv).max(2 * c.ffn_dim)],
+            rope_global: RopeTable::new(c.rope_style, c.head_dim, c.rope_theta, max_pos, factors),
+            rope_local: RopeTable::new(c.rope_style, c.head_dim, c.rope_theta_local, max_pos, factors),
+            pos: vec![TokenPos::default(); n],
+            x: vec![0.0; n * c.hidden],
+            xn: vec![0.0; n * c.hidden],
+            q: vec![0.0; n * c.q_dim()],
+            k: vec![0.0; n * kv],
+            v: vec![0.0; n * kv],
+            att: vec![0.0; n * c.q_dim()],
+            gate: vec![0.0; n * c.ffn_dim],
+            up: vec![0.0; n * c.ffn_dim],
+            stacked: vec![0.0; n * (c.q_dim() + 2 * kv).max(2 * c.ffn_dim)],
             logits: vec![0.0; c.vocab_size],
         }
     }
 
+    /// Most tokens one forward call accepts.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Logits of the last forward call: one row of `vocab` values per token that asked for them,
+    /// in batch order.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits[..self.n_logits * self.vocab]
+    }
+
+    /// Row `i` of [`Scratch::logits`].
+    pub fn logits_row(&self, i: usize) -> &[f32] {
+        &self.logits[i * self.vocab..(i + 1) * self.vocab]
+    }
+}
+
+/// One sequence's KV cache (its own blocks, in order) and scratch buffers, all allocated once:
+/// the single-sequence path of `exo run`, perplexity and tests.
+pub struct State {
+    kv: KvCache,
+    blocks: Vec<u32>,
+    scratch: Scratch,
+    ctx: usize,
+    len: usize,
+}
+
+impl State {
     /// Tokens in the cache.
     pub fn len(&self) -> usize {
         self.len
@@ -367,7 +482,7 @@ impl State {
 
     /// Most tokens one forward call accepts.
     pub fn max_batch(&self) -> usize {
-        self.max_batch
+        self.scratch.max_tokens
     }
 
     /// Forgets cached tokens after the first `len` (a new prompt that shares a prefix, or a
@@ -379,12 +494,11 @@ impl State {
     /// Logits of the last forward call: `n` rows of `vocab` values, the last row being the
     /// newest token.
     pub fn logits(&self) -> &[f32] {
-        &self.logits[..self.n_logits * self.vocab]
+        self.scratch.logits()
     }
 
     /// Logits of the newest token.
     pub fn last_logits(&self) -> &[f32] {
-        let n = self.n_logits.max(1);
-        &self.logits[(n - 1) * self.vocab..n * self.vocab]
+        self.scratch.logits_row(self.scratch.n_logits.max(1) - 1)
     }
 }
