@@ -229,10 +229,9 @@ fn unknown_architecture_is_named() {
     bytes.extend(3u32.to_le_bytes());
     bytes.extend(0u64.to_le_bytes());
     bytes.extend(1u64.to_le_bytes());
-    for s in ["general.architecture"] {
-        bytes.extend((s.len() as u64).to_le_bytes());
-        bytes.extend(s.as_bytes());
-    }
+    let key = "general.architecture";
+    bytes.extend((key.len() as u64).to_le_bytes());
+    bytes.extend(key.as_bytes());
     bytes.extend(8u32.to_le_bytes());
     bytes.extend(4u64.to_le_bytes());
     bytes.extend(b"rwkv");

@@ -102,7 +102,7 @@ pub struct KvCache {
 impl KvCache {
     /// Storage for `n_blocks` blocks of `n_layers` layers with rows of `n_kv_heads × head_dim`.
     pub fn new(ty: KvType, n_layers: usize, n_kv_heads: usize, head_dim: usize, n_blocks: usize) -> Result<Self, KernelError> {
-        if ty == KvType::Q8_0 && head_dim % Q8_VALUES != 0 {
+        if ty == KvType::Q8_0 && !head_dim.is_multiple_of(Q8_VALUES) {
             return Err(KernelError::KvCache(format!(
                 "a q8_0 KV cache needs a head dimension that is a multiple of {Q8_VALUES}, but it is {head_dim}; use f16"
             )));

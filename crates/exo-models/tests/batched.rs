@@ -46,7 +46,7 @@ fn batched_sequences_match_solo_runs() {
         let tables: Vec<Vec<u32>> = (0..3u32).map(|s| (0..4u32).map(|b| 3 * b + s + 5).collect()).collect();
         assert!(prompts.iter().all(|p| p.len() + steps <= 4 * BLOCK_TOKENS));
         let mut next: Vec<Vec<u32>> = prompts.clone();
-        let mut pos = vec![0usize; 3];
+        let mut pos = [0usize; 3];
         for step in 0..steps {
             let segs: Vec<Segment> = (0..3)
                 .map(|s| Segment { tokens: &next[s], pos0: pos[s], blocks: &tables[s], logits: Logits::Last })
