@@ -71,3 +71,38 @@ fn main() {
 fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
     exo_kernels::threads::set_threads(n.unwrap_or(0)).map_err(anyhow::Error::msg)
 }
+
+/// A byte count as users write it: `1073741824`, `512MB`, `1.5GiB`, `2g` (decimal units are
+/// powers of 1000, binary ones of 1024; a bare letter is binary, as in llama.cpp and Ollama).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a size: expected a number with an optional unit such as 512MB or 2GiB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gb" => 1e9,
+        "t" | "tib" => 1024f64.powi(4),
+        "tb" => 1e12,
+        other => return Err(format!("'{s}': unknown size unit '{other}' (use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB)")),
+    };
+    Ok((value * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse_in_decimal_and_binary_units() {
+        assert_eq!(super::parse_bytes("1024"), Ok(1024));
+        assert_eq!(super::parse_bytes("512MB"), Ok(512_000_000));
+        assert_eq!(super::parse_bytes("1.5GiB"), Ok(3 << 29));
+        assert_eq!(super::parse_bytes("2g"), Ok(2 << 30));
+        assert!(super::parse_bytes("12 parsecs").unwrap_err().contains("unknown size unit 'parsecs'"));
+        assert!(super::parse_bytes("lots").unwrap_err().contains("not a size"));
+    }
+}

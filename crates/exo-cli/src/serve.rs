@@ -24,13 +24,25 @@ pub struct ServeArgs {
     /// Require this key from clients (`Authorization: Bearer KEY` or `x-api-key: KEY`).
     #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Context size per request slot in tokens (default: the model's training context, at most 4096).
+    /// Context window of each request in tokens (default: the model's training context, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
-    /// Requests each model generates (or embeds) at once (each generation slot holds its own KV cache).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Requests each model generates (or embeds) at once; their tokens share each forward pass.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     parallel: u16,
-    /// Requests each model lets wait for a free slot; beyond that clients get 503 and Retry-After.
+    /// KV cache storage: f16, q8_0 (about half of f16's memory) or f32.
+    #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
+    kv_type: exo_models::KvType,
+    /// Memory for each model's paged KV cache, e.g. 2GiB (default: a quarter of the available
+    /// memory, at least one full context).
+    #[arg(long = "kv-memory", value_parser = crate::parse_bytes)]
+    kv_memory: Option<u64>,
+    /// At the context window: error (refuse requests that do not fit), truncate (drop the oldest
+    /// turns, keeping system prompts) or shift (drop the oldest half and go on). Requests may
+    /// override it with `context_policy`.
+    #[arg(long = "context-policy", default_value = "error", value_parser = parse_policy)]
+    context_policy: exo_engine::ContextPolicy,
+    /// Requests each model lets wait to start; beyond that clients get 503 and Retry-After.
     #[arg(long = "queue-size", default_value_t = 64)]
     queue: usize,
     /// Largest request body accepted, in bytes (larger: 413).
@@ -50,6 +62,9 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         models,
         ctx_size: a.ctx_size,
         parallel: usize::from(a.parallel),
+        kv_type: a.kv_type,
+        kv_memory: a.kv_memory,
+        context_policy: a.context_policy,
         queue: a.queue,
         max_body_bytes: a.max_body,
     };
@@ -65,6 +80,14 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         server.run().await
     })?;
     Ok(())
+}
+
+fn parse_kv_type(s: &str) -> Result<exo_models::KvType, String> {
+    exo_models::KvType::parse(s).ok_or_else(|| format!("unknown KV cache type '{s}' (use f16, q8_0 or f32)"))
+}
+
+fn parse_policy(s: &str) -> Result<exo_engine::ContextPolicy, String> {
+    exo_engine::ContextPolicy::parse(s).ok_or_else(|| format!("unknown context policy '{s}' (use error, truncate or shift)"))
 }
 
 /// Resolves each `--model` and names it; names must be unique.

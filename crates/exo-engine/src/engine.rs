@@ -2,35 +2,50 @@
 //!
 //! A front end builds a [`Request`], calls [`EngineHandle::submit`] and reads [`Event`]s from the
 //! returned [`RequestStream`], from async code or a plain thread; dropping the stream cancels the
-//! request. This surface is what a continuous-batching scheduler will later sit behind. For now,
-//! behind it are `parallel` worker threads, each owning one [`Session`] (so the next request a
-//! worker serves reuses whatever prefix it shares with the previous one), fed in arrival order
-//! from one bounded queue.
+//! request. Behind it one engine thread runs the continuous-batching [`crate::scheduler`] over a
+//! paged KV cache: requests wait in one bounded queue (highest priority first, then arrival
+//! order) and join the running batch as soon as their prompt's blocks are available.
 
 use std::collections::VecDeque;
-use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use exo_models::LoadedModel;
+use exo_models::{KvType, LoadedModel, BLOCK_TOKENS};
 use exo_tokenizer::TokenizerError;
 use tokio::sync::mpsc;
 
-use crate::{Completion, EngineError, GenerateParams, Prompt, Session, StopReason, TokenLogprob};
+use crate::context::fit_prompt;
+use crate::scheduler::{ContextPolicy, Job, Scheduler, SchedulerStats};
+use crate::{EngineError, GenerateParams, Prompt, StopReason, TokenLogprob};
 
 /// How the engine serves one model.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Context size of each slot, in tokens (prompt plus generated tokens of one request).
+    /// Context window of each request, in tokens (prompt plus generated tokens).
     pub ctx: usize,
-    /// Requests generated at the same time (one slot, KV cache and thread each).
+    /// Requests generated at the same time (their decode tokens share each forward pass).
     pub parallel: usize,
-    /// Requests that may wait for a free slot; beyond that [`EngineHandle::submit`] refuses.
+    /// Requests that may wait to start; beyond that [`EngineHandle::submit`] refuses.
     pub queue: usize,
-    /// Prompt tokens evaluated per forward pass.
+    /// Tokens per forward pass: one decode token per running request plus prompt chunks.
     pub batch: usize,
+    /// How KV rows are stored.
+    pub kv_type: KvType,
+    /// Bytes for the KV cache; `None`: a quarter of the memory available now (at least one
+    /// full context).
+    pub kv_memory: Option<u64>,
+    /// What happens at the context window when a request does not say.
+    pub policy: ContextPolicy,
+}
+
+impl EngineConfig {
+    /// A configuration with `ctx` tokens per request, one request at a time, f16 KV, and the
+    /// defaults of `exo serve`.
+    pub fn new(ctx: usize) -> Self {
+        Self { ctx, parallel: 1, queue: 64, batch: 512, kv_type: KvType::F16, kv_memory: None, policy: ContextPolicy::Error }
+    }
 }
 
 /// One generation request.
@@ -42,19 +57,33 @@ pub struct Request {
     /// `params.max_tokens` from this.)
     pub max_tokens: Option<usize>,
     /// A smaller context window for this request (Ollama's `num_ctx`): prompt and generation
-    /// must fit it. Larger values are capped at the engine's context, which a slot cannot grow
-    /// per request; `None`: the engine's.
+    /// must fit it. Larger values are capped at the engine's context; `None`: the engine's.
     pub ctx: Option<usize>,
+    /// What to do at the context window; `None`: the engine's policy.
+    pub policy: Option<ContextPolicy>,
+    /// Leading prompt tokens that [`ContextPolicy::Shift`] and [`ContextPolicy::Truncate`]
+    /// never drop (llama.cpp's `n_keep`); `None`: 0, or the system prompt for chats.
+    pub n_keep: Option<usize>,
+    /// Higher runs first among waiting requests; equal priorities run in arrival order.
+    pub priority: i32,
     /// Sampling, stop strings, log-probabilities. A `cancel` flag given here is the one
     /// [`RequestStream::cancel`] sets; without one the engine makes its own.
     pub params: GenerateParams,
+}
+
+impl Request {
+    /// A request for `prompt` with `params`: generation up to the window's end, the engine's
+    /// window and policy, priority 0.
+    pub fn new(prompt: Prompt, params: GenerateParams) -> Self {
+        Self { prompt, max_tokens: None, ctx: None, policy: None, n_keep: None, priority: 0, params }
+    }
 }
 
 /// What a [`RequestStream`] yields, in this order: `Started`, any number of `Chunk`s, then
 /// `Done` or `Error` (nothing after).
 #[derive(Debug)]
 pub enum Event {
-    /// A slot took the request and starts evaluating the prompt.
+    /// The request joined the running batch and its prompt is being evaluated.
     Started {
         /// Tokens in the prompt.
         prompt_tokens: usize,
@@ -90,7 +119,7 @@ pub struct Finished {
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
-    /// Prompt tokens whose KV was reused from the slot's previous request.
+    /// Prompt tokens whose KV was found in the prefix cache and not recomputed.
     pub cached_tokens: usize,
     /// Tokens generated (an end-of-generation token not counted).
     pub completion_tokens: usize,
@@ -99,7 +128,7 @@ pub struct Usage {
 /// Time spent on one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timings {
-    /// Waiting in the queue for a slot.
+    /// Waiting in the queue.
     pub queued: Duration,
     /// Evaluating the prompt.
     pub prompt: Duration,
@@ -113,8 +142,8 @@ pub struct Timings {
 /// retry, for `QueueFull`); messages name the numbers involved.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// Every slot is busy and the queue holds as many requests as it may.
-    #[error("the server is busy: all slots are generating and {capacity} requests are already waiting; retry later")]
+    /// The queue holds as many requests as it may.
+    #[error("the server is busy: {capacity} requests are already waiting; retry later")]
     QueueFull {
         /// Requests the queue holds.
         capacity: usize,
@@ -154,23 +183,35 @@ pub enum SubmitError {
     Closed,
 }
 
-/// How busy an engine is right now.
+/// How busy an engine is right now, and how its KV cache is used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineLoad {
-    /// Requests waiting for a slot.
+    /// Requests waiting to start.
     pub queued: usize,
-    /// Requests generating.
+    /// Requests generating (preempted ones waiting to resume included).
     pub running: usize,
-    /// Tokens in the KV caches of slots serving a request (updated as requests start and end).
+    /// Tokens in the KV cache held by running requests.
     pub kv_tokens_running: usize,
-    /// Tokens kept in idle slots' KV caches for prefix reuse.
+    /// Tokens in cached blocks nobody holds, kept for prefix reuse.
     pub kv_tokens_cached: usize,
-    /// KV capacity of all slots, in tokens.
+    /// KV cache capacity in tokens.
     pub kv_capacity: usize,
+    /// Bytes of KV cache per token.
+    pub kv_bytes_per_token: usize,
+    /// KV blocks that can be allocated now (free or cached but unused).
+    pub kv_blocks_free: usize,
+    /// KV blocks in all.
+    pub kv_blocks_total: usize,
+    /// Prompt tokens looked up in the prefix cache (whole blocks).
+    pub prefix_lookup_tokens: u64,
+    /// Of those, tokens reused.
+    pub prefix_hit_tokens: u64,
+    /// Times a running request gave up its KV blocks to make room, to be recomputed later.
+    pub preemptions: u64,
 }
 
-/// A running engine for one model. Cloning is cheap; the worker threads stop once the last
-/// clone is dropped and the requests they hold are done.
+/// A running engine for one model. Cloning is cheap; the engine thread stops once the last
+/// clone is dropped and the requests it holds are done.
 #[derive(Clone)]
 pub struct EngineHandle {
     shared: Arc<Shared>,
@@ -179,7 +220,7 @@ pub struct EngineHandle {
 
 /// The receiving end of one request: its [`Event`]s in order. Dropping it (or
 /// [`RequestStream::cancel`]) cancels the request: a queued one is removed, a running one stops
-/// before its next forward pass and frees its slot.
+/// before the next forward pass and releases its KV blocks.
 pub struct RequestStream {
     events: mpsc::UnboundedReceiver<Event>,
     cancel: Arc<AtomicBool>,
@@ -193,33 +234,19 @@ struct Shared {
     config: EngineConfig,
     queue: Mutex<Queue>,
     wake: Condvar,
-    slots: Vec<SlotLoad>,
     next_id: AtomicU64,
+    /// The scheduler's counters after its latest step.
+    stats: Mutex<(SchedulerStats, usize)>,
 }
 
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Workers waiting for a job: a request they will take at once does not count as queued.
-    idle: usize,
     closed: bool,
 }
 
-struct Job {
-    id: u64,
-    ids: Vec<u32>,
-    params: GenerateParams,
-    events: mpsc::UnboundedSender<Event>,
-    submitted: Instant,
-}
-
-#[derive(Default)]
-struct SlotLoad {
-    busy: AtomicBool,
-    kv_tokens: AtomicUsize,
-}
-
-/// Closes the queue when the last [`EngineHandle`] goes (workers hold `Shared`, not this).
+/// Closes the queue when the last [`EngineHandle`] goes (the engine thread holds `Shared`, not
+/// this).
 struct Owner(Arc<Shared>);
 
 impl Drop for Owner {
@@ -230,28 +257,42 @@ impl Drop for Owner {
 }
 
 impl EngineHandle {
-    /// Starts `config.parallel` worker threads for `model`, each with a KV cache of
-    /// `config.ctx` tokens.
+    /// Allocates the KV cache and starts the engine thread for `model`.
     pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> Result<Self, EngineError> {
         let parallel = config.parallel.max(1);
-        let sessions = (0..parallel)
-            .map(|_| Session::new(&model, config.ctx, config.batch))
-            .collect::<Result<Vec<_>, _>>()?;
+        let batch = config.batch.max(parallel);
+        let tf = &model.transformer;
+        let scratch = tf.new_scratch(batch, config.ctx)?;
+        let bytes_per_token = tf.new_kv_cache(config.kv_type, 0)?.bytes_per_token();
+        let block_bytes = (bytes_per_token * BLOCK_TOKENS) as u64;
+        let min_blocks = config.ctx.div_ceil(BLOCK_TOKENS) + 1;
+        let budget = config.kv_memory.unwrap_or_else(|| default_kv_memory().max(min_blocks as u64 * block_bytes));
+        let n_blocks = (budget / block_bytes) as usize;
+        if n_blocks < min_blocks {
+            return Err(EngineError::Internal(format!(
+                "a KV cache of {budget} bytes holds {} tokens ({} bytes per token, {}), less than one context of {} tokens; raise --kv-memory to at least {} or lower --ctx-size",
+                n_blocks * BLOCK_TOKENS,
+                bytes_per_token,
+                config.kv_type.name(),
+                config.ctx,
+                min_blocks as u64 * block_bytes
+            )));
+        }
+        let kv = tf.new_kv_cache(config.kv_type, n_blocks)?;
+        let scheduler = Scheduler::new(model.clone(), kv, scratch, parallel);
         let shared = Arc::new(Shared {
             model,
-            config: EngineConfig { parallel, ..config },
+            config: EngineConfig { parallel, batch, ..config },
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
-            slots: (0..parallel).map(|_| SlotLoad::default()).collect(),
             next_id: AtomicU64::new(0),
+            stats: Mutex::new((scheduler.stats(), bytes_per_token)),
         });
-        for (slot, session) in sessions.into_iter().enumerate() {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("exo-slot-{slot}"))
-                .spawn(move || worker(&shared, slot, session))
-                .map_err(|e| EngineError::Internal(format!("cannot start a worker thread: {e}")))?;
-        }
+        let engine = shared.clone();
+        std::thread::Builder::new()
+            .name("exo-engine".into())
+            .spawn(move || engine_loop(&engine, scheduler))
+            .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
         Ok(Self { _owner: Arc::new(Owner(shared.clone())), shared })
     }
 
@@ -266,24 +307,15 @@ impl EngineHandle {
     }
 
     /// Tokenizes and checks `request`, then queues it. Errors are the caller's to report: the
-    /// prompt does not fit the context with `max_tokens`, the template refused the messages, a
-    /// sampling setting is out of range, or the queue is full.
+    /// prompt does not fit the context with `max_tokens` (under the `error` policy), the template
+    /// refused the messages, a sampling setting is out of range, or the queue is full.
     pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
-        let ids = request.prompt.tokenize(&self.shared.model.tokenizer)?;
-        request.params.sampler.validate().map_err(SubmitError::Sampler)?;
         let ctx = request.ctx.map_or(self.shared.config.ctx, |c| c.min(self.shared.config.ctx));
+        let policy = request.policy.unwrap_or(self.shared.config.policy);
+        let fitted = fit_prompt(&self.shared.model.tokenizer, &request, ctx, policy)?;
+        request.params.sampler.validate().map_err(SubmitError::Sampler)?;
+        let (ids, n_keep, max_tokens) = (fitted.ids, fitted.n_keep, fitted.max_tokens);
         let prompt_tokens = ids.len();
-        if prompt_tokens == 0 {
-            return Err(SubmitError::EmptyPrompt);
-        }
-        let max_tokens = match request.max_tokens {
-            Some(max_tokens) if prompt_tokens.saturating_add(max_tokens) > ctx => {
-                return Err(SubmitError::TooLong { prompt_tokens, max_tokens, ctx })
-            }
-            Some(max_tokens) => max_tokens,
-            None if prompt_tokens >= ctx => return Err(SubmitError::PromptFillsContext { prompt_tokens, ctx }),
-            None => ctx - prompt_tokens,
-        };
         let mut params = GenerateParams { max_tokens, ..request.params };
         let cancel = params.cancel.get_or_insert_with(Default::default).clone();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -294,33 +326,35 @@ impl EngineHandle {
                 return Err(SubmitError::Closed);
             }
             let capacity = self.shared.config.queue;
-            if q.jobs.len() >= capacity + q.idle {
+            if q.jobs.len() >= capacity {
                 return Err(SubmitError::QueueFull { capacity });
             }
-            q.jobs.push_back(Job { id, ids, params, events: tx, submitted: Instant::now() });
+            let priority = request.priority;
+            let at = q.jobs.partition_point(|j| j.priority >= priority);
+            let job = Job { id, ids, params, events: tx, submitted: Instant::now(), ctx, policy, n_keep, priority };
+            q.jobs.insert(at, job);
         }
         self.shared.wake.notify_one();
         Ok(RequestStream { events: rx, cancel, shared: self.shared.clone(), id, prompt_tokens })
     }
 
-    /// Queue depth, running requests and KV use.
+    /// Queue depth, running requests and KV cache use.
     pub fn load(&self) -> EngineLoad {
         let queued = self.shared.lock_queue().jobs.len();
-        let mut load = EngineLoad {
+        let (s, bytes_per_token) = *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+        EngineLoad {
             queued,
-            kv_capacity: self.shared.config.ctx * self.shared.slots.len(),
-            ..EngineLoad::default()
-        };
-        for slot in &self.shared.slots {
-            let tokens = slot.kv_tokens.load(Ordering::Relaxed);
-            if slot.busy.load(Ordering::Relaxed) {
-                load.running += 1;
-                load.kv_tokens_running += tokens;
-            } else {
-                load.kv_tokens_cached += tokens;
-            }
+            running: s.running,
+            kv_tokens_running: s.kv_tokens_running,
+            kv_tokens_cached: s.kv_tokens_cached,
+            kv_capacity: s.kv_blocks_total * BLOCK_TOKENS,
+            kv_bytes_per_token: bytes_per_token,
+            kv_blocks_free: s.kv_blocks_free,
+            kv_blocks_total: s.kv_blocks_total,
+            prefix_lookup_tokens: s.prefix.lookup_tokens,
+            prefix_hit_tokens: s.prefix.hit_tokens,
+            preemptions: s.preemptions,
         }
-        load
     }
 }
 
@@ -335,7 +369,7 @@ impl RequestStream {
         self.events.blocking_recv()
     }
 
-    /// Tokens in the prompt, known from submission.
+    /// Tokens in the prompt, known from submission (after any truncation).
     pub fn prompt_tokens(&self) -> usize {
         self.prompt_tokens
     }
@@ -344,6 +378,8 @@ impl RequestStream {
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
         self.shared.lock_queue().jobs.retain(|j| j.id != self.id);
+        // A running request is dropped at the next step; wake an idle engine so it is soon.
+        self.shared.wake.notify_one();
     }
 }
 
@@ -354,76 +390,46 @@ impl Drop for RequestStream {
 }
 
 impl Shared {
-    /// The queue lock. A worker panicking while holding it cannot leave the queue inconsistent
-    /// (every critical section is a push, a pop or a counter update), so poisoning is ignored.
+    /// Makes the scheduler's counters visible to [`EngineHandle::load`].
+    fn publish(&self, scheduler: &Scheduler) {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).0 = scheduler.stats();
+    }
+
+    /// The queue lock. Every critical section is a push, a pop or a scan, so a panic while
+    /// holding it cannot leave the queue inconsistent and poisoning is ignored.
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// Blocks until there is a job to run; `None` once the engine is closed.
-    fn next_job(&self) -> Option<Job> {
-        let mut q = self.lock_queue();
-        loop {
-            while let Some(job) = q.jobs.pop_front() {
-                if !job.params.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                    return Some(job);
+/// The engine thread: admit what fits, run a step, publish counters; sleep while idle.
+fn engine_loop(shared: &Shared, mut scheduler: Scheduler) {
+    loop {
+        {
+            let mut q = shared.lock_queue();
+            while scheduler.is_idle() && q.jobs.is_empty() {
+                if q.closed {
+                    return;
                 }
+                q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
-            if q.closed {
-                return None;
-            }
-            q.idle += 1;
-            q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
-            q.idle -= 1;
+            scheduler.admit(&mut q.jobs);
         }
+        // Published before the step too, so a client that has seen its request start also
+        // sees it counted as running.
+        shared.publish(&scheduler);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| scheduler.step())) {
+            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+            scheduler.fail_all(&format!("generation panicked: {}", what.unwrap_or_default()));
+        }
+        shared.publish(&scheduler);
     }
 }
 
-fn worker(shared: &Shared, slot: usize, mut session: Session) {
-    let load = &shared.slots[slot];
-    while let Some(job) = shared.next_job() {
-        load.busy.store(true, Ordering::Relaxed);
-        load.kv_tokens.store(job.ids.len(), Ordering::Relaxed);
-        let queued = job.submitted.elapsed();
-        let ran = catch_unwind(AssertUnwindSafe(|| run_job(&shared.model, &mut session, &job)));
-        let event = match ran {
-            Ok(Ok(done)) => Event::Done(finished(&done, queued)),
-            Ok(Err(e)) => Event::Error(e),
-            Err(panic) => {
-                // The session may be half-updated; start the slot afresh rather than lose it.
-                session.clear();
-                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-                Event::Error(EngineError::Internal(format!("generation panicked: {}", what.unwrap_or_default())))
-            }
-        };
-        let _ = job.events.send(event);
-        load.kv_tokens.store(session.tokens().len(), Ordering::Relaxed);
-        load.busy.store(false, Ordering::Relaxed);
-    }
-}
-
-fn run_job(model: &LoadedModel, session: &mut Session, job: &Job) -> Result<Completion, EngineError> {
-    // A send fails only when the stream is gone, which also sets the cancel flag.
-    let _ = job.events.send(Event::Started { prompt_tokens: job.ids.len() });
-    session.generate(model, &job.ids, &job.params, |text, logprobs| {
-        let chunk = Event::Chunk { text: text.to_string(), logprobs: logprobs.to_vec() };
-        if job.events.send(chunk).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
-    })
-}
-
-fn finished(done: &Completion, queued: Duration) -> Finished {
-    Finished {
-        reason: done.stop_reason.clone(),
-        usage: Usage {
-            prompt_tokens: done.prompt_tokens,
-            cached_tokens: done.reused_tokens,
-            completion_tokens: done.tokens.len(),
-        },
-        timings: Timings {
-            queued,
-            prompt: done.prompt_time,
-            first_token: done.time_to_first_token,
-            generation: done.gen_time,
-        },
-    }
+/// A quarter of the memory the system reports available, or 1 GiB where it reports nothing.
+fn default_kv_memory() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    });
+    available.map_or(1 << 30, |kib| kib * 1024 / 4)
 }

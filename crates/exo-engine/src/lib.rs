@@ -1,7 +1,9 @@
 //! Generation: the token loop over a model, its sampler chain and stop conditions.
 //!
 //! - [`EngineHandle`]: what front ends (the HTTP server) talk to: submit a [`Request`], read its
-//!   [`Event`]s from a [`RequestStream`], drop the stream to cancel.
+//!   [`Event`]s from a [`RequestStream`], drop the stream to cancel. Behind it, a
+//!   continuous-batching scheduler runs every request in one paged KV cache with prefix reuse
+//!   and a [`ContextPolicy`] at the context window.
 //! - [`Session`]: one sequence's KV cache; [`Session::generate`] evaluates a prompt (reusing the
 //!   cached prefix) and streams the continuation, with [`TokenLogprob`]s on request.
 //! - [`Prompt`]: text as is, or chat messages rendered with the model's chat template.
@@ -12,16 +14,21 @@
 //! - [`tools`]: tool calls: prompting with tools, parsing calls, forcing them.
 //! - [`perplexity`]: llama.cpp's perplexity and KL-divergence measures over a text.
 
+mod blocks;
 pub mod constrain;
+mod context;
+mod decode;
 mod engine;
 mod logprobs;
 pub mod perplexity;
 mod prompt;
 pub mod sampler;
+mod scheduler;
 mod session;
 pub mod stop;
 pub mod tools;
 
+pub use scheduler::ContextPolicy;
 pub use engine::{EngineConfig, EngineHandle, EngineLoad, Event, Finished, Request, RequestStream, SubmitError, Timings, Usage};
 pub use logprobs::TokenLogprob;
 pub use prompt::Prompt;

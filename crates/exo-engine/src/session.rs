@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exo_models::{LoadedModel, State};
-use exo_tokenizer::StreamDecoder;
 
-use crate::constrain::{Constraint, ConstraintState};
-use crate::logprobs::{LogprobScratch, TokenLogprob};
-use crate::sampler::{Sampler, SamplerConfig};
-use crate::stop::{StopMatcher, StopScan};
+use crate::constrain::Constraint;
+use crate::decode::Decoder;
+use crate::logprobs::TokenLogprob;
+use crate::sampler::SamplerConfig;
 use crate::EngineError;
 
 /// What to generate.
@@ -179,107 +178,26 @@ impl Session {
         let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let start = Instant::now();
         let (reused, complete) = self.prefill_until(model, prompt, cancel)?;
-        let prompt_time = start.elapsed();
-
         let tok = &model.tokenizer;
-        let mut sampler = Sampler::new(params.sampler.clone());
-        let mut decoder = StreamDecoder::new(tok, true);
-        let mut stops = StopMatcher::new(&params.stop);
-        let mut out = Completion {
-            text: String::new(),
-            tokens: Vec::with_capacity(params.max_tokens.min(4096)),
-            stop_reason: StopReason::MaxTokens,
-            prompt_tokens: prompt.len(),
-            reused_tokens: reused,
-            prompt_time,
-            time_to_first_token: Duration::ZERO,
-            gen_time: Duration::ZERO,
-        };
+        let mut dec = Decoder::new(tok, params, prompt.len(), start);
+        dec.out.reused_tokens = reused;
+        dec.out.prompt_time = start.elapsed();
         if !complete {
-            out.stop_reason = StopReason::Cancelled;
-            return Ok(out);
+            return Ok(dec.finish(Some(StopReason::Cancelled), &mut on_text));
         }
-        let mut constraint = params.constraint.clone().map(ConstraintState::new);
-        let mut first_at = None;
-        let mut scratch = LogprobScratch::default();
-        let mut pending_logprobs = Vec::new();
-        // `last`: the final flush, which also reports tokens that produced no text (a special
-        // token under `ignore_eos`).
-        let mut emit = |text: &str, out: &mut Completion, logprobs: &mut Vec<TokenLogprob>, last: bool| {
-            out.text.push_str(text);
-            if text.is_empty() && (!last || logprobs.is_empty()) {
-                return ControlFlow::Continue(());
-            }
-            let flow = on_text(text, logprobs);
-            logprobs.clear();
-            flow
-        };
-        while out.tokens.len() < params.max_tokens {
-            let logits = match constraint.as_mut() {
-                Some(c) => c.mask_logits(self.state.last_logits())?,
-                None => self.state.last_logits(),
-            };
-            let id = sampler.sample(logits, &self.cached);
-            if first_at.is_none() {
-                first_at = Some(Instant::now());
-                out.time_to_first_token = start.elapsed();
-            }
-            if !params.ignore_eos && tok.is_eog(id) {
-                out.stop_reason = StopReason::Eog;
-                break;
-            }
-            if let Some(c) = constraint.as_mut() {
-                c.accept(id)?;
-            }
-            if let Some(n_top) = params.logprobs {
-                pending_logprobs.push(scratch.token(self.state.last_logits(), id, n_top));
-            }
-            out.tokens.push(id);
-            if let Some(piece) = decoder.push(id) {
-                match stops.push(&piece) {
-                    StopScan::Continue(text) => {
-                        if emit(&text, &mut out, &mut pending_logprobs, false).is_break() {
-                            out.stop_reason = StopReason::Cancelled;
-                            break;
-                        }
-                    }
-                    StopScan::Stop(text, s) => {
-                        let _ = emit(&text, &mut out, &mut pending_logprobs, false);
-                        out.stop_reason = StopReason::StopString(s);
-                        break;
-                    }
-                }
-            }
-            if constraint.as_ref().is_some_and(ConstraintState::is_finished) {
-                out.stop_reason = StopReason::Eog;
-                break;
-            }
-            if out.tokens.len() >= params.max_tokens {
-                break;
-            }
+        if dec.wants_nothing() {
+            return Ok(dec.finish(None, &mut on_text));
+        }
+        while let Some(id) = dec.step(tok, self.state.last_logits(), &self.cached, &mut on_text)? {
             if self.cached.len() >= self.state.ctx() {
-                out.stop_reason = StopReason::ContextFull;
-                break;
+                return Ok(dec.finish(Some(StopReason::ContextFull), &mut on_text));
             }
             if cancelled() {
-                out.stop_reason = StopReason::Cancelled;
-                break;
+                return Ok(dec.finish(Some(StopReason::Cancelled), &mut on_text));
             }
             model.transformer.forward(&mut self.state, &[id], false)?;
             self.cached.push(id);
         }
-        if !matches!(out.stop_reason, StopReason::StopString(_) | StopReason::Cancelled) {
-            let tail = decoder.finish();
-            let (text, last) = match stops.push(&tail) {
-                StopScan::Continue(t) => (t + &stops.finish(), true),
-                StopScan::Stop(t, s) => {
-                    out.stop_reason = StopReason::StopString(s);
-                    (t, false)
-                }
-            };
-            let _ = emit(&text, &mut out, &mut pending_logprobs, last);
-        }
-        out.gen_time = first_at.map_or(Duration::ZERO, |t| t.elapsed());
-        Ok(out)
+        Ok(dec.finish(None, &mut on_text))
     }
 }

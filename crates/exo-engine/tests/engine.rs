@@ -20,7 +20,8 @@ fn engine(parallel: usize, queue: usize, ctx: usize) -> EngineHandle {
     let path = exo_models::models_dir().join(format!("{MODEL}.gguf"));
     assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh", path.display());
     let model = exo_models::load(&path, &Default::default()).unwrap();
-    EngineHandle::start(Arc::new(model), EngineConfig { ctx, parallel, queue, batch: 64 }).unwrap()
+    let config = EngineConfig { parallel, queue, batch: 64, kv_memory: Some(64 << 20), ..EngineConfig::new(ctx) };
+    EngineHandle::start(Arc::new(model), config).unwrap()
 }
 
 fn fixture() -> Value {
@@ -30,7 +31,7 @@ fn fixture() -> Value {
 
 fn greedy(prompt: Prompt, max_tokens: usize) -> Request {
     let params = GenerateParams { sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
-    Request { prompt, max_tokens: Some(max_tokens), ctx: None, params }
+    Request { max_tokens: Some(max_tokens), ..Request::new(prompt, params) }
 }
 
 /// Reads a stream to its end: the text, the chunk count and how it finished.
@@ -77,7 +78,7 @@ fn chat_answer_matches_llamacpp_and_parallel_slots_match_alone() {
     let user = "What is the capital of France? Answer in one sentence.";
     let chat = || Prompt::Chat { messages: json!([{ "role": "user", "content": user }]), tools: None };
     let params = GenerateParams { sampler: SamplerConfig::greedy(), ..Default::default() };
-    let request = Request { prompt: chat(), max_tokens: Some(32), ctx: None, params };
+    let request = Request { max_tokens: Some(32), ..Request::new(chat(), params) };
     let s = e.submit(request.clone()).unwrap();
     let prompt_ids: Vec<u64> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(s.prompt_tokens(), prompt_ids.len(), "the chat prompt tokenizes as llama.cpp's fixture");
@@ -108,7 +109,7 @@ fn logprobs_arrive_with_their_chunks() {
     let e = engine(1, 4, 512);
     let sampler = SamplerConfig { seed: Some(5), ..SamplerConfig::default() };
     let params = GenerateParams { logprobs: Some(3), sampler, ..Default::default() };
-    let mut s = e.submit(Request { prompt: Prompt::Text("Once upon a time".into()), max_tokens: Some(40), ctx: None, params }).unwrap();
+    let mut s = e.submit(Request { max_tokens: Some(40), ..Request::new(Prompt::Text("Once upon a time".into()), params) }).unwrap();
     let tok = e.model().tokenizer.clone();
     let mut n = 0;
     while let Some(ev) = s.blocking_next() {
@@ -153,9 +154,11 @@ fn dropping_a_stream_frees_its_slot_and_the_queue_is_bounded() {
     drop(a);
     wait_until("the cancelled request to free its slot", || e.load().running == 0);
     let load = e.load();
-    assert_eq!((load.queued, load.kv_tokens_running, load.kv_capacity), (0, 0, 512));
-    // The slot stopped long before its 400 tokens: its cache holds the prompt and a few more.
-    assert!(load.kv_tokens_cached > 0 && load.kv_tokens_cached < 100, "{load:?}");
+    assert_eq!((load.queued, load.kv_tokens_running), (0, 0));
+    assert_eq!(load.kv_blocks_free, load.kv_blocks_total, "every block is back: {load:?}");
+    assert_eq!(load.kv_capacity, load.kv_blocks_total * exo_models::BLOCK_TOKENS);
+    // It stopped long before its 400 tokens: the cache keeps its full blocks, a few at most.
+    assert!(load.kv_tokens_cached < 100, "{load:?}");
     let (text, _, done) = collect(e.submit(greedy(Prompt::Text("Hello".into()), 4)).unwrap());
     assert_eq!(done.usage.completion_tokens, 4);
     assert!(!text.is_empty());
@@ -180,6 +183,6 @@ fn requests_that_do_not_fit_are_refused_with_both_numbers() {
     let long = Prompt::Text("word ".repeat(80));
     assert!(matches!(e.submit(Request { max_tokens: None, ..greedy(long, 1) }), Err(SubmitError::PromptFillsContext { ctx: 64, .. })));
     let bad = GenerateParams { sampler: SamplerConfig { top_p: 2.0, ..Default::default() }, ..Default::default() };
-    let err = e.submit(Request { prompt: Prompt::Text("x".into()), max_tokens: Some(1), ctx: None, params: bad }).err().unwrap();
+    let err = e.submit(Request { max_tokens: Some(1), ..Request::new(Prompt::Text("x".into()), bad) }).err().unwrap();
     assert!(err.to_string().contains("top_p"), "{err}");
 }

@@ -134,7 +134,7 @@ pub(crate) async fn messages(State(state): State<AppState>, JsonBody(req): JsonB
     let prepared = prepare(&model, spec).await?;
     let stop = req.stop_sequences.clone().unwrap_or_default();
     let params = GenerateParams { sampler, stop, constraint: prepared.constraint, ..GenerateParams::default() };
-    let generation = submit(&state, model, Request { prompt: prepared.prompt, max_tokens, ctx: None, params }).await?;
+    let generation = submit(&state, model, Request { max_tokens, ..Request::new(prepared.prompt, params) }).await?;
     let id = response_id("msg_");
     if req.stream == Some(true) {
         return Ok(stream(id, generation, prepared.calls).into_response());

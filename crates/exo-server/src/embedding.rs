@@ -60,7 +60,7 @@ impl EmbeddingRunner {
     pub(crate) fn load(&self) -> EngineLoad {
         let present = self.capacity - self.admitted.available_permits();
         let running = self.parallel - self.running.available_permits();
-        EngineLoad { queued: present.saturating_sub(running), running, kv_tokens_running: 0, kv_tokens_cached: 0, kv_capacity: 0 }
+        EngineLoad { queued: present.saturating_sub(running), running, ..EngineLoad::default() }
     }
 
     /// Embeds `req.texts` for the model named `model`, recording the request in the metrics.

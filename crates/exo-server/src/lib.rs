@@ -59,6 +59,12 @@ pub struct ServerConfig {
     pub ctx_size: Option<usize>,
     /// Requests each model generates (or embeds) at once.
     pub parallel: usize,
+    /// How KV rows are stored.
+    pub kv_type: exo_models::KvType,
+    /// Bytes of KV cache per model; `None`: a quarter of the available memory.
+    pub kv_memory: Option<u64>,
+    /// What happens at the context window when a request does not say.
+    pub context_policy: exo_engine::ContextPolicy,
     /// Requests each model lets wait for a slot before answering 503.
     pub queue: usize,
     /// Largest request body accepted, in bytes (larger: 413).
@@ -173,7 +179,15 @@ fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerErr
         } else {
             let model = exo_models::load(&spec.path, &exo_models::LoadOptions::default()).map_err(load_error)?;
             let ctx = config.ctx_size.unwrap_or(model.transformer.config().train_ctx.min(4096));
-            let engine_config = EngineConfig { ctx, parallel: config.parallel, queue: config.queue, batch: PROMPT_BATCH };
+            let engine_config = EngineConfig {
+                parallel: config.parallel,
+                queue: config.queue,
+                batch: PROMPT_BATCH,
+                kv_type: config.kv_type,
+                kv_memory: config.kv_memory,
+                policy: config.context_policy,
+                ..EngineConfig::new(ctx)
+            };
             let engine = EngineHandle::start(Arc::new(model), engine_config)
                 .map_err(|source| ServerError::Engine { name: spec.name.clone(), source })?;
             Runner::Generator(engine)

@@ -26,7 +26,8 @@ type Counter = (&'static str, &'static str, fn(&ModelCounts) -> u64);
 /// A per-model histogram: name, help text, bucket bounds, and where it is kept.
 type HistogramSeries = (&'static str, &'static str, &'static [f64], fn(&ModelCounts) -> &Histogram);
 /// A per-model gauge read from the engine: name, help text, and which load figure.
-type Gauge = (&'static str, &'static str, fn(&EngineLoad) -> usize);
+type Gauge = (&'static str, &'static str, fn(&EngineLoad) -> f64);
+type LoadCounter = (&'static str, &'static str, fn(&EngineLoad) -> u64);
 
 /// Everything counted since the server started.
 #[derive(Default)]
@@ -156,15 +157,34 @@ impl Metrics {
                 get(m).render(&mut out, name, model, bounds);
             }
         }
-        let gauges: [Gauge; 5] = [
-            ("exo_queue_depth", "Requests waiting for a free slot.", |l| l.queued),
-            ("exo_requests_running", "Requests generating (or embedding) now.", |l| l.running),
-            ("exo_kv_tokens_running", "Tokens in the KV caches of slots serving a request.", |l| l.kv_tokens_running),
-            ("exo_kv_tokens_cached", "Tokens kept in idle slots' KV caches for prefix reuse.", |l| l.kv_tokens_cached),
-            ("exo_kv_tokens_capacity", "KV cache capacity of all slots, in tokens.", |l| l.kv_capacity),
+        let gauges: [Gauge; 9] = [
+            ("exo_queue_depth", "Requests waiting to start.", |l| l.queued as f64),
+            ("exo_requests_running", "Requests generating (or embedding) now.", |l| l.running as f64),
+            ("exo_kv_tokens_running", "Tokens in the KV cache held by running requests.", |l| l.kv_tokens_running as f64),
+            ("exo_kv_tokens_cached", "Tokens in KV blocks nobody holds, kept for prefix reuse.", |l| l.kv_tokens_cached as f64),
+            ("exo_kv_tokens_capacity", "KV cache capacity in tokens.", |l| l.kv_capacity as f64),
+            ("exo_kv_bytes_per_token", "Bytes of KV cache per token (all layers, keys and values).", |l| l.kv_bytes_per_token as f64),
+            ("exo_kv_blocks_free", "KV blocks that can be allocated now (free, or cached and unused).", |l| l.kv_blocks_free as f64),
+            ("exo_kv_blocks_total", "KV blocks in the cache.", |l| l.kv_blocks_total as f64),
+            (
+                "exo_prefix_cache_hit_ratio",
+                "Share of prompt tokens (whole blocks looked up) whose KV came from the prefix cache.",
+                |l| if l.prefix_lookup_tokens == 0 { 0.0 } else { l.prefix_hit_tokens as f64 / l.prefix_lookup_tokens as f64 },
+            ),
         ];
         for (name, help, get) in gauges {
             header(&mut out, name, "gauge", help);
+            for (model, load) in engines {
+                let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", get(load));
+            }
+        }
+        let counters: [LoadCounter; 3] = [
+            ("exo_prefix_cache_lookup_tokens_total", "Prompt tokens looked up in the prefix cache.", |l| l.prefix_lookup_tokens),
+            ("exo_prefix_cache_hit_tokens_total", "Prompt tokens reused from the prefix cache.", |l| l.prefix_hit_tokens),
+            ("exo_preemptions_total", "Times a running request gave up its KV blocks and was recomputed later.", |l| l.preemptions),
+        ];
+        for (name, help, get) in counters {
+            header(&mut out, name, "counter", help);
             for (model, load) in engines {
                 let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", get(load));
             }

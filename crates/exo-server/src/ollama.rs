@@ -262,7 +262,7 @@ pub(crate) async fn generate(State(state): State<AppState>, JsonBody(body): Json
     if let Some(g) = format {
         params.constraint = Some(constraint(&model, g).await?);
     }
-    let generation = submit(&state, model, Request { prompt, max_tokens, ctx, params }).await?;
+    let generation = submit(&state, model, Request { max_tokens, ctx, ..Request::new(prompt, params) }).await?;
     respond(generation, common.stream != Some(false), started, Kind::Generate, CallReader::none()).await
 }
 
@@ -305,7 +305,7 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
     };
     let prepared = prepare(&model, spec).await?;
     params.constraint = prepared.constraint;
-    let generation = submit(&state, model, Request { prompt: prepared.prompt, max_tokens, ctx, params }).await?;
+    let generation = submit(&state, model, Request { max_tokens, ctx, ..Request::new(prepared.prompt, params) }).await?;
     respond(generation, common.stream != Some(false), started, Kind::Chat, prepared.calls).await
 }
 
