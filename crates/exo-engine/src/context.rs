@@ -71,8 +71,10 @@ pub(crate) fn fit_prompt(tok: &Tokenizer, request: &Request, ctx: usize, policy:
     Ok(Fitted { ids, n_keep, max_tokens })
 }
 
-/// The chat with its oldest non-system turns dropped, one at a time, until it tokenizes to at
-/// most `limit` tokens; `None` if even system messages plus the last message are longer.
+/// The chat with its oldest turns dropped, one at a time, until it tokenizes to at most `limit`
+/// tokens; `None` if even the system messages plus the last message are longer. A turn is a
+/// user message and the replies after it, so what is left still starts with a user message
+/// (templates that check roles alternate accept it).
 fn drop_turns(
     tok: &Tokenizer,
     messages: &serde_json::Value,
@@ -80,12 +82,15 @@ fn drop_turns(
     limit: usize,
 ) -> Result<Option<Vec<u32>>, SubmitError> {
     let Some(all) = messages.as_array() else { return Ok(None) };
-    let is_system = |m: &serde_json::Value| m.get("role").and_then(|r| r.as_str()) == Some("system");
+    let role = |m: &serde_json::Value| m.get("role").and_then(|r| r.as_str()).unwrap_or("").to_string();
     let mut kept: Vec<serde_json::Value> = all.clone();
     loop {
         let last = kept.len().saturating_sub(1);
-        let Some(oldest) = kept.iter().take(last).position(|m| !is_system(m)) else { return Ok(None) };
+        let Some(oldest) = kept.iter().take(last).position(|m| role(m) != "system") else { return Ok(None) };
         kept.remove(oldest);
+        while oldest < kept.len() - 1 && !matches!(role(&kept[oldest]).as_str(), "user" | "system") {
+            kept.remove(oldest);
+        }
         let prompt = Prompt::Chat { messages: serde_json::Value::Array(kept.clone()), tools: tools.clone() };
         let ids = prompt.tokenize(tok)?;
         if ids.len() <= limit {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exo_models::{LoadedModel, State};
+use exo_models::{KvType, LoadedModel, State};
 
 use crate::constrain::Constraint;
 use crate::decode::Decoder;
@@ -96,7 +96,13 @@ impl Session {
     /// A session with room for `ctx` tokens (at most the model's context length), evaluating
     /// prompts `batch` tokens at a time.
     pub fn new(model: &LoadedModel, ctx: usize, batch: usize) -> Result<Self, EngineError> {
-        Ok(Self { state: model.transformer.new_state(ctx, batch)?, cached: Vec::with_capacity(ctx) })
+        Self::with_kv_type(model, ctx, batch, KvType::F32)
+    }
+
+    /// [`Session::new`] with KV rows stored as `kv_type` (f32 above is exact; f16 and q8_0 take
+    /// a half and a quarter of its memory).
+    pub fn with_kv_type(model: &LoadedModel, ctx: usize, batch: usize, kv_type: KvType) -> Result<Self, EngineError> {
+        Ok(Self { state: model.transformer.new_state_with(ctx, batch, kv_type)?, cached: Vec::with_capacity(ctx) })
     }
 
     /// Context size in tokens.
