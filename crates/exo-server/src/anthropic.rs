@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::body::{check_range, from_value, JsonBody};
 use crate::error::{Api, ApiError};
-use crate::generation::{response_id, submit, Generation};
+use crate::generation::{response_id, submit, Generation, Scheduling};
 use crate::openai::{join_text_parts, ContentPart};
 use crate::structured::{arguments_object, prepare, CallReader, ChatSpec, Piece};
 use crate::AppState;
@@ -40,6 +40,8 @@ pub(crate) struct MessagesRequest {
     stream: Option<bool>,
     tools: Option<Vec<ToolDefinition>>,
     tool_choice: Option<AnthropicToolChoice>,
+    #[serde(flatten)]
+    scheduling: Scheduling,
 }
 
 #[derive(Deserialize)]
@@ -134,7 +136,8 @@ pub(crate) async fn messages(State(state): State<AppState>, JsonBody(req): JsonB
     let prepared = prepare(&model, spec).await?;
     let stop = req.stop_sequences.clone().unwrap_or_default();
     let params = GenerateParams { sampler, stop, constraint: prepared.constraint, ..GenerateParams::default() };
-    let generation = submit(&state, model, Request { max_tokens, ..Request::new(prepared.prompt, params) }).await?;
+    let request = req.scheduling.apply(Request { max_tokens, ..Request::new(prepared.prompt, params) })?;
+    let generation = submit(&state, model, request).await?;
     let id = response_id("msg_");
     if req.stream == Some(true) {
         return Ok(stream(id, generation, prepared.calls).into_response());

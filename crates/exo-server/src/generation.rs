@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use exo_engine::{EngineHandle, Event, Finished, Request, RequestStream, TokenLogprob};
+use exo_engine::{ContextPolicy, EngineHandle, Event, Finished, Request, RequestStream, TokenLogprob};
 use exo_tokenizer::Tokenizer;
 
 use crate::error::{ApiError, ErrorKind};
@@ -26,6 +26,35 @@ pub(crate) struct Output {
     /// Log-probabilities of the generated tokens, when asked for.
     pub(crate) logprobs: Vec<TokenLogprob>,
     pub(crate) finished: Finished,
+}
+
+/// exo's extensions to every generation API's body: what happens at the context window
+/// (`context_policy`: `error`, `truncate` or `shift`; `n_keep`: leading prompt tokens never
+/// dropped, as in llama.cpp's server) and the place in the queue (`priority`: higher first).
+#[derive(serde::Deserialize)]
+pub(crate) struct Scheduling {
+    context_policy: Option<String>,
+    n_keep: Option<u64>,
+    priority: Option<i32>,
+}
+
+/// `request` with the [`Scheduling`] fields of `body` applied.
+pub(crate) fn scheduled(body: &serde_json::Value, request: Request) -> Result<Request, ApiError> {
+    crate::body::from_value::<Scheduling>(body)?.apply(request)
+}
+
+impl Scheduling {
+    /// `request` with these fields applied.
+    pub(crate) fn apply(self, request: Request) -> Result<Request, ApiError> {
+        let policy = match self.context_policy.as_deref() {
+            None => request.policy,
+            Some(name) => Some(ContextPolicy::parse(name).ok_or_else(|| {
+                ApiError::invalid("context_policy", format!("'{name}' is not a context policy (use error, truncate or shift)"))
+            })?),
+        };
+        let n_keep = self.n_keep.map(|n| usize::try_from(n).unwrap_or(usize::MAX)).or(request.n_keep);
+        Ok(Request { policy, n_keep, priority: self.priority.unwrap_or(request.priority), ..request })
+    }
 }
 
 /// Submits `request` to `model` (a 400 if it does not generate text). Template rendering and

@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use crate::body::{check_range, from_value, JsonBody};
 use crate::embedding::{check_dimensions, input_texts, EmbedRequest};
 use crate::error::{Api, ApiError};
-use crate::generation::{rfc3339, submit, Generation};
+use crate::generation::{rfc3339, scheduled, submit, Generation};
 use crate::models::{Runner, ServedModel};
 use crate::openai::token_logprobs;
 use crate::structured::{arguments_object, constraint, prepare, schema_grammar, CallReader, ChatSpec, Piece};
@@ -89,6 +89,7 @@ struct Options {
     seed: Option<i64>,
     stop: Option<Vec<String>>,
     num_ctx: Option<u64>,
+    num_keep: Option<i64>,
     repeat_penalty: Option<f32>,
     repeat_last_n: Option<i64>,
     presence_penalty: Option<f32>,
@@ -262,7 +263,8 @@ pub(crate) async fn generate(State(state): State<AppState>, JsonBody(body): Json
     if let Some(g) = format {
         params.constraint = Some(constraint(&model, g).await?);
     }
-    let generation = submit(&state, model, Request { max_tokens, ctx, ..Request::new(prompt, params) }).await?;
+    let request = Request { max_tokens, ctx, n_keep: common.num_keep()?, ..Request::new(prompt, params) };
+    let generation = submit(&state, model, scheduled(&body, request)?).await?;
     respond(generation, common.stream != Some(false), started, Kind::Generate, CallReader::none()).await
 }
 
@@ -305,7 +307,8 @@ pub(crate) async fn chat(State(state): State<AppState>, JsonBody(body): JsonBody
     };
     let prepared = prepare(&model, spec).await?;
     params.constraint = prepared.constraint;
-    let generation = submit(&state, model, Request { max_tokens, ctx, ..Request::new(prepared.prompt, params) }).await?;
+    let request = Request { max_tokens, ctx, n_keep: common.num_keep()?, ..Request::new(prepared.prompt, params) };
+    let generation = submit(&state, model, scheduled(&body, request)?).await?;
     respond(generation, common.stream != Some(false), started, Kind::Chat, prepared.calls).await
 }
 
@@ -365,6 +368,13 @@ impl Common {
             Some(schema @ Value::Object(_)) => schema_grammar(schema, "format").map(Some),
             Some(other) => Err(ApiError::invalid("format", format!("must be \"json\" or a JSON schema object, not {other}"))),
         }
+    }
+
+    /// `options.num_keep`: prompt tokens a context shift keeps (-1: the whole prompt, which
+    /// the engine caps at half the window).
+    fn num_keep(&self) -> Result<Option<usize>, ApiError> {
+        check_range("options.num_keep", self.options.num_keep, -1, i64::MAX)?;
+        Ok(self.options.num_keep.map(|n| if n < 0 { usize::MAX } else { n as usize }))
     }
 
     /// Generation settings, the token limit (`None`: until the context is full) and the

@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use crate::body::{check_range, from_value, JsonBody};
 use crate::embedding::{check_dimensions, input_texts, EmbedRequest};
 use crate::error::{Api, ApiError};
-use crate::generation::{response_id, submit, unix_secs, Generation};
+use crate::generation::{response_id, scheduled, submit, unix_secs, Generation};
 use crate::models::ServedModel;
 use crate::structured::{prepare, schema_grammar, CallReader, ChatSpec, Piece};
 use crate::AppState;
@@ -263,7 +263,8 @@ pub(crate) async fn chat_completions(State(state): State<AppState>, JsonBody(bod
     let spec = ChatSpec { messages, tools, choice, format: format.map(|g| (g, "response_format")), schema_field: ".function.parameters" };
     let prepared = prepare(&model, spec).await?;
     params.constraint = prepared.constraint;
-    let generation = submit(&state, model, Request { max_tokens, ..Request::new(prepared.prompt, params) }).await?;
+    let request = scheduled(&body, Request { max_tokens, ..Request::new(prepared.prompt, params) })?;
+    let generation = submit(&state, model, request).await?;
     let mut reply = Reply::new("chatcmpl-", true, include_usage, chat.logprobs == Some(true));
     reply.calls = prepared.calls;
     reply.send(generation, stream).await
@@ -292,7 +293,8 @@ pub(crate) async fn completions(State(state): State<AppState>, JsonBody(body): J
     };
     let max_tokens = checked_max_tokens(common.max_tokens.map(|n| ("max_tokens", n)))?;
     let model = state.model(&common.model)?;
-    let generation = submit(&state, model, Request { max_tokens, ..Request::new(Prompt::Text(prompt), params) }).await?;
+    let request = scheduled(&body, Request { max_tokens, ..Request::new(Prompt::Text(prompt), params) })?;
+    let generation = submit(&state, model, request).await?;
     let reply = Reply::new("cmpl-", false, include_usage, fields.logprobs.is_some());
     reply.send(generation, stream).await
 }
