@@ -22,8 +22,12 @@ pub fn main(a: InfoArgs) -> anyhow::Result<()> {
     let c = m.transformer.config();
     let tok = &m.tokenizer;
     let types: Vec<String> = m.transformer.tensor_types().iter().map(|(t, n)| format!("{t} ({n})")).collect();
-    // f32 K and V for every layer.
-    let kv_bytes_per_token = 2 * c.n_layers * c.kv_dim() * 4;
+    // K and V of every layer, for each way the cache can store them.
+    let kv_types = [exo_models::KvType::F16, exo_models::KvType::Q8_0, exo_models::KvType::F32];
+    let kv_bytes: Vec<(&str, usize)> = kv_types
+        .iter()
+        .filter_map(|&t| Some((t.name(), m.transformer.new_kv_cache(t, 0).ok()?.bytes_per_token())))
+        .collect();
     let v = serde_json::json!({
         "path": m.info.path.display().to_string(),
         "format": m.info.format,
@@ -39,7 +43,7 @@ pub fn main(a: InfoArgs) -> anyhow::Result<()> {
         "ffn": c.ffn_dim,
         "vocab": c.vocab_size,
         "context_length": c.train_ctx,
-        "kv_bytes_per_token": kv_bytes_per_token,
+        "kv_bytes_per_token": kv_bytes.iter().map(|(t, b)| (t.to_string(), serde_json::json!(b))).collect::<serde_json::Map<_, _>>(),
         "tensor_types": types,
         "chat_template": tok.chat_template().is_some(),
         "bos_id": tok.bos_id(),
@@ -62,7 +66,8 @@ pub fn main(a: InfoArgs) -> anyhow::Result<()> {
     row("heads / kv heads", format!("{} / {} (head dim {})", c.n_heads, c.n_kv_heads, c.head_dim));
     row("vocabulary", c.vocab_size.to_string());
     row("context length", c.train_ctx.to_string());
-    row("KV cache", format!("{} KiB per token (f32)", kv_bytes_per_token / 1024));
+    let per_token: Vec<String> = kv_bytes.iter().map(|(t, b)| format!("{:.1} KiB ({t})", *b as f64 / 1024.0)).collect();
+    row("KV cache/token", per_token.join(", "));
     row("tensor types", types.join(", "));
     row("chat template", if tok.chat_template().is_some() { "yes".into() } else { "no (fallback format used)".into() });
     Ok(())
