@@ -86,6 +86,7 @@ impl Served {
             .env("EXO_URL", &self.url)
             .env("EXO_MODEL", SMOLLM2)
             .env("EXO_BIN", env!("CARGO_BIN_EXE_exo"))
+            .env("EXO_PID", self.child.id().to_string())
             .env("PYTHONUNBUFFERED", "1")
             .env_remove("EXO_API_KEY");
         if let Some(key) = self.api_key {
@@ -132,6 +133,13 @@ fn anthropic_client() {
 #[test]
 fn eight_concurrent_clients_match_alone() {
     main_server().run_clients("test_concurrency.py");
+}
+
+#[test]
+fn load_run_leaves_no_trace() {
+    // A KV pool of ~45 blocks for 16 parallel requests: they wait for blocks and get preempted.
+    let args = ["-m", SMOLLM2, "--parallel", "16", "--ctx-size", "512", "--kv-memory", "16MiB"];
+    Served::start(&args, None).run_clients("test_load.py");
 }
 
 #[test]
