@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""`exo serve` vs llama.cpp's server (llama-cpp-python's `python -m llama_cpp.server`), in one run:
-aggregate generation throughput and time to first token over streaming OpenAI completions, with
-1 and with 8 clients at once.
+"""`exo serve` vs llama.cpp's server, in one run: aggregate generation throughput and time to
+first token over streaming OpenAI completions at several numbers of concurrent clients, and the
+time to first token of a second request that shares a long system prompt with the first.
+
+The peer is llama.cpp's own `llama-server` (built by bench/build-llama-server.sh from the same
+llama.cpp release as the reference venv's llama-cpp-python), started with as many parallel slots
+(-np) as the most clients measured and a context of --ctx tokens per slot, so it batches
+concurrent requests continuously; exo runs with the same number of --parallel requests. With
+--peer llama-cpp-python, llama-cpp-python's server is used instead (one request at a time).
 
 Both servers load the same GGUF with the same thread count and run one after the other on the
 same machine. Each of C clients sends --requests streamed `/v1/completions` requests (greedy,
@@ -10,19 +16,17 @@ after another; a warm-up request to each server comes first and is not counted.
 - aggregate tokens/s: generated tokens of all requests / wall time from the first request sent to
   the last stream finished (prompt processing and queueing included, as serving benchmarks report
   output throughput);
-- TTFT: per request, from sending it to the first chunk that carries text (median and p90).
+- TTFT: per request, from sending it to the first chunk that carries text (median and p90);
+- shared prefix: two chat requests with the same ~1k-token system prompt and different questions,
+  one after the other; TTFT of each, and first / second.
 Generated tokens are counted as text-carrying stream chunks for both servers (each emits one chunk
 per token, except where a token ends inside a UTF-8 character).
 
-llama-cpp-python's server runs one request at a time (concurrent requests wait for a lock; it is
-started with --interrupt_requests False so that a new request waits instead of cutting the
-running one short). exo runs with --exo-parallel slots (default 1, the same one-at-a-time).
-
-Usage: bench/server_vs_llamacpp.py [--threads 2] [--models a,b] [--concurrency 1,8] [--requests 3]
-                                   [--max-tokens 128] [--exo PATH] [--out FILE]
-Run it with the reference venv's Python (scripts/setup-reference.sh), which has llama-cpp-python
-and its server extras. Prints a Markdown table with ratios (throughput exo / llama.cpp; TTFT
-llama.cpp / exo, so that > 1 means exo is better) and writes the raw numbers as JSON to --out.
+Usage: bench/server_vs_llamacpp.py [--threads 2] [--models a,b] [--concurrency 1,4,16,32]
+                                   [--requests 3] [--max-tokens 128] [--exo PATH] [--out FILE]
+Run it with the reference venv's Python (scripts/setup-reference.sh). Prints Markdown tables with
+ratios (throughput exo / llama.cpp; TTFT llama.cpp / exo, so that > 1 means exo is better) and
+writes the raw numbers as JSON to --out.
 """
 import argparse
 import http.client
@@ -139,16 +143,46 @@ def measure(port, model, concurrency, requests, max_tokens, offset):
             "ttft_p90_s": ttfts[min(len(ttfts) - 1, int(0.9 * len(ttfts)))], "requests": len(results)}
 
 
+SYSTEM = ("You are the support assistant of a large hardware store. Answer politely and precisely. " +
+          " ".join(f"Rule {i}: never recommend product {i} for outdoor use, and always mention the warranty of aisle {i}."
+                   for i in range(40)))
+
+
+def chat_ttft(port, model, question):
+    """TTFT of one streamed chat completion with the shared system prompt."""
+    body = json.dumps({"model": model, "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                       "max_tokens": 8, "temperature": 0, "stream": True})
+    t0 = time.perf_counter()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
+    ttft = float("nan")
+    for raw in r:
+        line = raw.decode().strip()
+        if line.startswith("data: {") and (json.loads(line[6:]).get("choices") or [{}])[0].get("delta", {}).get("content"):
+            ttft = time.perf_counter() - t0
+            break
+    c.close()
+    return ttft
+
+
+def server_cmd(kind, a, path, name, port, parallel):
+    if kind == "exo":
+        return [a.exo, "serve", "-m", f"{name}={path}", "--port", str(port), "-t", str(a.threads), "--ctx-size", str(a.ctx),
+                "--parallel", str(parallel), "--queue-size", "256"]
+    if a.peer == "llama-server":
+        return [a.llama_server, "-m", path, "--alias", name, "--port", str(port), "-t", str(a.threads), "-tb", str(a.threads),
+                "-c", str(a.ctx * parallel), "-np", str(parallel), "-b", "512", "--no-webui"]
+    return [sys.executable, "-m", "llama_cpp.server", "--model", path, "--model_alias", name, "--port", str(port),
+            "--n_threads", str(a.threads), "--n_threads_batch", str(a.threads), "--n_ctx", str(a.ctx),
+            "--interrupt_requests", "False", "--verbose", "False"]
+
+
 def run_server(kind, a, path, name, concurrencies, logdir):
     port = free_port()
-    ctx = str(a.ctx)
-    if kind == "exo":
-        cmd = [a.exo, "serve", "-m", f"{name}={path}", "--port", str(port), "-t", str(a.threads), "--ctx-size", ctx,
-               "--parallel", str(a.exo_parallel), "--queue-size", "64"]
-    else:
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", path, "--model_alias", name, "--port", str(port),
-               "--n_threads", str(a.threads), "--n_threads_batch", str(a.threads), "--n_ctx", ctx,
-               "--interrupt_requests", "False", "--verbose", "False"]
+    cmd = server_cmd(kind, a, path, name, port, max(concurrencies))
     out = {}
     with Server(kind, cmd, port, os.path.join(logdir, f"{kind}-{name}.log")) as s:
         s.wait_ready()
@@ -156,6 +190,10 @@ def run_server(kind, a, path, name, concurrencies, logdir):
         for i, c in enumerate(concurrencies):
             out[c] = measure(port, name, c, a.requests, a.max_tokens, offset=1000 * i)
             print(f"{name} {kind} c={c}: {out[c]['tps']:.1f} tok/s, TTFT {out[c]['ttft_median_s']:.3f} s", file=sys.stderr)
+        first = chat_ttft(port, name, "Which aisle has the garden hoses?")
+        second = chat_ttft(port, name, "Do you sell ladders?")
+        out["shared_prefix"] = {"first_ttft_s": first, "second_ttft_s": second}
+        print(f"{name} {kind} shared prefix: TTFT {first:.3f} s then {second:.3f} s", file=sys.stderr)
     return out
 
 
@@ -163,11 +201,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--concurrency", default="1,8")
+    ap.add_argument("--concurrency", default="1,4,16,32")
     ap.add_argument("--requests", type=int, default=3, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("--exo-parallel", type=int, default=1)
+    ap.add_argument("--peer", choices=["llama-server", "llama-cpp-python"], default="llama-server")
+    ap.add_argument("--llama-server", default=os.path.expanduser("~/.cache/exo-dev/llama.cpp/build/bin/llama-server"))
     ap.add_argument("--exo", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "exo"))
     ap.add_argument("--out", default="bench/results/server_vs_llamacpp.json")
     a = ap.parse_args()
@@ -177,13 +216,13 @@ def main():
     logdir = os.path.dirname(os.path.abspath(a.out))
     os.makedirs(logdir, exist_ok=True)
     raw = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(), "threads": a.threads,
-           "max_tokens": a.max_tokens, "requests_per_client": a.requests, "ctx": a.ctx, "exo_parallel": a.exo_parallel,
+           "max_tokens": a.max_tokens, "requests_per_client": a.requests, "ctx": a.ctx, "peer": a.peer,
            "llama_cpp_python": llama_cpp.__version__, "models": {}}
     for name in a.models.split(","):
         path = os.path.join(models_dir(), name + ".gguf")
         raw["models"][name] = {kind: run_server(kind, a, path, name, concurrencies, logdir) for kind in ("exo", "llama.cpp")}
-    print(f"\nthreads={a.threads}, max_tokens={a.max_tokens}, {a.requests} requests per client, exo --parallel {a.exo_parallel}; "
-          f"llama-cpp-python {llama_cpp.__version__}; {raw['cpu']}\n")
+    print(f"\nthreads={a.threads}, max_tokens={a.max_tokens}, {a.requests} requests per client, {max(concurrencies)} parallel "
+          f"slots each; peer {a.peer} (llama.cpp of llama-cpp-python {llama_cpp.__version__}); {raw['cpu']}\n")
     print("| model | clients | exo tok/s | llama.cpp tok/s | ratio | exo TTFT s (p50/p90) | llama.cpp TTFT s (p50/p90) | TTFT ratio (llama/exo) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in raw["models"].items():
@@ -192,6 +231,12 @@ def main():
             print(f"| {name} | {c} | {e['tps']:.1f} | {l['tps']:.1f} | {e['tps'] / l['tps']:.2f} | "
                   f"{e['ttft_median_s']:.3f} / {e['ttft_p90_s']:.3f} | {l['ttft_median_s']:.3f} / {l['ttft_p90_s']:.3f} | "
                   f"{l['ttft_median_s'] / e['ttft_median_s']:.2f} |")
+    print("\n| model | exo TTFT 1st / 2nd s | exo speed-up | llama.cpp TTFT 1st / 2nd s | llama.cpp speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in raw["models"].items():
+        e, l = r["exo"]["shared_prefix"], r["llama.cpp"]["shared_prefix"]
+        print(f"| {name} | {e['first_ttft_s']:.3f} / {e['second_ttft_s']:.3f} | {e['first_ttft_s'] / e['second_ttft_s']:.1f}x | "
+              f"{l['first_ttft_s']:.3f} / {l['second_ttft_s']:.3f} | {l['first_ttft_s'] / l['second_ttft_s']:.1f}x |")
     with open(a.out, "w") as f:
         json.dump(raw, f, indent=1)
 

@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Tokens evaluated per forward call during prompt processing.
     #[arg(short = 'b', long, default_value_t = 512)]
     batch: usize,
+    /// KV cache storage: f16 (llama-bench's default), q8_0 or f32.
+    #[arg(long = "kv-type", default_value = "f16", value_parser = crate::parse_kv_type)]
+    kv_type: exo_models::KvType,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -53,7 +56,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.transformer.config().vocab_size as u32;
     let ctx = a.n_prompt.max(a.n_gen + 1).max(1);
-    let mut session = Session::new(&model, ctx, a.batch.max(1)).context("-p/-n")?;
+    let mut session = Session::with_kv_type(&model, ctx, a.batch.max(1), a.kv_type).context("-p/-n")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let first = model.tokenizer.bos_id().filter(|_| model.tokenizer.adds_bos());
 

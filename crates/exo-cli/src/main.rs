@@ -72,6 +72,11 @@ fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
     exo_kernels::threads::set_threads(n.unwrap_or(0)).map_err(anyhow::Error::msg)
 }
 
+/// A KV cache type by name (`--kv-type`).
+fn parse_kv_type(s: &str) -> Result<exo_models::KvType, String> {
+    exo_models::KvType::parse(s).ok_or_else(|| format!("unknown KV cache type '{s}' (use f16, q8_0 or f32)"))
+}
+
 /// A byte count as users write it: `1073741824`, `512MB`, `1.5GiB`, `2g` (decimal units are
 /// powers of 1000, binary ones of 1024; a bare letter is binary, as in llama.cpp and Ollama).
 fn parse_bytes(s: &str) -> Result<u64, String> {

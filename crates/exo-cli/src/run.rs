@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Context size in tokens (default: the model's training context, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
+    /// KV cache storage: f16 (as exo serve and llama.cpp), q8_0 (about half the memory) or f32 (exact).
+    #[arg(long = "kv-type", default_value = "f16", value_parser = crate::parse_kv_type)]
+    kv_type: exo_models::KvType,
     /// Print prompt and generation speed to stderr after each answer.
     #[arg(long)]
     verbose: bool,
@@ -84,7 +87,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
         ..GenerateParams::default()
     };
     params.sampler.validate().map_err(anyhow::Error::msg)?;
-    let mut session = Session::new(&model, ctx, 512).context("--ctx-size")?;
+    let mut session = Session::with_kv_type(&model, ctx, 512, a.kv_type).context("--ctx-size")?;
     match &a.prompt {
         Some(prompt) => {
             let ids = if a.raw {

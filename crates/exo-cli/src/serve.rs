@@ -31,7 +31,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     parallel: u16,
     /// KV cache storage: f16, q8_0 (about half of f16's memory) or f32.
-    #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
+    #[arg(long = "kv-type", default_value = "f16", value_parser = crate::parse_kv_type)]
     kv_type: exo_models::KvType,
     /// Memory for each model's paged KV cache, e.g. 2GiB (default: a quarter of the available
     /// memory, at least one full context).
@@ -80,10 +80,6 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         server.run().await
     })?;
     Ok(())
-}
-
-fn parse_kv_type(s: &str) -> Result<exo_models::KvType, String> {
-    exo_models::KvType::parse(s).ok_or_else(|| format!("unknown KV cache type '{s}' (use f16, q8_0 or f32)"))
 }
 
 fn parse_policy(s: &str) -> Result<exo_engine::ContextPolicy, String> {

@@ -95,12 +95,14 @@ pub struct Session {
 impl Session {
     /// A session with room for `ctx` tokens (at most the model's context length), evaluating
     /// prompts `batch` tokens at a time.
+    /// KV rows are stored in f16, as the engine and llama.cpp store them by default, so a
+    /// session answers as a server does.
     pub fn new(model: &LoadedModel, ctx: usize, batch: usize) -> Result<Self, EngineError> {
-        Self::with_kv_type(model, ctx, batch, KvType::F32)
+        Self::with_kv_type(model, ctx, batch, KvType::F16)
     }
 
-    /// [`Session::new`] with KV rows stored as `kv_type` (f32 above is exact; f16 and q8_0 take
-    /// a half and a quarter of its memory).
+    /// [`Session::new`] with KV rows stored as `kv_type` (f32 is exact; q8_0 takes about half
+    /// of f16's memory).
     pub fn with_kv_type(model: &LoadedModel, ctx: usize, batch: usize, kv_type: KvType) -> Result<Self, EngineError> {
         Ok(Self { state: model.transformer.new_state_with(ctx, batch, kv_type)?, cached: Vec::with_capacity(ctx) })
     }
