@@ -160,7 +160,7 @@ impl Transformer {
     /// The storage types of the matrices, with how many tensors use each.
     pub fn tensor_types(&self) -> Vec<(&'static str, usize)> {
         let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
-        let mut add = |m: &Matrix, tensors: usize| *counts.entry(m.ty().name()).or_default() += tensors;
+        let mut add = |m: &Matrix, tensors: usize| *counts.entry(m.format().name()).or_default() += tensors;
         add(&self.tok_embd, 1);
         for (m, tensors) in self.layers.iter().flat_map(Layer::matrices) {
             add(m, tensors);

@@ -72,3 +72,66 @@ pub fn dequantize_int4(src: &[u8], dst: &mut [f32]) {
         }
     }
 }
+
+/// INT8 rows rewritten as Q8_0 blocks holding the same values: each group's f16 scale is
+/// repeated over its four 32-value blocks and the codes are copied, so every weight dequantizes
+/// to the same f32 and ggml's Q8_0 kernels compute INT8 exactly (at 8.5 instead of 8.125 bits
+/// per weight in memory).
+pub fn int8_to_q8_0(src: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() / INT8_GROUP_BYTES * 4 * 34);
+    for g in src.chunks_exact(INT8_GROUP_BYTES) {
+        for q in g[2..].chunks_exact(32) {
+            out.extend_from_slice(&g[..2]);
+            out.extend_from_slice(q);
+        }
+    }
+    out
+}
+
+/// INT4 rows rewritten as Q4_1 blocks holding the same values (`d·q + m` with `m = −8d`: the
+/// nibble is `q + 8`, and `8d` is exact in f16), or `None` when some `8d` overflows f16.
+///
+/// Every weight dequantizes to the same f32 (`d·n − 8d` and `d·(n − 8)` are both exact in f32 for
+/// an f16 `d` and `n` < 16), so the packed Q4_1 kernels compute INT4 exactly.
+pub fn int4_to_q4_1(src: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(src.len() / INT4_GROUP_BYTES * 4 * 20);
+    for g in src.chunks_exact(INT4_GROUP_BYTES) {
+        let d = half::f16::from_le_bytes([g[0], g[1]]);
+        let m = half::f16::from_f32(-8.0 * d.to_f32());
+        if !m.is_finite() {
+            return None;
+        }
+        // Group bytes hold consecutive pairs; a Q4_1 byte holds values j and j + 16 of its block.
+        let nibble = |i: usize| (g[2 + i / 2] >> (4 * (i % 2))) & 0xF;
+        for b in 0..4 {
+            out.extend_from_slice(&d.to_le_bytes());
+            out.extend_from_slice(&m.to_le_bytes());
+            out.extend((0..16).map(|j| nibble(32 * b + j) | (nibble(32 * b + j + 16) << 4)));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dequantize, legacy, QuantFormat};
+
+    #[test]
+    fn ggml_repacks_hold_the_same_values() {
+        let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let mut i8q = vec![0u8; 4 * INT8_GROUP_BYTES];
+        quantize_int8(&x, &mut i8q);
+        let mut q8 = vec![0f32; 512];
+        legacy::dequantize_q8_0(&int8_to_q8_0(&i8q), &mut q8);
+        assert_eq!(q8, dequantize(QuantFormat::Int8, &i8q, 512).unwrap());
+
+        let mut i4q = vec![0u8; 4 * INT4_GROUP_BYTES];
+        quantize_int4(&x, &mut i4q);
+        let mut q41 = vec![0f32; 512];
+        legacy::dequantize_q4_1(&int4_to_q4_1(&i4q).unwrap(), &mut q41);
+        let want = dequantize(QuantFormat::Int4, &i4q, 512).unwrap();
+        assert!(want.iter().any(|&v| v != 0.0));
+        assert_eq!(q41, want);
+    }
+}

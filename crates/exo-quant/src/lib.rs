@@ -163,19 +163,29 @@ pub fn quantize(format: QuantFormat, values: &[f32], cols: usize) -> Result<Vec<
 /// Unpacks whole rows of `format` bytes into f32 values (`cols` per row).
 pub fn dequantize(format: QuantFormat, bytes: &[u8], cols: usize) -> Result<Vec<f32>, QuantError> {
     let row_bytes = check_row(format, cols)?;
-    let ggml_only = matches!(format, QuantFormat::Ggml(_)) && !format.can_quantize();
-    if ggml_only {
-        return Err(QuantError::Unsupported { format: format.name().to_string(), supported: QUANTIZABLE });
+    let mut out = vec![0f32; bytes.len() / row_bytes * cols];
+    dequantize_into(format, bytes, cols, &mut out)?;
+    Ok(out)
+}
+
+/// Unpacks whole rows of `format` bytes into `out` (`cols` values per row, as many rows as the
+/// bytes hold), allocating nothing.
+pub fn dequantize_into(format: QuantFormat, bytes: &[u8], cols: usize, out: &mut [f32]) -> Result<(), QuantError> {
+    let row_bytes = check_row(format, cols)?;
+    let name = || format.name().to_string();
+    if matches!(format, QuantFormat::Ggml(_)) && !format.can_quantize() {
+        return Err(QuantError::Unsupported { format: name(), supported: QUANTIZABLE });
     }
     if !bytes.len().is_multiple_of(row_bytes) {
-        let format = format.name().to_string();
-        return Err(QuantError::Length { format, what: "packed data", have: bytes.len(), unit: "bytes", row: row_bytes });
+        return Err(QuantError::Length { format: name(), what: "packed data", have: bytes.len(), unit: "bytes", row: row_bytes });
     }
-    let mut out = vec![0f32; bytes.len() / row_bytes * cols];
+    if out.len() != bytes.len() / row_bytes * cols {
+        return Err(QuantError::Length { format: name(), what: "output", have: out.len(), unit: "values", row: cols });
+    }
     for (src, dst) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(cols)) {
         dequantize_row(format, src, dst);
     }
-    Ok(out)
+    Ok(())
 }
 
 fn check_row(format: QuantFormat, cols: usize) -> Result<usize, QuantError> {
@@ -206,7 +216,7 @@ fn quantize_row(format: QuantFormat, src: &[f32], dst: &mut [u8]) {
 }
 
 /// Unpacks one row.
-pub(crate) fn dequantize_row(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
+fn dequantize_row(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
     use GgmlType as G;
     match format {
         QuantFormat::Ggml(G::Q4_0) => legacy::dequantize_q4_0(src, dst),
