@@ -14,6 +14,7 @@
 //! [`Matrix`]: exo_kernels::Matrix
 
 pub mod bert;
+pub mod calibration;
 pub mod config;
 pub mod convert;
 pub mod embed;

@@ -8,6 +8,8 @@
 //!   normal-float), [`fp8`] (E4M3 with one scale per output channel) and [`int`] (symmetric INT8
 //!   and INT4 with one scale per group of 128).
 //!
+//! - [`plan`]: a format per tensor under a size budget, from activation-weighted errors.
+//!
 //! A matrix is packed row by row: every row of `cols` values becomes [`QuantFormat::row_bytes`]
 //! bytes, as ggml lays out a quantized tensor.
 
@@ -16,6 +18,7 @@ pub mod int;
 pub mod kquants;
 pub mod legacy;
 pub mod nf4;
+pub mod plan;
 mod rows;
 
 pub use exo_formats::GgmlType;

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use exo_formats::{GgmlType, GgufFile, GgufWriter, HfModelDir, MetaValue, SourceError};
+use exo_formats::{GgmlType, GgufFile, GgufWriter, HfModelDir, MetaValue, SourceError, TensorInfo};
 use exo_kernels::Matrix;
 use exo_quant::QuantFormat;
 
@@ -55,6 +55,10 @@ pub const GGUF_TARGETS: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K, 
 /// Writes the model at `input` (a GGUF file or a Hugging Face directory) to the GGUF file
 /// `output` (which must not exist) with its matrices in `target`.
 pub fn quantize(input: &Path, output: &Path, target: QuantFormat) -> Result<QuantizeReport, ModelError> {
+    quantize_uniform(input, output, target).map(|(report, ())| report)
+}
+
+fn quantize_uniform(input: &Path, output: &Path, target: QuantFormat) -> Result<(QuantizeReport, ()), ModelError> {
     let ty = match target {
         QuantFormat::Ggml(t) if target.can_quantize() || matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => t,
         _ => {
@@ -67,6 +71,25 @@ pub fn quantize(input: &Path, output: &Path, target: QuantFormat) -> Result<Quan
             })
         }
     };
+    with_gguf(input, output, |g| {
+        let source = g.path().display().to_string();
+        write_gguf(g, output, ty, |info| {
+            matrix_type(ty, info.dims[0]).ok_or_else(|| ModelError::Unconvertible {
+                file: source.clone(),
+                what: format!("tensor '{}' has rows of {} values, not a whole number of {ty} blocks", info.name, info.dims[0]),
+            })
+        })
+    })
+}
+
+/// Calls `f` with `input` as a GGUF file: the file itself, or for a Hugging Face directory its
+/// tensors first written as a float GGUF next to `output` (which gives them their GGUF names,
+/// layouts and tokenizer in one tested place), removed afterwards.
+pub(super) fn with_gguf<T>(
+    input: &Path,
+    output: &Path,
+    f: impl FnOnce(&GgufFile) -> Result<(QuantizeReport, T), ModelError>,
+) -> Result<(QuantizeReport, T), ModelError> {
     if output.exists() {
         return Err(ModelError::Unconvertible {
             file: output.display().to_string(),
@@ -74,20 +97,23 @@ pub fn quantize(input: &Path, output: &Path, target: QuantFormat) -> Result<Quan
         });
     }
     if input.is_dir() {
-        // The directory's tensors are first written as a float GGUF next to the output, which
-        // gives them their GGUF names, layouts and the tokenizer in one tested place.
         let h = HfModelDir::open(input)?;
         let staging = output.with_extension("float.gguf.tmp");
         let _ = std::fs::remove_file(&staging);
         let notes = super::hf_to_gguf(&h, &staging, None)?;
-        let result = GgufFile::open(&staging).map_err(ModelError::from).and_then(|g| quantize_gguf(&g, output, ty));
+        let result = GgufFile::open(&staging).map_err(ModelError::from).and_then(|g| f(&g));
         let _ = std::fs::remove_file(&staging);
-        return result.map(|r| QuantizeReport { notes, ..r });
+        return result.map(|(r, t)| (QuantizeReport { notes, ..r }, t));
     }
     if !input.is_file() {
         return Err(ModelError::NotAModel { path: input.to_path_buf() });
     }
-    quantize_gguf(&GgufFile::open(input)?, output, ty)
+    f(&GgufFile::open(input)?)
+}
+
+/// Whether llama.cpp would quantize this tensor: a `*.weight` of at least two non-unit dims.
+pub(super) fn is_matrix(info: &TensorInfo) -> bool {
+    info.dims.iter().filter(|&&d| d > 1).count() >= 2 && info.name.ends_with(".weight")
 }
 
 /// The type a matrix with rows of `cols` values gets for `target`.
@@ -120,7 +146,14 @@ fn file_type(ty: GgmlType) -> u32 {
     }
 }
 
-fn quantize_gguf(g: &GgufFile, output: &Path, target: GgmlType) -> Result<QuantizeReport, ModelError> {
+/// Writes `g` to `output` with matrices in the types `matrix_type` gives and vectors in f32;
+/// `target` names the file's main type in its metadata.
+pub(super) fn write_gguf<T: Default>(
+    g: &GgufFile,
+    output: &Path,
+    target: GgmlType,
+    mut matrix_type: impl FnMut(&TensorInfo) -> Result<GgmlType, ModelError>,
+) -> Result<(QuantizeReport, T), ModelError> {
     let source = g.path().display().to_string();
     let mut w = GgufWriter::new();
     for (k, v) in g.metadata() {
@@ -134,15 +167,7 @@ fn quantize_gguf(g: &GgufFile, output: &Path, target: GgmlType) -> Result<Quanti
     for info in g.tensors() {
         let cols = info.dims[0];
         let rows = info.n_elements() / cols.max(1);
-        let is_matrix = info.dims.iter().filter(|&&d| d > 1).count() >= 2 && info.name.ends_with(".weight");
-        let to = if is_matrix {
-            matrix_type(target, cols).ok_or_else(|| ModelError::Unconvertible {
-                file: source.clone(),
-                what: format!("tensor '{}' has rows of {cols} values, not a whole number of {target} blocks", info.name),
-            })?
-        } else {
-            GgmlType::F32
-        };
+        let to = if is_matrix(info) { matrix_type(info)? } else { GgmlType::F32 };
         let (from, name, bytes) = (info.ggml_type, info.name.clone(), g.tensor_bytes(info));
         let src = Box::new(move || -> Result<Cow<'_, [u8]>, SourceError> {
             if from == to {
@@ -157,11 +182,11 @@ fn quantize_gguf(g: &GgufFile, output: &Path, target: GgmlType) -> Result<Quanti
         report.n_weights += info.n_elements() as u64;
     }
     report.file_bytes = w.write(output)?;
-    Ok(report)
+    Ok((report, T::default()))
 }
 
 /// `values` (rows of `cols`) in type `ty`.
-fn encode(ty: GgmlType, values: &[f32], cols: usize) -> Result<Vec<u8>, exo_quant::QuantError> {
+pub(super) fn encode(ty: GgmlType, values: &[f32], cols: usize) -> Result<Vec<u8>, exo_quant::QuantError> {
     match ty {
         GgmlType::F32 => Ok(DType::F32.encode(values)),
         GgmlType::F16 => Ok(DType::F16.encode(values)),
