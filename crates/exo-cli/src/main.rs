@@ -10,6 +10,7 @@ mod embed;
 mod info;
 mod model_path;
 mod perplexity;
+mod quantize;
 mod run;
 mod serve;
 mod tokenize;
@@ -41,6 +42,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Perplexity of a text as llama.cpp computes it, and KL divergence against a base model.
     Perplexity(perplexity::PerplexityArgs),
+    /// Write a model as a GGUF file with its matrices quantized (q4_K, q8_0, ...).
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() {
@@ -60,6 +63,7 @@ fn main() {
         Command::Serve(a) => serve::main(a),
         Command::Perplexity(a) => perplexity::main(a),
         Command::Convert(a) => convert::main(a),
+        Command::Quantize(a) => quantize::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

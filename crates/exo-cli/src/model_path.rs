@@ -37,14 +37,22 @@ pub fn resolve(model: &str) -> anyhow::Result<PathBuf> {
 
 /// Resolves and loads MODEL, reporting the load time on stderr.
 pub fn load(model: &str) -> anyhow::Result<exo_models::LoadedModel> {
-    load_path(&resolve(model)?, false)
+    load_path(&resolve(model)?, &exo_models::LoadOptions::default())
 }
 
-/// Loads the model at `path`, with every weight widened to f32 when `dequantize` is set.
-pub fn load_path(path: &Path, dequantize: bool) -> anyhow::Result<exo_models::LoadedModel> {
+/// The format a `--quantize NAME` flag names, if given.
+pub fn quantize_format(name: Option<&str>) -> anyhow::Result<Option<exo_quant::QuantFormat>> {
+    let Some(name) = name else { return Ok(None) };
+    match exo_quant::QuantFormat::from_name(name) {
+        Some(f) if f.can_quantize() => Ok(Some(f)),
+        _ => bail!("--quantize '{name}' is not a format exo quantizes to ({})", exo_quant::QUANTIZABLE),
+    }
+}
+
+/// Loads the model at `path` with `opts` (weights widened to f32, or re-quantized).
+pub fn load_path(path: &Path, opts: &exo_models::LoadOptions) -> anyhow::Result<exo_models::LoadedModel> {
     let t = std::time::Instant::now();
-    let m = exo_models::load(path, &exo_models::LoadOptions { dequantize })
-        .with_context(|| format!("loading {}", path.display()))?;
+    let m = exo_models::load(path, opts).with_context(|| format!("loading {}", path.display()))?;
     tracing::info!("loaded {} in {:.2?}", path.display(), t.elapsed());
     Ok(m)
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use exo_engine::perplexity::{self, PerplexityParams};
+use exo_models::LoadOptions;
 
 #[derive(Args)]
 pub struct PerplexityArgs {
@@ -24,6 +25,10 @@ pub struct PerplexityArgs {
     /// `dequantized` for MODEL's own weights widened to f32.
     #[arg(long)]
     kld_base: Option<String>,
+    /// Re-quantize MODEL's matrices to this format while loading (q4_K, q8_0, nf4, fp8, int8,
+    /// int4, ...); the KLD base is loaded as it is.
+    #[arg(long)]
+    quantize: Option<String>,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
@@ -33,11 +38,12 @@ pub fn main(a: PerplexityArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let path = crate::model_path::resolve(&a.model)?;
-    let model = crate::model_path::load_path(&path, false)?;
+    let quantize = crate::model_path::quantize_format(a.quantize.as_deref())?;
+    let model = crate::model_path::load_path(&path, &LoadOptions { quantize, ..Default::default() })?;
     let base = match a.kld_base.as_deref() {
         None => None,
-        Some("dequantized") => Some(crate::model_path::load_path(&path, true)?),
-        Some(other) => Some(crate::model_path::load_path(&crate::model_path::resolve(other)?, false)?),
+        Some("dequantized") => Some(crate::model_path::load_path(&path, &LoadOptions { dequantize: true, quantize: None })?),
+        Some(other) => Some(crate::model_path::load_path(&crate::model_path::resolve(other)?, &LoadOptions::default())?),
     };
     let tokens = perplexity::tokenize(&model, &text)?;
     let params = PerplexityParams { ctx: a.ctx, batch: a.batch.unwrap_or(a.ctx), max_chunks: a.chunks };

@@ -63,11 +63,17 @@ pub struct RunArgs {
     /// Print prompt and generation speed to stderr after each answer.
     #[arg(long)]
     verbose: bool,
+    /// Re-quantize the matrices to this format while loading (q4_K, q8_0, nf4, fp8, int8, int4,
+    /// ...); for a float model, or to try a format before writing it with `exo quantize`.
+    #[arg(long)]
+    quantize: Option<String>,
 }
 
 pub fn main(a: RunArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
-    let model = crate::model_path::load(&a.model)?;
+    let quantize = crate::model_path::quantize_format(a.quantize.as_deref())?;
+    let opts = exo_models::LoadOptions { quantize, ..Default::default() };
+    let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
     let train_ctx = model.transformer.config().train_ctx;
     let ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));
     let params = GenerateParams {

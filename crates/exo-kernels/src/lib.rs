@@ -15,6 +15,9 @@
 //!   for decode and prompt processing.
 //! - [`kquant_q8q6`]: Q8_0, Q6_K and Q5_0 weights repacked into 16-row groups, with AVX-512 VNNI
 //!   (and AVX2) matrix-vector and matrix-matrix kernels.
+//! - `lut_formats`: NF4 and FP8 E4M3 weights ([`exo_quant`]'s formats without an integer dot
+//!   product), decoded through tables a block at a time; INT8 and INT4 run on the Q8_0 and Q4_1
+//!   kernels after an exact rewrite ([`Matrix::from_quant`]).
 //! - [`threads`]: the thread count, shared with candle's spinning barrier pool.
 //!
 //! candle's kernels serve the remaining types (f32, Q4_0, Q2_K, Q3_K, Q8_K) and single-row
@@ -28,6 +31,7 @@ pub mod kquant_q4k;
 pub mod kquant_q8q6;
 pub mod kv;
 pub mod legacy_quants;
+mod lut_formats;
 pub mod matrix;
 pub mod ops;
 pub mod threads;

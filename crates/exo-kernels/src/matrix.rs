@@ -6,11 +6,13 @@
 
 use candle_core::quantized::k_quants::{self, GgmlType as CandleBlock};
 use exo_formats::{GgmlType, TensorBytes};
+use exo_quant::QuantFormat;
 use half::{bf16, f16};
 
 use crate::kquant_q4k as q4k;
 use crate::kquant_q8q6::Packed;
 use crate::legacy_quants as legacy;
+use crate::lut_formats;
 use crate::threads::parallel_for;
 
 /// Errors from building or applying a [`Matrix`].
@@ -44,6 +46,14 @@ pub enum KernelError {
         need: usize,
         /// Bytes present.
         have: usize,
+    },
+    /// A quantization format refused the shape or the data.
+    #[error("tensor '{name}': {source}")]
+    Quant {
+        /// Tensor name.
+        name: String,
+        /// What the format refused (boxed: it is rare, and every `Result` carries its size).
+        source: Box<exo_quant::QuantError>,
     },
     /// Activation or output buffers of the wrong length (a caller bug, reported, not a panic).
     #[error("matmul with '{name}': {what} has {have} elements, expected {need}")]
@@ -107,10 +117,15 @@ pub enum MatrixData {
     PackedK(std::sync::Arc<q4k::PackedQ4K>),
 }
 
-/// A weight matrix of `rows` × `cols` in one ggml storage type.
+/// A weight matrix of `rows` × `cols` in one storage format.
 #[derive(Clone)]
 pub struct Matrix {
     name: String,
+    /// The format the weights were given in (what `exo info` reports).
+    format: QuantFormat,
+    /// The ggml layout of the bytes kept: the format's own for ggml types, Q8_0 and Q4_1 for
+    /// INT8 and INT4 (rewritten exactly, see [`Matrix::from_quant`]); unused for NF4 and FP8,
+    /// whose bytes are kept as given and computed by [`crate::lut_formats`].
     ty: GgmlType,
     rows: usize,
     cols: usize,
@@ -139,7 +154,7 @@ impl Matrix {
         } else {
             MatrixData::Owned(std::sync::Arc::new(bytes_to_words(&bytes)))
         };
-        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
+        Ok(Self { name: name.to_string(), format: QuantFormat::Ggml(ty), ty, rows, cols, row_bytes, data })
     }
 
     /// A matrix of type `ty` copied from bytes in ggml layout (weights built or converted in memory).
@@ -147,7 +162,49 @@ impl Matrix {
         let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
         let data = pack(ty, rows, cols, bytes)
             .unwrap_or_else(|| MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes))));
-        Ok(Self { name: name.to_string(), ty, rows, cols, row_bytes, data })
+        Ok(Self { name: name.to_string(), format: QuantFormat::Ggml(ty), ty, rows, cols, row_bytes, data })
+    }
+
+    /// A matrix of rows packed by [`exo_quant::quantize`] in `format`.
+    ///
+    /// INT8 and INT4 are rewritten as Q8_0 and Q4_1 blocks holding bit-identical values (see
+    /// [`exo_quant::int::int8_to_q8_0`]), so they run on the repacked Q8_0/Q4_1 kernels; NF4 and
+    /// FP8 keep their bytes and run on [`crate::lut_formats`].
+    pub fn from_quant(name: &str, format: QuantFormat, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, KernelError> {
+        let as_ggml = |ty: GgmlType, b: &[u8]| -> Result<Self, KernelError> {
+            Ok(Self { format, ..Self::from_bytes(name, ty, rows, cols, b)? })
+        };
+        let size_err = |need| KernelError::Size { name: name.to_string(), rows, cols, ty: format.name(), need, have: bytes.len() };
+        let row_bytes = format.row_bytes(cols).ok_or_else(|| KernelError::Quant {
+            name: name.to_string(),
+            source: Box::new(exo_quant::QuantError::RowLength { format: format.name().to_string(), cols, block: format.block_size() }),
+        })?;
+        let need = row_bytes.checked_mul(rows).ok_or_else(|| size_err(usize::MAX))?;
+        if bytes.len() != need {
+            return Err(size_err(need));
+        }
+        match format {
+            QuantFormat::Ggml(ty) => Self::from_bytes(name, ty, rows, cols, bytes),
+            QuantFormat::Int8 => as_ggml(GgmlType::Q8_0, &exo_quant::int::int8_to_q8_0(bytes)),
+            QuantFormat::Int4 => match exo_quant::int::int4_to_q4_1(bytes) {
+                Some(q4_1) => as_ggml(GgmlType::Q4_1, &q4_1),
+                // A scale too large for f16 once multiplied by 8: the codes fit Q8_0 exactly too.
+                None => {
+                    let values = exo_quant::dequantize(format, bytes, cols).expect("sizes checked above");
+                    let q8 = exo_quant::quantize(QuantFormat::Ggml(GgmlType::Q8_0), &values, cols).expect("cols fits Q8_0");
+                    as_ggml(GgmlType::Q8_0, &q8)
+                }
+            },
+            QuantFormat::Nf4 | QuantFormat::Fp8E4M3 => Ok(Self {
+                name: name.to_string(),
+                format,
+                ty: GgmlType::I8,
+                rows,
+                cols,
+                row_bytes,
+                data: MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes))),
+            }),
+        }
     }
 
     /// An f32 matrix from owned values (row-major, `rows * cols` long).
@@ -165,6 +222,7 @@ impl Matrix {
         let words = values.into_iter().map(f32::to_bits).collect();
         Ok(Self {
             name: name.to_string(),
+            format: QuantFormat::Ggml(GgmlType::F32),
             ty: GgmlType::F32,
             rows,
             cols,
@@ -177,9 +235,14 @@ impl Matrix {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// Storage type.
+    /// The ggml layout the weights are kept in (Q8_0 and Q4_1 for INT8 and INT4; `i8` for
+    /// NF4 and FP8, which have none: see [`Matrix::format`]).
     pub fn ty(&self) -> GgmlType {
         self.ty
+    }
+    /// The format the weights were given in.
+    pub fn format(&self) -> QuantFormat {
+        self.format
     }
     /// Output features.
     pub fn rows(&self) -> usize {
@@ -228,6 +291,15 @@ impl Matrix {
             p.matmul(x, m, out);
             return Ok(());
         }
+        let lut = match self.format {
+            QuantFormat::Nf4 => Some(lut_formats::matmul_nf4 as fn(&[u8], usize, usize, &[f32], usize, &mut [f32])),
+            QuantFormat::Fp8E4M3 => Some(lut_formats::matmul_fp8 as _),
+            _ => None,
+        };
+        if let Some(kernel) = lut {
+            kernel(self.bytes(), self.rows, self.cols, x, m, out);
+            return Ok(());
+        }
         let mkn = (m, self.cols, self.rows);
         // candle's matmul only fails on length mismatches, which are checked above.
         let candle = |res: candle_core::Result<()>| {
@@ -271,7 +343,7 @@ impl Matrix {
             MatrixData::Packed(p) => p.row_to_f32(r, out),
             MatrixData::PackedK(p) => p.row_to_f32(r, out),
             MatrixData::Mapped(_) | MatrixData::Owned(_) => {
-                dequantize_bytes(self.ty, &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes], out)
+                self.dequantize_row(&self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes], out)
             }
         }
         Ok(())
@@ -288,9 +360,18 @@ impl Matrix {
         }
         let bytes = self.bytes();
         for (r, dst) in out.chunks_exact_mut(self.cols).enumerate() {
-            dequantize_bytes(self.ty, &bytes[r * self.row_bytes..(r + 1) * self.row_bytes], dst);
+            self.dequantize_row(&bytes[r * self.row_bytes..(r + 1) * self.row_bytes], dst);
         }
         out
+    }
+
+    fn dequantize_row(&self, row: &[u8], out: &mut [f32]) {
+        match self.format {
+            QuantFormat::Nf4 | QuantFormat::Fp8E4M3 => {
+                exo_quant::dequantize_into(self.format, row, self.cols, out).expect("sizes checked at construction")
+            }
+            _ => dequantize_bytes(self.ty, row, out),
+        }
     }
 
     /// The same weights dequantized to an owned f32 matrix (the reference "float path").

@@ -14,6 +14,7 @@
 //! [`Matrix`]: exo_kernels::Matrix
 
 pub mod bert;
+pub mod calibration;
 pub mod config;
 pub mod convert;
 pub mod embed;
@@ -158,6 +159,8 @@ pub fn models_dir() -> PathBuf {
 pub struct LoadOptions {
     /// Widen every weight to f32 (the float reference path; slower, more memory).
     pub dequantize: bool,
+    /// Re-quantize every matrix to this format while loading (`exo run --quantize nf4`).
+    pub quantize: Option<exo_quant::QuantFormat>,
 }
 
 /// A model ready to run, with its tokenizer and a description for `exo info`.
@@ -205,7 +208,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> 
             WeightFile::Gguf(g) => Tokenizer::from_gguf(g),
             WeightFile::Hf(h) => Tokenizer::from_hf_dir(h),
         });
-        let weights = Weights::new(&file, config.arch, opts.dequantize);
+        let weights = Weights::new(&file, config.arch, opts.dequantize).with_quantize(opts.quantize);
         let transformer = Transformer::load(config, &weights);
         (transformer, tokenizer.join().expect("tokenizer construction does not panic"))
     });

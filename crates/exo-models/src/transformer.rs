@@ -8,6 +8,7 @@ use exo_kernels::kv::{KvCache, KvType, TokenPos, BLOCK_TOKENS};
 use exo_kernels::ops::{self, AttentionShape, RopeTable};
 use exo_kernels::{KernelError, Matrix};
 
+use crate::calibration::{ActivationStats, Site};
 use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
 use crate::ModelError;
@@ -64,6 +65,13 @@ impl Projections {
         match self {
             Self::Stacked { matrix, parts } => vec![(matrix, parts.len())],
             Self::Apart(ms) => ms.iter().map(|m| (m, 1)).collect(),
+        }
+    }
+
+    fn matrices_mut(&mut self) -> Vec<&mut Matrix> {
+        match self {
+            Self::Stacked { matrix, .. } => vec![matrix],
+            Self::Apart(ms) => ms.iter_mut().collect(),
         }
     }
 }
@@ -147,6 +155,28 @@ impl Transformer {
         Ok(Self { config, tok_embd, layers, output_norm, output, tied })
     }
 
+    /// Replaces every matrix named `name` (a GGUF tensor name; a tied embedding is both the
+    /// embedding and the LM head) with `m`, returning the one replaced, or `None` when no matrix
+    /// has that name (or it is stacked with others). For measuring one tensor's effect on the
+    /// output ([`crate::calibration`]).
+    pub fn swap_matrix(&mut self, name: &str, m: Matrix) -> Option<Matrix> {
+        let mut all: Vec<&mut Matrix> = vec![&mut self.tok_embd, &mut self.output];
+        for l in &mut self.layers {
+            all.extend(l.qkv.matrices_mut());
+            all.push(&mut l.wo);
+            all.extend(l.gate_up.matrices_mut());
+            all.push(&mut l.w_down);
+        }
+        let mut old = None;
+        for slot in all.into_iter().filter(|s| s.name() == name) {
+            if slot.rows() != m.rows() || slot.cols() != m.cols() {
+                return None;
+            }
+            old = Some(std::mem::replace(slot, m.clone()));
+        }
+        old
+    }
+
     /// The model's hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -161,7 +191,7 @@ impl Transformer {
     /// The storage types of the matrices, with how many tensors use each.
     pub fn tensor_types(&self) -> Vec<(&'static str, usize)> {
         let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
-        let mut add = |m: &Matrix, tensors: usize| *counts.entry(m.ty().name()).or_default() += tensors;
+        let mut add = |m: &Matrix, tensors: usize| *counts.entry(m.format().name()).or_default() += tensors;
         add(&self.tok_embd, 1);
         for (m, tensors) in self.layers.iter().flat_map(Layer::matrices) {
             add(m, tensors);
@@ -272,6 +302,7 @@ impl Transformer {
 
             // Attention: norm, q/k/v projections, biases, per-head norms, rotary positions.
             ops::rms_norm(x, &l.attn_norm, c.rms_eps, xn);
+            record(&mut s.activations, li, Site::AttnIn, xn, h);
             l.qkv.matmul(xn, t, [&mut *q, &mut *k, &mut *v], &mut s.stacked)?;
             add_bias(q, l.bq.as_deref());
             add_bias(k, l.bk.as_deref());
@@ -305,6 +336,7 @@ impl Transformer {
             kv.attention(li, shape, &s.pos[..t], |g| segments[g].blocks, q, att);
 
             // Output projection and residual.
+            record(&mut s.activations, li, Site::AttnOut, att, qd);
             l.wo.matmul(att, t, xn)?;
             if let Some(pn) = &l.post_attn_norm {
                 ops::rms_norm_inplace(xn, pn, c.rms_eps);
@@ -314,11 +346,13 @@ impl Transformer {
             // Gated feed-forward and residual.
             ops::rms_norm(x, &l.ffn_norm, c.rms_eps, xn);
             let (gate, up) = (&mut s.gate[..t * c.ffn_dim], &mut s.up[..t * c.ffn_dim]);
+            record(&mut s.activations, li, Site::FfnIn, xn, h);
             l.gate_up.matmul(xn, t, [&mut *gate, &mut *up], &mut s.stacked)?;
             match c.activation {
                 Activation::Silu => ops::silu_mul(gate, up),
                 Activation::GeluTanh => ops::gelu_mul(gate, up),
             }
+            record(&mut s.activations, li, Site::FfnDown, gate, c.ffn_dim);
             l.w_down.matmul(gate, t, xn)?;
             if let Some(pn) = &l.post_ffn_norm {
                 ops::rms_norm_inplace(xn, pn, c.rms_eps);
@@ -349,12 +383,20 @@ impl Transformer {
         if s.logits.len() < n_out * c.vocab_size {
             s.logits.resize(n_out * c.vocab_size, 0.0);
         }
+        record(&mut s.activations, c.n_layers, Site::Head, &s.xn[..n_out * h], h);
         let logits = &mut s.logits[..n_out * c.vocab_size];
         self.output.matmul(&s.xn[..n_out * h], n_out, logits)?;
         if let Some(cap) = c.final_logit_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
         Ok(())
+    }
+}
+
+/// Adds the squares of `x`'s rows (`cols` long) to the statistics, when they are being collected.
+fn record(stats: &mut Option<Box<ActivationStats>>, layer: usize, site: Site, x: &[f32], cols: usize) {
+    if let Some(st) = stats {
+        st.add(layer, site, x, cols);
     }
 }
 
@@ -409,6 +451,8 @@ pub struct Scratch {
     up: Vec<f32>,
     stacked: Vec<f32>,
     logits: Vec<f32>,
+    /// Matrix-input statistics, collected only for quantization planning.
+    activations: Option<Box<ActivationStats>>,
 }
 
 impl Scratch {
@@ -434,6 +478,7 @@ impl Scratch {
             up: vec![0.0; n * c.ffn_dim],
             stacked: vec![0.0; n * (c.q_dim() + 2 * kv).max(2 * c.ffn_dim)],
             logits: vec![0.0; c.vocab_size],
+            activations: None,
         }
     }
 
@@ -465,6 +510,17 @@ pub struct State {
 }
 
 impl State {
+    /// Starts collecting the mean square of every matrix input's columns over the tokens run
+    /// from now on (for [`crate::calibration`]).
+    pub fn record_activations(&mut self) {
+        self.scratch.activations.get_or_insert_with(Default::default);
+    }
+
+    /// The statistics collected since [`State::record_activations`], which stops collecting.
+    pub fn take_activations(&mut self) -> Option<ActivationStats> {
+        self.scratch.activations.take().map(|b| *b)
+    }
+
     /// Tokens in the cache.
     pub fn len(&self) -> usize {
         self.len

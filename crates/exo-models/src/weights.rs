@@ -7,6 +7,7 @@
 
 use exo_formats::{FloatType, GgmlType, GgufFile, HfModelDir, SafeTensorInfo};
 use exo_kernels::Matrix;
+use exo_quant::QuantFormat;
 
 use crate::config::Arch;
 use crate::ModelError;
@@ -24,13 +25,21 @@ pub struct Weights<'a> {
     file: &'a WeightFile,
     arch: Arch,
     dequantize: bool,
+    quantize: Option<QuantFormat>,
 }
 
 impl<'a> Weights<'a> {
     /// A reader over `file` for architecture `arch`; with `dequantize`, every matrix is widened to
     /// f32 (the reference float path tests compare against `transformers`).
     pub fn new(file: &'a WeightFile, arch: Arch, dequantize: bool) -> Self {
-        Self { file, arch, dequantize }
+        Self { file, arch, dequantize, quantize: None }
+    }
+
+    /// The same reader, re-quantizing every matrix to `format` as it is loaded (from the file's
+    /// values, dequantized first when they are quantized). Matrices whose rows are not a whole
+    /// number of the format's blocks keep the file's type.
+    pub fn with_quantize(self, format: Option<QuantFormat>) -> Self {
+        Self { quantize: format, ..self }
     }
 
     /// The file, for error messages.
@@ -56,7 +65,15 @@ impl<'a> Weights<'a> {
             return Err(self.shape_err(name, &[rows, cols], &dims));
         }
         let m = Matrix::new(name, ty, rows, cols, bytes)?;
-        Ok(if self.dequantize && ty != GgmlType::F32 { m.dequantized() } else { m })
+        match self.quantize {
+            _ if self.dequantize => Ok(if ty != GgmlType::F32 { m.dequantized() } else { m }),
+            Some(f) if f != QuantFormat::Ggml(ty) && f.row_bytes(cols).is_some() => {
+                let packed = exo_quant::quantize(f, &m.to_f32(), cols)
+                    .map_err(|e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) })?;
+                Ok(Matrix::from_quant(name, f, rows, cols, &packed)?)
+            }
+            _ => Ok(m),
+        }
     }
 
     /// A vector (norm weight or bias) of `len` values as f32.
@@ -90,7 +107,7 @@ impl<'a> Weights<'a> {
             if dims != [rows, cols] {
                 return Err(self.shape_err(name, &[rows, cols], &dims));
             }
-            if self.dequantize || !exo_kernels::is_repacked(t) || ty.is_some_and(|ty| ty != t) {
+            if self.dequantize || self.quantize.is_some() || !exo_kernels::is_repacked(t) || ty.is_some_and(|ty| ty != t) {
                 return Ok(None);
             }
             ty = Some(t);

@@ -6,10 +6,15 @@
 //! - Hugging Face (safetensors or `pytorch_model.bin`) -> GGUF ([`to_gguf`]): float tensors under
 //!   their GGUF names with the architecture keys llama.cpp and exo read, and the tokenizer.
 //!
+//! - Either -> a quantized GGUF ([`quantize`], `exo quantize`), in one type or in the mix that
+//!   [`quantize_adaptive`] chooses by measured sensitivity under a size budget.
+//!
 //! Two layout differences are undone on the way: llama.cpp's converter permutes the q/k rows of
 //! llama-architecture models so that RoPE rotates adjacent pairs (GGUF) instead of halves
 //! (Hugging Face), and it stores Gemma's RMSNorm weights as `1 + w`.
 
+mod adaptive;
+mod quantize;
 mod to_gguf;
 mod to_hf;
 mod vocab;
@@ -22,6 +27,8 @@ use exo_formats::{FloatType, GgmlType, GgufFile, HfModelDir};
 use crate::config::Arch;
 use crate::ModelError;
 
+pub use adaptive::{quantize_adaptive, Budget};
+pub use quantize::{quantize, QuantizeReport, GGUF_TARGETS};
 pub use to_gguf::hf_to_gguf;
 pub use to_hf::gguf_to_hf;
 

@@ -1,0 +1,159 @@
+//! `exo quantize --target-bpw X` / `--max-size SIZE`: a format per matrix chosen by measured
+//! sensitivity under a size budget.
+//!
+//! 1. The float base (the input's values, dequantized) runs the calibration text and records the
+//!    mean square of every input column of every matrix ([`crate::calibration`]).
+//! 2. Every matrix is quantized to every candidate type (Q4_K, Q5_K, Q6_K, Q8_0; Q4_0, Q5_0,
+//!    Q8_0 for rows that are not whole 256-value super-blocks) and the activation-weighted error
+//!    of each is measured against the base ([`exo_quant::plan::weighted_error`]).
+//! 3. The effect on the output: the KL divergence of the next-token distributions on a sample of
+//!    the calibration text with that matrix in its smallest candidate type from those with the
+//!    matrix's float values, both multiplied in f32 (the quantized kernels also round the
+//!    activations, which alone moved one SmolLM2 matrix's KL by more than its weights did). Each candidate's predicted KL is that KL scaled by its weighted error
+//!    relative to the smallest candidate's (KL grows linearly with small weight noise), so the
+//!    tensors' predictions are in the same unit and add up.
+//! 4. [`exo_quant::plan::choose`] picks the mix with the least total predicted KL that fits.
+//!
+//! Step 3 is what ranks tensors against each other: on SmolLM2 the relative weighted errors
+//! alone rated the tied embedding / LM head as cheap to quantize, and a mix chosen on them had
+//! 45% more KLD than uniform Q4_K at the same size.
+//!
+//! Bits per weight are counted as issue 7 defines them: the output file's size in bits over the
+//! number of weights in it, embeddings, output, vectors and metadata included.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use exo_formats::{GgmlType, GgufFile};
+use exo_kernels::Matrix;
+use exo_quant::plan::{self, Candidate, QuantPlan, TensorOptions};
+use exo_quant::QuantFormat;
+
+use super::quantize::{is_matrix, with_gguf, write_gguf, QuantizeReport};
+use crate::calibration::{self, ActivationStats, KlProbe};
+use crate::transformer::Transformer;
+use crate::{LoadOptions, ModelError};
+
+/// How large the quantized model may be.
+#[derive(Clone, Copy, Debug)]
+pub enum Budget {
+    /// Bits per weight of the whole file.
+    BitsPerWeight(f64),
+    /// Bytes of the whole file.
+    Bytes(u64),
+}
+
+/// Calibration tokens are run in independent chunks of this many tokens.
+const CALIBRATION_CTX: usize = 512;
+/// Tokens of the sample each matrix's KL divergence is measured on (two forward passes per
+/// matrix).
+const KL_SAMPLE: usize = 64;
+
+/// Candidate types for rows of `cols` values, smallest first.
+fn candidate_types(cols: usize) -> &'static [GgmlType] {
+    if cols.is_multiple_of(256) {
+        &[GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q8_0]
+    } else {
+        &[GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0]
+    }
+}
+
+/// Writes the model at `input` to the GGUF file `output` with the mix of types that has the
+/// least predicted error within `budget`, measured on `calibration` text.
+pub fn quantize_adaptive(
+    input: &Path,
+    output: &Path,
+    budget: Budget,
+    calibration: &str,
+) -> Result<(QuantizeReport, QuantPlan), ModelError> {
+    with_gguf(input, output, |g| {
+        let options = {
+            // The base runs in Q8_0 (nearly lossless, and its matrices are kept apart so that each
+            // can be swapped alone): several times faster than f32 for the one forward pass per
+            // matrix that step 3 takes.
+            let q8 = Some(QuantFormat::Ggml(GgmlType::Q8_0));
+            let mut m = crate::load(g.path(), &LoadOptions { quantize: q8, ..Default::default() })?;
+            let tokens = m.tokenizer.encode(calibration, true, false)?;
+            let stats = calibration::collect(&m.transformer, &tokens, CALIBRATION_CTX)?;
+            measure(g, &stats, &mut m.transformer, &tokens[..tokens.len().min(KL_SAMPLE)])?
+        };
+        let n_weights: u64 = g.tensors().iter().map(|t| t.n_elements() as u64).sum();
+        let total = match budget {
+            Budget::BitsPerWeight(b) => (b * n_weights as f64 / 8.0) as u64,
+            Budget::Bytes(b) => b,
+        };
+        // Everything but the matrices: vectors (written as f32) and the header, which the
+        // input's header approximates (same metadata, same tensor names).
+        let vectors: u64 = g.tensors().iter().filter(|t| !is_matrix(t)).map(|t| 4 * t.n_elements() as u64).sum();
+        let input_data: u64 = g.tensors().iter().map(|t| t.ggml_type.row_bytes(t.dims[0]).unwrap_or(0) as u64 * (t.n_elements() / t.dims[0].max(1)) as u64).sum();
+        let header = std::fs::metadata(g.path()).map(|m| m.len()).unwrap_or(0).saturating_sub(input_data);
+        let fixed = vectors + header;
+        let chosen = plan::choose(&options, total.saturating_sub(fixed)).map_err(|e| ModelError::Unconvertible {
+            file: output.display().to_string(),
+            what: format!("{e} (the rest of the file takes {fixed} bytes of the {total} allowed)"),
+        })?;
+        let types: HashMap<&str, GgmlType> = chosen
+            .choices
+            .iter()
+            .map(|(n, c)| (n.as_str(), match c.format { QuantFormat::Ggml(t) => t, _ => unreachable!("candidates are ggml types") }))
+            .collect();
+        let main = most_common(&types);
+        let (report, ()) = write_gguf(g, output, main, |info| Ok(types[info.name.as_str()]))?;
+        Ok((report, chosen.clone()))
+    })
+}
+
+/// The type most tensors of the mix use (named in the file's metadata).
+fn most_common(types: &HashMap<&str, GgmlType>) -> GgmlType {
+    let mut counts: HashMap<GgmlType, usize> = HashMap::new();
+    for t in types.values() {
+        *counts.entry(*t).or_default() += 1;
+    }
+    counts.into_iter().max_by_key(|&(t, n)| (n, t.id())).map_or(GgmlType::Q8_0, |(t, _)| t)
+}
+
+/// Every matrix of `g` with the size and predicted KL divergence of each candidate type; `t` is
+/// the float base, which each matrix's smallest candidate visits in turn.
+fn measure(g: &GgufFile, stats: &ActivationStats, t: &mut Transformer, sample: &[u32]) -> Result<Vec<TensorOptions>, ModelError> {
+    let tied = g.tensor("output.weight").is_none();
+    let mut out = Vec::new();
+    for info in g.tensors().iter().filter(|t| is_matrix(t)) {
+        let cols = info.dims[0];
+        let rows = info.n_elements() / cols;
+        let values = Matrix::new(&info.name, info.ggml_type, rows, cols, g.tensor_bytes(info))?.to_f32();
+        let weights = stats.column_weights(&info.name, tied).unwrap_or_else(|| vec![1.0; cols]);
+        let mut candidates = Vec::new();
+        let mut smallest = None;
+        for &ty in candidate_types(cols) {
+            let f = QuantFormat::Ggml(ty);
+            let quant_err = |e| exo_kernels::KernelError::Quant { name: info.name.clone(), source: Box::new(e) };
+            let packed = exo_quant::quantize(f, &values, cols).map_err(quant_err)?;
+            let deq = exo_quant::dequantize(f, &packed, cols).map_err(quant_err)?;
+            let (error, _) = plan::weighted_error(&values, &deq, cols, &weights);
+            if smallest.is_none() {
+                smallest = Some(Matrix::from_f32(&info.name, rows, cols, deq.clone())?);
+            }
+            candidates.push(Candidate { format: f, bytes: packed.len() as u64, error });
+        }
+        let quantized = smallest.expect("every row length has candidates");
+        let float = Matrix::from_f32(&info.name, rows, cols, values)?;
+        let kl = match t.swap_matrix(&info.name, float) {
+            Some(base) => {
+                // Both sides in f32: the reference is the model with this matrix's float values.
+                let kl = KlProbe::new(t, sample).and_then(|probe| {
+                    t.swap_matrix(&info.name, quantized);
+                    probe.kl(t)
+                });
+                t.swap_matrix(&info.name, base);
+                kl?.max(0.0)
+            }
+            None => 0.0,
+        };
+        let err0 = candidates[0].error;
+        for c in &mut candidates {
+            c.error = if err0 > 0.0 { kl * c.error / err0 } else { 0.0 };
+        }
+        out.push(TensorOptions { name: info.name.clone(), candidates });
+    }
+    Ok(out)
+}
