@@ -97,26 +97,34 @@ class Server:
         self.log.close()
 
 
-def stream_completion(port, model, text, max_tokens):
-    """Sends one streamed completion; returns (ttft seconds, generated chunks, total seconds)."""
-    body = json.dumps({"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True})
+def stream_events(port, path, body):
+    """POSTs `body` to a streaming endpoint; yields (seconds since sending, event) per SSE event."""
     t0 = time.perf_counter()
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    c.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+    c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     r = c.getresponse()
     if r.status != 200:
         raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
+    try:
+        for raw in r:
+            line = raw.decode().strip()
+            if line.startswith("data: {"):
+                yield time.perf_counter() - t0, json.loads(line[6:])
+    finally:
+        c.close()
+
+
+def stream_completion(port, model, text, max_tokens):
+    """Sends one streamed completion; returns (ttft seconds, generated chunks, total seconds)."""
+    body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    t0 = time.perf_counter()
     ttft, chunks = None, 0
-    for raw in r:
-        line = raw.decode().strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        choices = json.loads(line[6:]).get("choices") or []
+    for at, event in stream_events(port, "/v1/completions", body):
+        choices = event.get("choices") or []
         if choices and choices[0].get("text"):
             chunks += 1
             if ttft is None:
-                ttft = time.perf_counter() - t0
-    c.close()
+                ttft = at
     return ttft if ttft is not None else float("nan"), chunks, time.perf_counter() - t0
 
 
@@ -150,22 +158,12 @@ SYSTEM = ("You are the support assistant of a large hardware store. Answer polit
 
 def chat_ttft(port, model, question):
     """TTFT of one streamed chat completion with the shared system prompt."""
-    body = json.dumps({"model": model, "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
-                       "max_tokens": 8, "temperature": 0, "stream": True})
-    t0 = time.perf_counter()
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    c.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
-    ttft = float("nan")
-    for raw in r:
-        line = raw.decode().strip()
-        if line.startswith("data: {") and (json.loads(line[6:]).get("choices") or [{}])[0].get("delta", {}).get("content"):
-            ttft = time.perf_counter() - t0
-            break
-    c.close()
-    return ttft
+    body = {"model": model, "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+            "max_tokens": 8, "temperature": 0, "stream": True}
+    for at, event in stream_events(port, "/v1/chat/completions", body):
+        if (event.get("choices") or [{}])[0].get("delta", {}).get("content"):
+            return at
+    return float("nan")
 
 
 def server_cmd(kind, a, path, name, port, parallel):

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::blocks::{chain, BlockPool, PrefixStats, ROOT};
 use crate::decode::Decoder;
-use crate::{EngineError, Event, Finished, GenerateParams, StopReason, Timings, Usage};
+use crate::{EngineError, Event, Finished, GenerateParams, StopReason, Timings, TokenLogprob, Usage};
 
 /// What happens when a sequence reaches its context window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -316,12 +316,8 @@ impl Scheduler {
                     continue;
                 }
             }
-            let events = &s.job.events;
-            let mut on_text = |text: &str, logprobs: &[crate::TokenLogprob]| {
-                let chunk = Event::Chunk { text: text.to_string(), logprobs: logprobs.to_vec() };
-                if events.send(chunk).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
-            };
-            match s.dec.step(&self.model.tokenizer, logits, &s.tokens, &mut on_text) {
+            let stepped = s.dec.step(&self.model.tokenizer, logits, &s.tokens, &mut chunks_to(&s.job.events));
+            match stepped {
                 Ok(Some(id)) => {
                     s.tokens.push(id);
                     if s.tokens.len() > s.job.ctx {
@@ -428,11 +424,7 @@ impl Scheduler {
         self.release(&seq);
         let Seq { job, dec, admitted, .. } = seq;
         let events = &job.events;
-        let mut on_text = |text: &str, logprobs: &[crate::TokenLogprob]| {
-            let chunk = Event::Chunk { text: text.to_string(), logprobs: logprobs.to_vec() };
-            if events.send(chunk).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
-        };
-        let done = dec.finish(reason, &mut on_text);
+        let done = dec.finish(reason, &mut chunks_to(events));
         let finished = Finished {
             reason: done.stop_reason.clone(),
             usage: Usage { prompt_tokens: done.prompt_tokens, cached_tokens: done.reused_tokens, completion_tokens: done.tokens.len() },
@@ -453,6 +445,15 @@ impl Scheduler {
             let _ = seq.job.events.send(Event::Error(EngineError::Internal(error.to_string())));
         }
         self.pool = BlockPool::new(self.kv.n_blocks());
+    }
+}
+
+/// A text callback that sends each piece as a [`Event::Chunk`] and stops the generation once
+/// the client has gone.
+fn chunks_to(events: &mpsc::UnboundedSender<Event>) -> impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()> + '_ {
+    |text, logprobs| {
+        let chunk = Event::Chunk { text: text.to_string(), logprobs: logprobs.to_vec() };
+        if events.send(chunk).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
     }
 }
 
