@@ -81,10 +81,7 @@ impl Decoder {
             None => logits,
         };
         let id = self.sampler.sample(masked, history);
-        if self.first_at.is_none() {
-            self.first_at = Some(Instant::now());
-            self.out.time_to_first_token = self.start.elapsed();
-        }
+        self.mark_first_token();
         if !self.ignore_eos && tok.is_eog(id) {
             self.out.stop_reason = StopReason::Eog;
             return Ok(None);
@@ -92,34 +89,53 @@ impl Decoder {
         if let Some(c) = self.constraint.as_mut() {
             c.accept(id)?;
         }
-        if let Some(n_top) = self.logprobs {
-            self.pending.push(self.scratch.token(logits, id, n_top));
+        let logprob = self.logprobs.map(|n_top| self.scratch.token(logits, id, n_top));
+        Ok(self.push(id, logprob, on_text).map(|()| id))
+    }
+
+    /// Notes that the first token has been chosen now (time to first token), if not yet.
+    pub(crate) fn mark_first_token(&mut self) {
+        if self.first_at.is_none() {
+            self.first_at = Some(Instant::now());
+            self.out.time_to_first_token = self.start.elapsed();
         }
+    }
+
+    /// Appends chosen token `id` (not end-of-generation) and emits the text it completes;
+    /// `None` once generation has ended (a stop string, `max_tokens`, a finished constraint or
+    /// a client gone), with the reason in `out.stop_reason`.
+    pub(crate) fn push(
+        &mut self,
+        id: u32,
+        logprob: Option<TokenLogprob>,
+        on_text: &mut impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
+    ) -> Option<()> {
+        self.pending.extend(logprob);
         self.out.tokens.push(id);
         if let Some(piece) = self.stream.push(id) {
             match self.stops.push(&piece) {
                 StopScan::Continue(text) => {
                     if self.emit(&text, false, on_text).is_break() {
                         self.out.stop_reason = StopReason::Cancelled;
-                        return Ok(None);
+                        return None;
                     }
                 }
                 StopScan::Stop(text, s) => {
                     let _ = self.emit(&text, false, on_text);
                     self.out.stop_reason = StopReason::StopString(s);
-                    return Ok(None);
+                    return None;
                 }
             }
         }
         if self.constraint.as_ref().is_some_and(ConstraintState::is_finished) {
             self.out.stop_reason = StopReason::Eog;
-            return Ok(None);
+            return None;
         }
         if self.out.tokens.len() >= self.max_tokens {
             self.out.stop_reason = StopReason::MaxTokens;
-            return Ok(None);
+            return None;
         }
-        Ok(Some(id))
+        Some(())
     }
 
     /// Ends generation for `reason` (if it is still running) and flushes text held back for a
