@@ -11,6 +11,7 @@ use exo_tokenizer::StreamDecoder;
 use crate::constrain::{Constraint, ConstraintState};
 use crate::logprobs::{LogprobScratch, TokenLogprob};
 use crate::sampler::{Sampler, SamplerConfig};
+use crate::speculative::{Drafter, SpecStats};
 use crate::stop::{StopMatcher, StopScan};
 use crate::EngineError;
 
@@ -84,6 +85,9 @@ pub struct Completion {
     pub time_to_first_token: Duration,
     /// Time spent generating after the first token.
     pub gen_time: Duration,
+    /// Drafted and accepted token counts when the tokens were decoded speculatively; `None`
+    /// for plain decoding (no drafter, or a request that cannot be speculated).
+    pub speculation: Option<SpecStats>,
 }
 
 /// A sequence's KV cache and the tokens it holds, reused across calls that share a prefix
@@ -91,13 +95,20 @@ pub struct Completion {
 pub struct Session {
     state: State,
     cached: Vec<u32>,
+    drafter: Option<Drafter>,
 }
 
 impl Session {
     /// A session with room for `ctx` tokens (at most the model's context length), evaluating
     /// prompts `batch` tokens at a time.
     pub fn new(model: &LoadedModel, ctx: usize, batch: usize) -> Result<Self, EngineError> {
-        Ok(Self { state: model.transformer.new_state(ctx, batch)?, cached: Vec::with_capacity(ctx) })
+        Ok(Self { state: model.transformer.new_state(ctx, batch)?, cached: Vec::with_capacity(ctx), drafter: None })
+    }
+
+    /// Decodes speculatively with `drafter` from now on (`None`: plainly). A model drafter must
+    /// have been made for this session's context size and batch.
+    pub fn set_drafter(&mut self, drafter: Option<Drafter>) {
+        self.drafter = drafter;
     }
 
     /// Context size in tokens.
@@ -167,54 +178,74 @@ impl Session {
     /// or a token may produce no text yet); otherwise that slice is empty. Tokens still without
     /// text at the end (a special token under `ignore_eos`) come in a last call with empty
     /// text; tokens of a stop string, whose text is never released, are not reported.
+    ///
+    /// With a drafter set ([`Session::set_drafter`]), tokens are decoded speculatively, except
+    /// for requests with logprobs or a constraint, which decode plainly: both need each
+    /// position's own logits in sequence (masking, reporting), which verification in one pass
+    /// does not give.
     pub fn generate(
         &mut self,
         model: &LoadedModel,
         prompt: &[u32],
         params: &GenerateParams,
-        mut on_text: impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
+        on_text: impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
     ) -> Result<Completion, EngineError> {
         params.sampler.validate().map_err(EngineError::Sampler)?;
         let cancel = params.cancel.as_deref();
-        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let start = Instant::now();
         let (reused, complete) = self.prefill_until(model, prompt, cancel)?;
-        let prompt_time = start.elapsed();
-
-        let tok = &model.tokenizer;
-        let mut sampler = Sampler::new(params.sampler.clone());
-        let mut decoder = StreamDecoder::new(tok, true);
-        let mut stops = StopMatcher::new(&params.stop);
-        let mut out = Completion {
-            text: String::new(),
-            tokens: Vec::with_capacity(params.max_tokens.min(4096)),
-            stop_reason: StopReason::MaxTokens,
-            prompt_tokens: prompt.len(),
-            reused_tokens: reused,
-            prompt_time,
-            time_to_first_token: Duration::ZERO,
-            gen_time: Duration::ZERO,
+        let mut emitter = Emitter {
+            decoder: StreamDecoder::new(&model.tokenizer, true),
+            stops: StopMatcher::new(&params.stop),
+            pending_logprobs: Vec::new(),
+            on_text,
+            out: Completion {
+                text: String::new(),
+                tokens: Vec::with_capacity(params.max_tokens.min(4096)),
+                stop_reason: StopReason::MaxTokens,
+                prompt_tokens: prompt.len(),
+                reused_tokens: reused,
+                prompt_time: start.elapsed(),
+                time_to_first_token: Duration::ZERO,
+                gen_time: Duration::ZERO,
+                speculation: None,
+            },
         };
         if !complete {
-            out.stop_reason = StopReason::Cancelled;
-            return Ok(out);
+            emitter.out.stop_reason = StopReason::Cancelled;
+            return Ok(emitter.out);
         }
+        let mut sampler = Sampler::new(params.sampler.clone());
+        let speculate = params.logprobs.is_none() && params.constraint.is_none();
+        let first_at = match self.drafter.take() {
+            Some(mut drafter) if speculate => {
+                let r = self.generate_speculative(model, params, &mut sampler, &mut drafter, &mut emitter, start);
+                self.drafter = Some(drafter);
+                r?
+            }
+            other => {
+                self.drafter = other;
+                self.generate_plain(model, params, &mut sampler, &mut emitter, start)?
+            }
+        };
+        let mut out = emitter.finish();
+        out.gen_time = first_at.map_or(Duration::ZERO, |t| t.elapsed());
+        Ok(out)
+    }
+
+    /// The plain loop: one forward pass per token. Returns when the first token was sampled.
+    fn generate_plain<F: FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>>(
+        &mut self,
+        model: &LoadedModel,
+        params: &GenerateParams,
+        sampler: &mut Sampler,
+        emitter: &mut Emitter<F>,
+        start: Instant,
+    ) -> Result<Option<Instant>, EngineError> {
         let mut constraint = params.constraint.clone().map(ConstraintState::new);
         let mut first_at = None;
         let mut scratch = LogprobScratch::default();
-        let mut pending_logprobs = Vec::new();
-        // `last`: the final flush, which also reports tokens that produced no text (a special
-        // token under `ignore_eos`).
-        let mut emit = |text: &str, out: &mut Completion, logprobs: &mut Vec<TokenLogprob>, last: bool| {
-            out.text.push_str(text);
-            if text.is_empty() && (!last || logprobs.is_empty()) {
-                return ControlFlow::Continue(());
-            }
-            let flow = on_text(text, logprobs);
-            logprobs.clear();
-            flow
-        };
-        while out.tokens.len() < params.max_tokens {
+        while emitter.out.tokens.len() < params.max_tokens {
             let logits = match constraint.as_mut() {
                 Some(c) => c.mask_logits(self.state.last_logits())?,
                 None => self.state.last_logits(),
@@ -222,64 +253,162 @@ impl Session {
             let id = sampler.sample(logits, &self.cached);
             if first_at.is_none() {
                 first_at = Some(Instant::now());
-                out.time_to_first_token = start.elapsed();
+                emitter.out.time_to_first_token = start.elapsed();
             }
-            if !params.ignore_eos && tok.is_eog(id) {
-                out.stop_reason = StopReason::Eog;
+            if !params.ignore_eos && model.tokenizer.is_eog(id) {
+                emitter.out.stop_reason = StopReason::Eog;
                 break;
             }
             if let Some(c) = constraint.as_mut() {
                 c.accept(id)?;
             }
-            if let Some(n_top) = params.logprobs {
-                pending_logprobs.push(scratch.token(self.state.last_logits(), id, n_top));
-            }
-            out.tokens.push(id);
-            if let Some(piece) = decoder.push(id) {
-                match stops.push(&piece) {
-                    StopScan::Continue(text) => {
-                        if emit(&text, &mut out, &mut pending_logprobs, false).is_break() {
-                            out.stop_reason = StopReason::Cancelled;
-                            break;
-                        }
-                    }
-                    StopScan::Stop(text, s) => {
-                        let _ = emit(&text, &mut out, &mut pending_logprobs, false);
-                        out.stop_reason = StopReason::StopString(s);
-                        break;
-                    }
-                }
+            let logprob = params.logprobs.map(|n_top| scratch.token(self.state.last_logits(), id, n_top));
+            if let Some(reason) = emitter.push(id, logprob, params) {
+                emitter.out.stop_reason = reason;
+                break;
             }
             if constraint.as_ref().is_some_and(ConstraintState::is_finished) {
-                out.stop_reason = StopReason::Eog;
+                emitter.out.stop_reason = StopReason::Eog;
                 break;
             }
-            if out.tokens.len() >= params.max_tokens {
-                break;
-            }
-            if self.cached.len() >= self.state.ctx() {
-                out.stop_reason = StopReason::ContextFull;
-                break;
-            }
-            if cancelled() {
-                out.stop_reason = StopReason::Cancelled;
+            if let Some(reason) = self.no_room_or_cancelled(params) {
+                emitter.out.stop_reason = reason;
                 break;
             }
             model.transformer.forward(&mut self.state, &[id], false)?;
             self.cached.push(id);
         }
-        if !matches!(out.stop_reason, StopReason::StopString(_) | StopReason::Cancelled) {
-            let tail = decoder.finish();
-            let (text, last) = match stops.push(&tail) {
-                StopScan::Continue(t) => (t + &stops.finish(), true),
+        Ok(first_at)
+    }
+
+    /// The speculative loop: each step verifies the drafter's tokens in one forward pass and
+    /// emits the accepted ones plus one of the target's own. The tokens go through the same
+    /// end checks as in [`Session::generate_plain`], one by one, so stop strings, EOS and
+    /// max_tokens cut the output at the same token; the cache is then cut back to what was
+    /// emitted. Returns when the first token was sampled.
+    fn generate_speculative<F: FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>>(
+        &mut self,
+        model: &LoadedModel,
+        params: &GenerateParams,
+        sampler: &mut Sampler,
+        drafter: &mut Drafter,
+        emitter: &mut Emitter<F>,
+        start: Instant,
+    ) -> Result<Option<Instant>, EngineError> {
+        let mut stats = SpecStats::default();
+        let mut first_at = None;
+        let mut step_tokens = Vec::new();
+        if params.max_tokens > 0 {
+            step_tokens.push(sampler.sample(self.state.last_logits(), &self.cached));
+            first_at = Some(Instant::now());
+            emitter.out.time_to_first_token = start.elapsed();
+        }
+        // Each step's tokens: the pending token, fed by the next step, is the last of them.
+        'steps: while !step_tokens.is_empty() {
+            let base = self.cached.len();
+            for (i, &id) in step_tokens.iter().enumerate() {
+                let reason = if !params.ignore_eos && model.tokenizer.is_eog(id) {
+                    Some(StopReason::Eog)
+                } else {
+                    emitter.push(id, None, params)
+                };
+                if let Some(reason) = reason {
+                    emitter.out.stop_reason = reason;
+                    // Keep the cache of exactly the tokens before the last one emitted, as
+                    // the plain loop leaves it.
+                    let keep = base - (step_tokens.len() - 1 - i);
+                    self.state.truncate(keep);
+                    self.cached.truncate(keep);
+                    break 'steps;
+                }
+            }
+            if let Some(reason) = self.no_room_or_cancelled(params) {
+                emitter.out.stop_reason = reason;
+                break;
+            }
+            let pending = *step_tokens.last().expect("a step yields at least one token");
+            // Room for the pending token plus the drafts: the context, one forward batch, and
+            // the tokens still allowed (the step emits the drafts it keeps plus one more).
+            let room = self.state.ctx() - self.cached.len() - 1;
+            let left = params.max_tokens - emitter.out.tokens.len() - 1;
+            let limit = room.min(self.state.max_batch() - 1).min(left);
+            step_tokens.clear();
+            drafter.step(model, &mut self.state, &mut self.cached, pending, limit, sampler, &mut stats, &mut step_tokens)?;
+        }
+        emitter.out.speculation = Some(stats);
+        Ok(first_at)
+    }
+
+    /// Why generation cannot feed another token: the context is full, or it was cancelled.
+    fn no_room_or_cancelled(&self, params: &GenerateParams) -> Option<StopReason> {
+        if self.cached.len() >= self.state.ctx() {
+            return Some(StopReason::ContextFull);
+        }
+        if params.cancel.as_deref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Some(StopReason::Cancelled);
+        }
+        None
+    }
+}
+
+/// Turns sampled tokens into released text: detokenizes, holds back possible stop strings,
+/// batches log-probabilities with the text they belong to.
+struct Emitter<F> {
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    pending_logprobs: Vec<TokenLogprob>,
+    on_text: F,
+    out: Completion,
+}
+
+impl<F: FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>> Emitter<F> {
+    /// Takes a generated token (not end-of-generation); returns why generation ends with it,
+    /// if it does.
+    fn push(&mut self, id: u32, logprob: Option<TokenLogprob>, params: &GenerateParams) -> Option<StopReason> {
+        self.pending_logprobs.extend(logprob);
+        self.out.tokens.push(id);
+        if let Some(piece) = self.decoder.push(id) {
+            match self.stops.push(&piece) {
+                StopScan::Continue(text) => {
+                    if self.emit(&text, false).is_break() {
+                        return Some(StopReason::Cancelled);
+                    }
+                }
+                StopScan::Stop(text, s) => {
+                    let _ = self.emit(&text, false);
+                    return Some(StopReason::StopString(s));
+                }
+            }
+        }
+        (self.out.tokens.len() >= params.max_tokens).then_some(StopReason::MaxTokens)
+    }
+
+    /// Releases `text`. `last`: the final flush, which also reports tokens that produced no
+    /// text (a special token under `ignore_eos`).
+    fn emit(&mut self, text: &str, last: bool) -> ControlFlow<()> {
+        self.out.text.push_str(text);
+        if text.is_empty() && (!last || self.pending_logprobs.is_empty()) {
+            return ControlFlow::Continue(());
+        }
+        let flow = (self.on_text)(text, &self.pending_logprobs);
+        self.pending_logprobs.clear();
+        flow
+    }
+
+    /// Flushes the text held back (unless generation ended on a stop string or was cancelled)
+    /// and returns the completion.
+    fn finish(mut self) -> Completion {
+        if !matches!(self.out.stop_reason, StopReason::StopString(_) | StopReason::Cancelled) {
+            let tail = self.decoder.finish();
+            let (text, last) = match self.stops.push(&tail) {
+                StopScan::Continue(t) => (t + &self.stops.finish(), true),
                 StopScan::Stop(t, s) => {
-                    out.stop_reason = StopReason::StopString(s);
+                    self.out.stop_reason = StopReason::StopString(s);
                     (t, false)
                 }
             };
-            let _ = emit(&text, &mut out, &mut pending_logprobs, last);
+            let _ = self.emit(&text, last);
         }
-        out.gen_time = first_at.map_or(Duration::ZERO, |t| t.elapsed());
-        Ok(out)
+        self.out
     }
 }
