@@ -180,9 +180,10 @@ impl Session {
     /// text; tokens of a stop string, whose text is never released, are not reported.
     ///
     /// With a drafter set ([`Session::set_drafter`]), tokens are decoded speculatively, except
-    /// for requests with logprobs or a constraint, which decode plainly: both need each
-    /// position's own logits in sequence (masking, reporting), which verification in one pass
-    /// does not give.
+    /// for requests with logprobs or a constraint, which decode plainly: a constraint would have
+    /// to mask the target's and the draft's distributions while following each draft through
+    /// the grammar, and logprobs would have to be taken from each verified row; neither is done
+    /// yet, and the output is the same either way.
     pub fn generate(
         &mut self,
         model: &LoadedModel,

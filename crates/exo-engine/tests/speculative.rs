@@ -132,7 +132,12 @@ fn smollm2_stop_strings_penalties_and_eos_compose_with_speculation() {
     let mut s = Session::new(&model, CTX, BATCH).unwrap();
     s.set_drafter(Some(Drafter::ngram(cfg).unwrap()));
     let params = GenerateParams { max_tokens: 64, sampler: SamplerConfig::greedy(), ..Default::default() };
-    assert_eq!(generate(&model, &mut s, &prompts[1], &params).stop_reason, StopReason::Eog);
+    let spec = generate(&model, &mut s, &prompts[1], &params);
+    assert_eq!(spec.stop_reason, StopReason::Eog);
+    // A request with logprobs decodes plainly: no speculation counts, the same answer.
+    let plain = generate(&model, &mut s, &prompts[1], &GenerateParams { logprobs: Some(0), ..params.clone() });
+    assert!(plain.speculation.is_none() && spec.speculation.is_some());
+    assert_eq!(plain.tokens, spec.tokens);
 }
 
 /// The exact joint distribution of the first two sampled tokens under `cfg`, from plain
