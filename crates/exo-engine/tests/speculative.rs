@@ -1,4 +1,5 @@
-//! Speculative decoding on the real models: greedy output identical to plain decoding (the
+//! Speculative decoding on the real models: a verification pass bitwise equal to single-token
+//! passes, greedy output identical to plain decoding (the
 //! Qwen2.5-Coder 1.5B target with its 0.5B sibling as draft, and prompt lookup), stop strings
 //! and penalties composing, sampled output distributed as the target's own (SmolLM2), and
 //! mismatched pairs refused.
@@ -240,4 +241,29 @@ fn mismatched_vocabularies_are_refused_naming_the_difference() {
     let smol_copy = Arc::new(common::model("smollm2-135m-instruct"));
     let err = Drafter::model(&smol, smol_copy, CTX, BATCH, SpecConfig { draft_max: 1, draft_min: 2 }).err().unwrap().to_string();
     assert!(err.contains("--draft-min 2"), "{err}");
+}
+
+#[test]
+fn verifying_tokens_in_one_pass_gives_bitwise_the_logits_of_one_pass_each() {
+    // What makes greedy speculation exact rather than nearly so: the target's logits for the
+    // drafted positions are the very numbers plain decoding computes, whatever the weight
+    // types (Q4_1/Q8_0, Q4_K/Q5_0/Q6_K, Gemma's sliding-window layers).
+    exo_kernels::threads::set_threads(1).unwrap();
+    for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m"] {
+        let m = common::model(name);
+        let ids = m.tokenizer.encode("def fib(n):\n    a, b = 0, 1\n    for _ in range(n):", true, true).unwrap();
+        let mut state = m.transformer.new_state(CTX, BATCH).unwrap();
+        let split = ids.len() - 6;
+        m.transformer.forward(&mut state, &ids[..split], false).unwrap();
+        let mut single = Vec::new();
+        for &t in &ids[split..] {
+            m.transformer.forward(&mut state, &[t], false).unwrap();
+            single.extend_from_slice(state.last_logits());
+        }
+        state.truncate(split);
+        m.transformer.forward(&mut state, &ids[split..], true).unwrap();
+        assert_eq!(state.logits().len(), single.len(), "{name}");
+        let differ = state.logits().iter().zip(&single).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{name}: {differ} logits differ between one pass of 6 tokens and 6 passes");
+    }
 }
