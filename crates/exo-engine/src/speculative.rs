@@ -206,7 +206,10 @@ impl Drafter {
         let mut draft_secs = 0.0;
         if k > 0 {
             match &mut self.source {
-                Source::Model(m) => draft_secs = m.draft(&mut history, k, sampler, &mut self.tokens, &mut self.dists)?,
+                Source::Model(m) => {
+                    let min = self.length.cfg.draft_min;
+                    draft_secs = m.draft(&mut history, k, min, sampler, &mut self.tokens, &mut self.dists)?;
+                }
                 Source::Ngram => {
                     ngram_lookup(&history, k, &mut self.tokens);
                     self.dists.resize(self.tokens.len(), None);
@@ -259,15 +262,17 @@ impl Drafter {
 }
 
 impl ModelDrafter {
-    /// Brings the draft's cache to `history` (reusing the common prefix), then drafts `k`
-    /// tokens, recording each one's distribution. `history` gets the drafts appended while
-    /// drafting (for penalties) and is restored before returning. Returns the seconds a step
-    /// in the steady state spends: evaluating a new prompt is left out, as it happens once a
-    /// request and says nothing about the next steps.
+    /// Brings the draft's cache to `history` (reusing the common prefix), then drafts up to `k`
+    /// tokens, recording each one's distribution; past `min` tokens, drafting stops where the
+    /// draft is unsure of the next token (see [`DRAFT_P_MIN`]). `history` gets the drafts
+    /// appended while drafting (for penalties) and is restored before returning. Returns the
+    /// seconds a step in the steady state spends: evaluating a new prompt is left out, as it
+    /// happens once a request and says nothing about the next steps.
     fn draft(
         &mut self,
         history: &mut Vec<u32>,
         k: usize,
+        min: usize,
         sampler: &mut Sampler,
         tokens: &mut Vec<u32>,
         dists: &mut Vec<Option<Vec<(u32, f32)>>>,
@@ -303,6 +308,9 @@ impl ModelDrafter {
             } else {
                 logits
             };
+            if i >= min && top_probability(logits) < DRAFT_P_MIN {
+                break;
+            }
             let q = sampler.distribution(logits, history).to_vec();
             let d = if q.len() == 1 { q[0].0 } else { draw(&q, sampler.uniform()) };
             tokens.push(d);
@@ -325,6 +333,18 @@ impl ModelDrafter {
         self.cached.extend_from_slice(tokens);
         Ok(())
     }
+}
+
+/// A model draft stops before a token its own softmax gives less than this: such tokens are
+/// mostly rejected, and on a CPU each costs a draft pass and a verified position
+/// (llama.cpp's `--draft-p-min` default of 0.75 through 2025). Prompt lookup has no such
+/// signal and relies on the draft length alone.
+const DRAFT_P_MIN: f32 = 0.75;
+
+/// The largest probability of the softmax of `logits`.
+fn top_probability(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    1.0 / logits.iter().map(|&l| (l - max).exp()).sum::<f32>()
 }
 
 /// Decides draft token `d` against the target's distribution `p` (`(token, probability)`,

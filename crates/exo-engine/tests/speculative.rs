@@ -1,8 +1,7 @@
 //! Speculative decoding on the real models: a verification pass bitwise equal to single-token
-//! passes, greedy output identical to plain decoding (the
-//! Qwen2.5-Coder 1.5B target with its 0.5B sibling as draft, and prompt lookup), stop strings
-//! and penalties composing, sampled output distributed as the target's own (SmolLM2), and
-//! mismatched pairs refused.
+//! passes, greedy output identical to plain decoding (the Qwen2.5-Coder 1.5B target with its
+//! 0.5B sibling as draft, and prompt lookup), stop strings and penalties composing, sampled
+//! output distributed as the target's own (SmolLM2), and mismatched pairs refused.
 
 mod common;
 
