@@ -11,7 +11,9 @@ The bound: with per-token acceptance a, k tokens drafted per step and c the draf
 token relative to the target's (measured here as plain target tokens/s over plain draft
 tokens/s), one step costs k c + 1 target passes and yields (1 - a^(k+1)) / (1 - a) tokens, so
 speculation can at best be (1 - a^(k+1)) / ((1 - a) (k c + 1)) times faster (Leviathan et al.
-2023), and less on a CPU, where verifying k + 1 tokens costs more than one token's pass.
+2023). On a CPU a pass over k + 1 tokens costs more than a pass over one; the script measures
+that ratio v = time(k + 1 tokens) / time(1 token) with `exo bench -p` and also prints the bound
+with the verification priced in, (1 - a^(k+1)) / ((1 - a) (k c + v)).
 
 Usage: bench/spec_decode.py [--threads 2] [--n-gen 128] [--exo PATH]
        [--target qwen2.5-coder-1.5b-instruct] [--draft qwen2.5-coder-0.5b-instruct]
@@ -52,11 +54,20 @@ def run(exo, model, prompt, n_gen, threads, extra):
     return out
 
 
-def bound(a, k, c):
+def bound(a, k, c, v=1.0):
     if k <= 0:
         return 1.0
     tokens = k + 1 if a >= 1 else (1 - a ** (k + 1)) / (1 - a)
-    return tokens / (k * c + 1)
+    return tokens / (k * c + v)
+
+
+def pass_seconds(exo, model, tokens, threads):
+    """Seconds of one forward pass over `tokens` tokens (exo bench's prompt test)."""
+    p = subprocess.run([exo, "bench", model, "-p", str(tokens), "-n", "0", "-r", "3", "-t", str(threads), "--json"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"exo bench failed:\n{p.stderr}")
+    return tokens / json.loads(p.stdout)["pp_tps"]
 
 
 def main():
@@ -70,6 +81,7 @@ def main():
     a = ap.parse_args()
 
     rows = []
+    pass_cost = {}
     for name, prompt in PROMPTS.items():
         plain = run(a.exo, a.target, prompt, a.n_gen, a.threads, [])
         draft_alone = run(a.exo, a.draft, prompt, a.n_gen, a.threads, [])
@@ -90,21 +102,29 @@ def main():
                 lo, hi = (mid, hi) if run_len < m else (lo, mid)
             a_tok = lo
             cost = c if mode == "draft" else 0.0
+            width = max(1, int(round(k))) + 1
+            for t in (1, width):
+                if t not in pass_cost:
+                    pass_cost[t] = pass_seconds(a.exo, a.target, t, a.threads)
+            v = pass_cost[width] / pass_cost[1]
             rows.append({
                 "prompt": name, "mode": mode, "tokens": r["tokens"], "plain_tps": plain["tps"], "spec_tps": r["tps"],
                 "speedup": r["tps"] / plain["tps"], "drafted": r["drafted"], "accepted": r["accepted"],
                 "acceptance": acc, "mean_draft": k, "per_token_a": a_tok, "cost_ratio_c": cost,
-                "bound": bound(a_tok, k, cost), "draft_alone_tps": draft_alone["tps"],
+                "bound": bound(a_tok, k, cost), "verify_ratio_v": v, "bound_cpu": bound(a_tok, k, cost, v),
+                "draft_alone_tps": draft_alone["tps"],
             })
 
     print(f"machine: {cpu_name()}, threads {a.threads}, {datetime.date.today()}, target {a.target}, draft {a.draft}, "
           f"{a.n_gen} greedy tokens")
-    print("| prompt | mode | plain t/s | spec t/s | speedup | drafted | accepted | acceptance | mean k | a | c | bound |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| prompt | mode | plain t/s | spec t/s | speedup | drafted | accepted | acceptance | mean k | a | c | bound "
+          "| v | bound with v |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['prompt']} | {r['mode']} | {r['plain_tps']:.2f} | {r['spec_tps']:.2f} | {r['speedup']:.2f}x | "
               f"{r['drafted']} | {r['accepted']} | {r['acceptance']:.2f} | {r['mean_draft']:.1f} | "
-              f"{r['per_token_a']:.2f} | {r['cost_ratio_c']:.2f} | {r['bound']:.2f}x |")
+              f"{r['per_token_a']:.2f} | {r['cost_ratio_c']:.2f} | {r['bound']:.2f}x | {r['verify_ratio_v']:.2f} | "
+              f"{r['bound_cpu']:.2f}x |")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"machine": cpu_name(), "threads": a.threads, "date": str(datetime.date.today()), "rows": rows}, f, indent=1)
