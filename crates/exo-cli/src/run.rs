@@ -2,10 +2,11 @@
 
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Args;
-use exo_engine::{GenerateParams, Prompt, SamplerConfig, Session};
+use clap::{Args, ValueEnum};
+use exo_engine::{Drafter, GenerateParams, Prompt, SamplerConfig, Session, SpecConfig};
 use exo_models::LoadedModel;
 use exo_tokenizer::ChatMessage;
 
@@ -67,7 +68,32 @@ pub struct RunArgs {
     /// ...); for a float model, or to try a format before writing it with `exo quantize`.
     #[arg(long)]
     quantize: Option<String>,
+    /// Decode speculatively with this draft model (a path or a cache name), which must share
+    /// the model's vocabulary; the output is what the model alone would produce.
+    #[arg(long, conflicts_with = "spec")]
+    draft: Option<String>,
+    /// Decode speculatively without a draft model: `ngram` drafts the tokens that followed the
+    /// last few tokens where they occurred earlier in the prompt or answer.
+    #[arg(long, value_enum)]
+    spec: Option<SpecKind>,
+    /// Most tokens drafted per speculative step.
+    #[arg(long, default_value_t = SpecConfig::default().draft_max)]
+    draft_max: usize,
+    /// Fewest tokens a draft model drafts per step.
+    #[arg(long, default_value_t = SpecConfig::default().draft_min)]
+    draft_min: usize,
 }
+
+/// Draft-free speculation methods.
+#[derive(Clone, Copy, ValueEnum)]
+enum SpecKind {
+    /// Prompt lookup: n-gram matches in the context.
+    Ngram,
+}
+
+/// The session's batch: prompt tokens per forward pass, and the most a speculative step
+/// verifies at once.
+const BATCH: usize = 512;
 
 pub fn main(a: RunArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
@@ -93,7 +119,14 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
         ..GenerateParams::default()
     };
     params.sampler.validate().map_err(anyhow::Error::msg)?;
-    let mut session = Session::with_kv_type(&model, ctx, 512, a.kv_type).context("--ctx-size")?;
+    let mut session = Session::with_kv_type(&model, ctx, BATCH, a.kv_type).context("--ctx-size")?;
+    let spec = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min };
+    if let Some(draft) = &a.draft {
+        let draft = Arc::new(crate::model_path::load(draft).context("--draft")?);
+        session.set_drafter(Some(Drafter::model(&model, draft, ctx, BATCH, spec)?));
+    } else if let Some(SpecKind::Ngram) = a.spec {
+        session.set_drafter(Some(Drafter::ngram(spec)?));
+    }
     match &a.prompt {
         Some(prompt) => {
             let ids = if a.raw {
@@ -160,6 +193,15 @@ fn answer(
             done.time_to_first_token.as_secs_f64() * 1e3,
             done.stop_reason
         );
+        if let Some(s) = done.speculation {
+            eprintln!(
+                "[speculation: drafted {} tokens, accepted {} ({:.1}%) in {} verification passes]",
+                s.drafted,
+                s.accepted,
+                100.0 * s.acceptance_rate(),
+                s.steps
+            );
+        }
     }
     Ok(done.text)
 }

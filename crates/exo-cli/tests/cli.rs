@@ -110,6 +110,28 @@ fn same_seed_same_text_and_stop_strings_cut() {
 }
 
 #[test]
+fn speculative_greedy_prints_the_plain_text_and_refuses_mismatched_drafts() {
+    let path = model_file(SMOLLM2);
+    let p = path.to_str().unwrap();
+    let prompt = "Count from one to ten in words, separated by commas: one, two,";
+    let run = |extra: &[&str]| {
+        let o = exo(&[&["run", p, prompt, "--raw", "--temperature", "0", "-n", "40", "--verbose"], extra].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    let plain = stdout(&run(&[]));
+    for extra in [&["--spec", "ngram"][..], &["--draft", p, "--draft-max", "4"]] {
+        let o = run(extra);
+        assert_eq!(stdout(&o), plain, "exo run {extra:?}");
+        assert!(stderr(&o).contains("[speculation: drafted "), "{}", stderr(&o));
+    }
+    let gemma = model_file("gemma3-270m");
+    fails_with(&["run", p, prompt, "--draft", gemma.to_str().unwrap()], &["draft model", "gemma3-270m.gguf", "BOS differs"]);
+    fails_with(&["run", p, prompt, "--spec", "ngram", "--draft-min", "5", "--draft-max", "2"], &["--draft-min 5"]);
+    fails_with(&["run", p, prompt, "--spec", "ngram", "--draft", p], &["--draft", "--spec"]);
+}
+
+#[test]
 fn tokenize_prints_llamacpps_ids() {
     let fx = llamacpp_fixture(SMOLLM2);
     let case = fx["tokenize"]

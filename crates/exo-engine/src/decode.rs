@@ -56,8 +56,14 @@ impl Decoder {
                 prompt_time: Duration::ZERO,
                 time_to_first_token: Duration::ZERO,
                 gen_time: Duration::ZERO,
+                speculation: None,
             },
         }
+    }
+
+    /// The request's sampler (speculative decoding draws through it).
+    pub(crate) fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
     }
 
     /// Whether `max_tokens` is zero, so no token is to be sampled at all.

@@ -9,6 +9,8 @@
 //! - [`Prompt`]: text as is, or chat messages rendered with the model's chat template.
 //! - [`sampler`]: penalties, top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's
 //!   order.
+//! - [`speculative`]: speculative decoding with a draft model or prompt lookup
+//!   ([`Session::set_drafter`]).
 //! - [`stop`]: stop strings over streamed text.
 //! - [`constrain`]: JSON and JSON Schema constrained decoding (token masking).
 //! - [`tools`]: tool calls: prompting with tools, parsing calls, forcing them.
@@ -25,6 +27,7 @@ mod prompt;
 pub mod sampler;
 mod scheduler;
 mod session;
+pub mod speculative;
 pub mod stop;
 pub mod tools;
 
@@ -34,6 +37,7 @@ pub use logprobs::TokenLogprob;
 pub use prompt::Prompt;
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Completion, GenerateParams, Session, StopReason};
+pub use speculative::{Drafter, SpecConfig, SpecStats};
 
 /// Errors from generation. Messages name the limit involved.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,19 @@ pub enum EngineError {
     /// caught while generating); the engine itself keeps running.
     #[error("internal engine error: {0}")]
     Internal(String),
+    /// A speculative-decoding setting is out of range.
+    #[error("speculative decoding: {0}")]
+    Speculation(String),
+    /// The draft model cannot draft for the target (their vocabularies differ).
+    #[error("draft model {draft} cannot draft for {target}: {what}")]
+    DraftMismatch {
+        /// The draft model's path.
+        draft: String,
+        /// The target model's path.
+        target: String,
+        /// What differs, with both values.
+        what: String,
+    },
     /// Constrained decoding reached a token it cannot accept.
     #[error("constrained decoding: {0}")]
     Constraint(String),

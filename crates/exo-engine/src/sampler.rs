@@ -89,13 +89,27 @@ impl Sampler {
 
     /// Picks the next token from `logits` given the tokens so far (`history`, for penalties).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        self.distribution(logits, history);
+        if self.cfg.temperature <= 0.0 {
+            return self.candidates[0].0;
+        }
+        let r = self.uniform();
+        draw(&self.candidates, r)
+    }
+
+    /// The distribution [`Sampler::sample`] draws from: `(token, probability)` pairs, most likely
+    /// first, summing to 1 (one pair of probability 1 when greedy). Speculative decoding
+    /// compares the target's and the draft's through it, so both see the same penalties,
+    /// truncation and temperature.
+    pub fn distribution(&mut self, logits: &[f32], history: &[u32]) -> &[(u32, f32)] {
         self.logits.clear();
         self.logits.extend_from_slice(logits);
         self.apply_penalties(history);
-        if self.cfg.temperature <= 0.0 {
-            return argmax(&self.logits);
-        }
         self.candidates.clear();
+        if self.cfg.temperature <= 0.0 {
+            self.candidates.push((argmax(&self.logits), 1.0));
+            return &self.candidates;
+        }
         self.candidates.extend(self.logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
 
@@ -128,22 +142,17 @@ impl Sampler {
             self.candidates.truncate(keep.max(1));
         }
 
-        // Temperature on the surviving logits, then a draw.
+        // Temperature on the surviving logits.
         for c in self.candidates.iter_mut() {
             c.1 = self.logits[c.0 as usize];
         }
         softmax_candidates(&mut self.candidates, self.cfg.temperature);
-        let r: f32 = self.rng.random();
-        let mut cum = 0.0;
-        for c in &self.candidates {
-            cum += c.1;
-            if r < cum {
-                return c.0;
-            }
-        }
-        // Rounding can leave `r` above the last sum: take the last token with any probability,
-        // never one that constrained decoding masked out.
-        self.candidates.iter().rev().find(|c| c.1 > 0.0).or(self.candidates.first()).map_or(0, |c| c.0)
+        &self.candidates
+    }
+
+    /// A uniform draw in `[0, 1)` from the sampler's seeded stream.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random()
     }
 
     fn apply_penalties(&mut self, history: &[u32]) {
@@ -166,6 +175,21 @@ impl Sampler {
             *l -= n as f32 * c.frequency_penalty + c.presence_penalty;
         }
     }
+}
+
+/// The token at cumulative probability `r` (in `[0, 1)`) of `dist` (`(token, probability)`
+/// pairs summing to 1).
+pub fn draw(dist: &[(u32, f32)], r: f32) -> u32 {
+    let mut cum = 0.0;
+    for c in dist {
+        cum += c.1;
+        if r < cum {
+            return c.0;
+        }
+    }
+    // Rounding can leave `r` above the last sum: take the last token with any probability,
+    // never one that constrained decoding masked out.
+    dist.iter().rev().find(|c| c.1 > 0.0).or(dist.first()).map_or(0, |c| c.0)
 }
 
 /// Index of the largest value (the first one on ties, as llama.cpp's greedy sampler).

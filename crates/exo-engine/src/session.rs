@@ -11,6 +11,7 @@ use crate::constrain::Constraint;
 use crate::decode::Decoder;
 use crate::logprobs::TokenLogprob;
 use crate::sampler::SamplerConfig;
+use crate::speculative::{Drafter, SpecStats};
 use crate::EngineError;
 
 /// What to generate.
@@ -83,6 +84,9 @@ pub struct Completion {
     pub time_to_first_token: Duration,
     /// Time spent generating after the first token.
     pub gen_time: Duration,
+    /// Drafted and accepted token counts when the tokens were decoded speculatively; `None`
+    /// for plain decoding (no drafter, or a request that cannot be speculated).
+    pub speculation: Option<SpecStats>,
 }
 
 /// A sequence's KV cache and the tokens it holds, reused across calls that share a prefix
@@ -90,6 +94,7 @@ pub struct Completion {
 pub struct Session {
     state: State,
     cached: Vec<u32>,
+    drafter: Option<Drafter>,
 }
 
 impl Session {
@@ -104,7 +109,13 @@ impl Session {
     /// [`Session::new`] with KV rows stored as `kv_type` (f32 is exact; q8_0 takes about half
     /// of f16's memory).
     pub fn with_kv_type(model: &LoadedModel, ctx: usize, batch: usize, kv_type: KvType) -> Result<Self, EngineError> {
-        Ok(Self { state: model.transformer.new_state_with(ctx, batch, kv_type)?, cached: Vec::with_capacity(ctx) })
+        Ok(Self { state: model.transformer.new_state_with(ctx, batch, kv_type)?, cached: Vec::with_capacity(ctx), drafter: None })
+    }
+
+    /// Decodes speculatively with `drafter` from now on (`None`: plainly). A model drafter must
+    /// have been made for this session's context size and batch.
+    pub fn set_drafter(&mut self, drafter: Option<Drafter>) {
+        self.drafter = drafter;
     }
 
     /// Context size in tokens.
@@ -174,6 +185,12 @@ impl Session {
     /// or a token may produce no text yet); otherwise that slice is empty. Tokens still without
     /// text at the end (a special token under `ignore_eos`) come in a last call with empty
     /// text; tokens of a stop string, whose text is never released, are not reported.
+    ///
+    /// With a drafter set ([`Session::set_drafter`]), tokens are decoded speculatively, except
+    /// for requests with logprobs or a constraint, which decode plainly: a constraint would have
+    /// to mask the target's and the draft's distributions while following each draft through
+    /// the grammar, and logprobs would have to be taken from each verified row; neither is done
+    /// yet, and the output is the same either way.
     pub fn generate(
         &mut self,
         model: &LoadedModel,
@@ -182,12 +199,9 @@ impl Session {
         mut on_text: impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
     ) -> Result<Completion, EngineError> {
         params.sampler.validate().map_err(EngineError::Sampler)?;
-        let cancel = params.cancel.as_deref();
-        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let start = Instant::now();
-        let (reused, complete) = self.prefill_until(model, prompt, cancel)?;
-        let tok = &model.tokenizer;
-        let mut dec = Decoder::new(tok, params, prompt.len(), start);
+        let (reused, complete) = self.prefill_until(model, prompt, params.cancel.as_deref())?;
+        let mut dec = Decoder::new(&model.tokenizer, params, prompt.len(), start);
         dec.out.reused_tokens = reused;
         dec.out.prompt_time = start.elapsed();
         if !complete {
@@ -196,16 +210,101 @@ impl Session {
         if dec.wants_nothing() {
             return Ok(dec.finish(None, &mut on_text));
         }
-        while let Some(id) = dec.step(tok, self.state.last_logits(), &self.cached, &mut on_text)? {
-            if self.cached.len() >= self.state.ctx() {
-                return Ok(dec.finish(Some(StopReason::ContextFull), &mut on_text));
+        let speculate = params.logprobs.is_none() && params.constraint.is_none();
+        let reason = match self.drafter.take() {
+            Some(mut drafter) if speculate => {
+                let r = self.generate_speculative(model, params, &mut drafter, &mut dec, &mut on_text);
+                self.drafter = Some(drafter);
+                r?
             }
-            if cancelled() {
-                return Ok(dec.finish(Some(StopReason::Cancelled), &mut on_text));
+            other => {
+                self.drafter = other;
+                self.generate_plain(model, params, &mut dec, &mut on_text)?
+            }
+        };
+        Ok(dec.finish(reason, &mut on_text))
+    }
+
+    /// The plain loop: one forward pass per token. Returns why it ended where the decoder does
+    /// not know (the context is full, or the request was cancelled).
+    fn generate_plain(
+        &mut self,
+        model: &LoadedModel,
+        params: &GenerateParams,
+        dec: &mut Decoder,
+        on_text: &mut impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
+    ) -> Result<Option<StopReason>, EngineError> {
+        while let Some(id) = dec.step(&model.tokenizer, self.state.last_logits(), &self.cached, on_text)? {
+            if let Some(reason) = self.no_room_or_cancelled(params) {
+                return Ok(Some(reason));
             }
             model.transformer.forward(&mut self.state, &[id], false)?;
             self.cached.push(id);
         }
-        Ok(dec.finish(None, &mut on_text))
+        Ok(None)
+    }
+
+    /// The speculative loop: each step verifies the drafter's tokens in one forward pass and
+    /// emits the accepted ones plus one of the target's own. The tokens go through the same
+    /// end checks as in [`Session::generate_plain`], one by one, so stop strings, EOS and
+    /// max_tokens cut the output at the same token; the cache is then cut back to what was
+    /// emitted.
+    fn generate_speculative(
+        &mut self,
+        model: &LoadedModel,
+        params: &GenerateParams,
+        drafter: &mut Drafter,
+        dec: &mut Decoder,
+        on_text: &mut impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
+    ) -> Result<Option<StopReason>, EngineError> {
+        let mut stats = SpecStats::default();
+        let mut step_tokens = vec![dec.sampler_mut().sample(self.state.last_logits(), &self.cached)];
+        dec.mark_first_token();
+        let mut reason = None;
+        // Each step's tokens: the pending token, fed by the next step, is the last of them.
+        'steps: while !step_tokens.is_empty() {
+            let base = self.cached.len();
+            for (i, &id) in step_tokens.iter().enumerate() {
+                let ended = if !params.ignore_eos && model.tokenizer.is_eog(id) {
+                    reason = Some(StopReason::Eog);
+                    true
+                } else {
+                    dec.push(id, None, on_text).is_none()
+                };
+                if ended {
+                    // Keep the cache of exactly the tokens before the last one emitted, as
+                    // the plain loop leaves it.
+                    let keep = base - (step_tokens.len() - 1 - i);
+                    self.state.truncate(keep);
+                    self.cached.truncate(keep);
+                    break 'steps;
+                }
+            }
+            if let Some(r) = self.no_room_or_cancelled(params) {
+                reason = Some(r);
+                break;
+            }
+            let pending = *step_tokens.last().expect("a step yields at least one token");
+            // Room for the pending token plus the drafts: the context, one forward batch, and
+            // the tokens still allowed (the step emits the drafts it keeps plus one more).
+            let room = self.state.ctx() - self.cached.len() - 1;
+            let left = params.max_tokens - dec.out.tokens.len() - 1;
+            let limit = room.min(self.state.max_batch() - 1).min(left);
+            step_tokens.clear();
+            drafter.step(model, &mut self.state, &mut self.cached, pending, limit, dec.sampler_mut(), &mut stats, &mut step_tokens)?;
+        }
+        dec.out.speculation = Some(stats);
+        Ok(reason)
+    }
+
+    /// Why generation cannot feed another token: the context is full, or it was cancelled.
+    fn no_room_or_cancelled(&self, params: &GenerateParams) -> Option<StopReason> {
+        if self.cached.len() >= self.state.ctx() {
+            return Some(StopReason::ContextFull);
+        }
+        if params.cancel.as_deref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Some(StopReason::Cancelled);
+        }
+        None
     }
 }
