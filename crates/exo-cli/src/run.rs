@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
+    /// else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Context size in tokens (default: the model's training context, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -64,7 +68,7 @@ pub struct RunArgs {
 
 pub fn main(a: RunArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
-    let model = crate::model_path::load(&a.model)?;
+    let model = crate::model_path::load_on(&a.model, crate::model_path::device(&a.device)?)?;
     let train_ctx = model.transformer.config().train_ctx;
     let ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));
     let params = GenerateParams {

@@ -3,13 +3,17 @@
 //! One definition serves quantized and float weights: each [`Matrix`] picks its own kernel.
 //! Architecture differences are [`ModelConfig`] fields set by `llama.rs`, `qwen2.rs` and
 //! `gemma3.rs`. Read [`Transformer::forward`] top to bottom for the whole computation.
+//!
+//! With the `cuda` feature a model loaded for a GPU ([`Transformer::load_on`]) also holds its
+//! weights on the device, and [`Transformer::forward`] hands each call to the same computation
+//! written for CUDA in `cuda.rs`.
 
 use exo_kernels::ops::{self, AttentionShape, RopeTable};
 use exo_kernels::Matrix;
 
 use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
-use crate::ModelError;
+use crate::{Device, ModelError};
 
 /// Projections of the same input (q/k/v, or gate/up).
 ///
@@ -103,6 +107,8 @@ pub struct Transformer {
     output_norm: Vec<f32>,
     output: Matrix,
     tied: bool,
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::cuda::CudaModel>,
 }
 
 impl Transformer {
@@ -143,7 +149,39 @@ impl Transformer {
         let tied = !w.has("output.weight");
         let output = if tied { tok_embd.clone() } else { w.matrix("output.weight", c.vocab_size, h)? };
         let output_norm = norm("output_norm.weight", h)?;
-        Ok(Self { config, tok_embd, layers, output_norm, output, tied })
+        Ok(Self {
+            config,
+            tok_embd,
+            layers,
+            output_norm,
+            output,
+            tied,
+            #[cfg(feature = "cuda")]
+            gpu: None,
+        })
+    }
+
+    /// [`Transformer::load`], plus the weights uploaded to `device` when it is a GPU.
+    pub fn load_on(config: ModelConfig, w: &Weights, device: Device) -> Result<Self, ModelError> {
+        #[allow(unused_mut)]
+        let mut t = Self::load(config, w)?;
+        match device {
+            Device::Cpu => {}
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => t.gpu = Some(crate::cuda::CudaModel::load(&t.config, w, n)?),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => return Err(ModelError::Device(format!("--device {device}: this exo was built without the cuda feature"))),
+        }
+        Ok(t)
+    }
+
+    /// Where the forward pass runs, in words ("cpu", "cuda:0 (NVIDIA H100 80GB HBM3)").
+    pub fn device(&self) -> String {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return g.describe();
+        }
+        "cpu".to_string()
     }
 
     /// The model's hyper-parameters.
@@ -176,7 +214,13 @@ impl Transformer {
         if ctx == 0 || ctx > self.config.train_ctx {
             return Err(ModelError::ContextSize { ctx, max: self.config.train_ctx });
         }
-        Ok(State::new(&self.config, ctx, max_batch))
+        #[allow(unused_mut)]
+        let mut state = State::new(&self.config, ctx, max_batch);
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            state.gpu = Some(g.new_state(ctx, state.max_batch)?);
+        }
+        Ok(state)
     }
 
     /// Runs `tokens` (at most `state.max_batch`) after the ones already in `state`'s cache.
@@ -196,14 +240,21 @@ impl Transformer {
         if pos0 + t > state.ctx {
             return Err(ModelError::ContextFull { need: pos0 + t, ctx: state.ctx });
         }
+        if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= c.vocab_size) {
+            return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
+        }
+        #[cfg(feature = "cuda")]
+        if let (Some(g), Some(gs)) = (&self.gpu, &mut state.gpu) {
+            g.forward(gs, pos0, tokens, all_logits)?;
+            state.n_logits = if all_logits { t } else { 1 };
+            state.len = pos0 + t;
+            return Ok(());
+        }
         let (h, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
         let s = &mut *state;
 
         // Token embeddings, scaled for Gemma.
         for (i, &tok) in tokens.iter().enumerate() {
-            if tok as usize >= c.vocab_size {
-                return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
-            }
             let row = &mut s.x[i * h..(i + 1) * h];
             self.tok_embd.row_to_f32(tok as usize, row)?;
             if let Some(scale) = c.embed_scale {
@@ -318,6 +369,8 @@ pub struct State {
     up: Vec<f32>,
     stacked: Vec<f32>,
     logits: Vec<f32>,
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::cuda::CudaState>,
 }
 
 impl State {
@@ -347,6 +400,8 @@ impl State {
             up: vec![0.0; max_batch * c.ffn_dim],
             stacked: vec![0.0; max_batch * (c.q_dim() + 2 * kv).max(2 * c.ffn_dim)],
             logits: vec![0.0; c.vocab_size],
+            #[cfg(feature = "cuda")]
+            gpu: None,
         }
     }
 
@@ -379,12 +434,20 @@ impl State {
     /// Logits of the last forward call: `n` rows of `vocab` values, the last row being the
     /// newest token.
     pub fn logits(&self) -> &[f32] {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return g.logits();
+        }
         &self.logits[..self.n_logits * self.vocab]
     }
 
     /// Logits of the newest token.
     pub fn last_logits(&self) -> &[f32] {
         let n = self.n_logits.max(1);
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return &g.logits()[(n - 1) * self.vocab..n * self.vocab];
+        }
         &self.logits[(n - 1) * self.vocab..n * self.vocab]
     }
 }

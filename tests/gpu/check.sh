@@ -1,0 +1,23 @@
+#!/bin/sh
+# On a GPU machine, from the folder tests/gpu/pack.sh filled: GPU-vs-CPU forward check
+# (crates/exo-models/tests/cuda_matches_cpu.rs) on random-weight models of real shapes (a
+# Qwen2.5-1.5B-shaped Q4_K_M and a small llama with every GPU weight type), plus any GGUF files
+# given as arguments (real models).
+#
+#   sh .gpu/check.sh [MODEL.gguf ...]
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+work=${WORK:-/tmp/exo-gpu}
+mkdir -p "$work"
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
+[ -x "$work/exo" ] || { xz -dc "$here/exo.xz" > "$work/exo"; chmod +x "$work/exo"; }
+[ -x "$work/cuda_matches_cpu" ] || { xz -dc "$here/cuda_matches_cpu.xz" > "$work/cuda_matches_cpu"; chmod +x "$work/cuda_matches_cpu"; }
+python3 -c 'import gguf' 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --target "$work/site" "$here"/gguf-*.whl; }
+export PYTHONPATH="$work/site:${PYTHONPATH:-}"
+models=""
+for shape in llama-mixed qwen2.5-1.5b-q4_k_m; do
+  [ -f "$work/$shape.gguf" ] || python3 "$here/gguf_random.py" model --tokenizer "$here/tok.gguf" --shape "$shape" --out "$work/$shape.gguf"
+  models="$models,$work/$shape.gguf"
+done
+for m in "$@"; do models="$models,$m"; done
+EXO_GPU_MODELS=${models#,} "$work/cuda_matches_cpu" --nocapture --test-threads 1
