@@ -14,6 +14,9 @@ py=${EXO_PY:-$HOME/.cache/exo-dev/venv/bin/python}
 target=${CARGO_TARGET_DIR:-$root/target}
 mkdir -p "$dir"
 cd "$root"
+# .cargo/config.toml builds for this machine's CPU; the GPU machines' CPUs lack some of its
+# instructions (AVX-512 here: an "Illegal instruction" there), so default to AVX2-era x86-64.
+export RUSTFLAGS=${RUSTFLAGS:--C target-cpu=x86-64-v3}
 cargo build --profile fast -j "${JOBS:-1}" --features cuda --bin exo
 test_bin=$(cargo test --profile fast -j "${JOBS:-1}" --features cuda -p exo-models --test cuda_matches_cpu --no-run --message-format=json 2>/dev/null \
   | "$py" -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable")][-1])')
