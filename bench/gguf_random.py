@@ -67,10 +67,16 @@ def random_tensor(rng, rows, cols, qtype):
     for off, mag in scales:
         vals = (mag * rng.uniform(0.5, 1.5, size=blocks.shape[0])).astype(np.float16)
         blocks[:, off:off + 2] = vals.view(np.uint8).reshape(-1, 2)
+    # ggml's quantizers never write -128 to the int8 fields (Q8_0 values, Q6_K sub-block scales),
+    # and CPU kernels rely on it (sign tricks for u8 x s8 dot products); keep random data in range.
+    signed = {Q.Q8_0: (2, 34), Q.Q6_K: (192, 208)}.get(qtype)
+    if signed:
+        field = blocks[:, signed[0]:signed[1]]
+        field[field == 0x80] = 0x81
     return blocks.reshape(rows, cols // qk * nbytes)
 
 
-def model(tok_path, shape, out, seed):
+def model(tok_path, shape, out, seed, types=None):
     arch, n_layer, hidden, heads, kv, ffn, theta, ctx, eps, bias, tied, recipe = SHAPES[shape]
     tok = GGUFReader(tok_path)
     vocab = len(tok.fields["tokenizer.ggml.tokens"].data)
@@ -92,10 +98,10 @@ def model(tok_path, shape, out, seed):
             w.add_key_value(key, field.contents(), vtype, field.types[-1] if vtype == GGUFValueType.ARRAY else None)
 
     head_dim = hidden // heads
-    mixed = iter(MIXED * 1000)
+    mixed = iter((types or MIXED) * 1000)
 
     def qtype(name, layer=None):
-        if recipe == "mixed":
+        if recipe == "mixed" or types:
             return next(mixed)
         more_bits = layer is not None and (layer < n_layer // 8 or layer >= 7 * n_layer // 8 or (layer - n_layer // 8) % 3 == 2)
         if name == "output" or (name in ("attn_v", "ffn_down") and more_bits):
@@ -140,11 +146,13 @@ def main():
     m.add_argument("--shape", required=True, choices=sorted(SHAPES))
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--types", help="comma-separated ggml types to rotate through instead of the shape's recipe (e.g. q8_0)")
     a = p.parse_args()
     if a.cmd == "tokenizer":
         tokenizer(a.src, a.dst)
     else:
-        model(a.tokenizer, a.shape, a.out, a.seed)
+        types = [Q[t.upper()] for t in a.types.split(",")] if a.types else None
+        model(a.tokenizer, a.shape, a.out, a.seed, types)
     return 0
 
 

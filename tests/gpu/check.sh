@@ -19,5 +19,10 @@ for shape in llama-mixed qwen2.5-1.5b-q4_k_m; do
   [ -f "$work/$shape.gguf" ] || python3 "$here/gguf_random.py" model --tokenizer "$here/tok.gguf" --shape "$shape" --out "$work/$shape.gguf"
   models="$models,$work/$shape.gguf"
 done
+# TYPES="q8_0 q5_k ...": also a small llama per listed type with every matrix of that type.
+for ty in ${TYPES:-}; do
+  [ -f "$work/llama-$ty.gguf" ] || python3 "$here/gguf_random.py" model --tokenizer "$here/tok.gguf" --shape llama-mixed --types "$ty" --out "$work/llama-$ty.gguf"
+  models="$models,$work/llama-$ty.gguf"
+done
 for m in "$@"; do models="$models,$m"; done
 EXO_GPU_MODELS=${models#,} "$work/cuda_matches_cpu" --nocapture --test-threads 1

@@ -36,9 +36,6 @@ const LAYER_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer.ptx"));
 /// `MV_THREADS` in matvec.cu).
 const MV_ROWS: u32 = 2;
 const MV_THREADS: u32 = 128;
-/// Threads of the row-wise kernels (norms, attention merge): a whole row is one block, so at
-/// one token a block this wide is all the parallelism there is.
-const ROW_THREADS: u32 = 1024;
 /// Threads of one attention split.
 const ATTN_THREADS: u32 = 128;
 
@@ -292,7 +289,7 @@ impl Gpu {
     /// of f32 `ldy` apart. W is first widened to f16 in `scratch` (at least rows·cols halves).
     pub fn gemm(&self, m: &GpuMatrix, x_f16: u64, t: usize, y: u64, ldy: usize, accumulate: bool, scratch: &DeviceBuf) -> Result<()> {
         assert!(scratch.bytes >= m.rows * m.cols * 2, "f16 scratch smaller than the matrix");
-        self.launch("dequant_f16", (4096, 1, 1), 256, 0, &[Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::I(m.rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;
+        self.launch("dequant_f16", ((m.rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::I(m.rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;
         let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
         // Column-major view: Yᵀ (rows × t) = W (rows × cols, stored as its transpose) · Xᵀ.
         // SAFETY: sizes are those of the buffers above; the handle runs on our stream.
@@ -334,7 +331,8 @@ impl Gpu {
 
     /// RMSNorm of `rows` rows of `n` values from `x` into `out` (plus int8 groups when set).
     pub fn rms_norm(&self, x: u64, w: u64, out: Act, rows: usize, n: usize, eps: f32) -> Result<()> {
-        self.launch("rms_norm_rows", (rows as u32, 1, 1), ROW_THREADS, 0, &[Arg::P(x), Arg::P(w), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds), Arg::I(n as i32), Arg::F(eps)])
+        let per_row = if rows == 1 { n.div_ceil(256) as u32 } else { 1 };
+        self.launch("rms_norm_rows", (per_row, rows as u32, 1), 256, 0, &[Arg::P(x), Arg::P(w), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds), Arg::I(n as i32), Arg::F(eps)])
     }
 
     /// `x += y`, or `x += rms_norm(y) · w` when `w` is non-zero, for `rows` rows of `n`.
@@ -374,7 +372,7 @@ impl Gpu {
     /// Causal attention of `t` queries (rows of `a.qkv`) over the cache, split into `nsplit`
     /// chunks of `chunk` keys, merged into `out` (plus int8 groups when set).
     pub fn attention(&self, a: &AttnArgs, t: usize, chunk: usize, nsplit: usize, out: Act) -> Result<()> {
-        let smem = ((a.head_dim + chunk) * 4) as u32;
+        let smem = ((a.head_dim * (1 + ATTN_THREADS as usize / 32) + chunk) * 4) as u32;
         self.launch(
             "attn_partial",
             (nsplit as u32, a.n_heads as u32, t as u32),
@@ -399,9 +397,9 @@ impl Gpu {
         )?;
         self.launch(
             "attn_combine",
-            (t as u32, 1, 1),
-            ROW_THREADS,
-            (a.n_heads * 8) as u32,
+            (a.n_heads as u32, t as u32, 1),
+            a.head_dim as u32,
+            0,
             &[Arg::P(a.part), Arg::P(a.ml), Arg::I(nsplit as i32), Arg::I(a.n_heads as i32), Arg::I(a.head_dim as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)],
         )
     }

@@ -61,8 +61,14 @@ pub struct CudaModel {
 impl CudaModel {
     /// Uploads every tensor `config` calls for to device `ordinal`.
     pub fn load(config: &ModelConfig, w: &Weights, ordinal: usize) -> Result<Self, ModelError> {
-        let gpu = Arc::new(Gpu::new(ordinal)?);
         let c = config;
+        if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 {
+            return Err(ModelError::Config {
+                file: w.source(),
+                what: format!("head dimension {} is not one the GPU attention kernel handles (a multiple of 32, at most 256)", c.head_dim),
+            });
+        }
+        let gpu = Arc::new(Gpu::new(ordinal)?);
         let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let norm = |name: &str, len: usize| -> Result<DeviceBuf, ModelError> {
             let mut v = w.vector(name, len)?;

@@ -9,17 +9,20 @@
 #include <cuda_fp16.h>
 #include "reduce.cuh"
 
-// out = x / rms(x) · w for each row (one block per row), plus its int8 groups when q is set.
+// out = x / rms(x) · w for each row (grid y), plus its int8 groups when q is set. The gridDim.x
+// blocks of a row each sum the whole row's squares (a re-read from L2 that costs less than a
+// second launch) and normalise their own slice: at one token this spreads the row over many SMs.
 extern "C" __global__ void rms_norm_rows(const float* x, const float* w, float* out, int8_t* q, float2* ds, int n,
                                          float eps) {
-    const float* xr = x + (size_t)blockIdx.x * n;
-    float* o = out + (size_t)blockIdx.x * n;
+    size_t r = blockIdx.y;
+    const float* xr = x + r * n;
+    float* o = out + r * n;
     float ss = 0.f;
     for (int c = threadIdx.x; c < n; c += blockDim.x) ss += xr[c] * xr[c];
     float scale = rsqrtf(block_sum(ss) / n + eps);
-    int8_t* qr = q + (size_t)blockIdx.x * n;
-    float2* dr = ds + (size_t)blockIdx.x * (n / 32);
-    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    int8_t* qr = q + r * n;
+    float2* dr = ds + r * (n / 32);
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < n; c += gridDim.x * blockDim.x) {
         float v = xr[c] * scale * w[c];
         o[c] = v;
         if (q) quantize_group(v, qr + (c & ~31), dr + c / 32);
@@ -88,7 +91,10 @@ extern "C" __global__ void rope_kv(float* qkv, int stride, const int* io, int n_
 
 // Flash-decoding, first half: block (split, head, token) attends over keys
 // [split·chunk, (split+1)·chunk) ∩ the token's visible range, and writes its unnormalised output
-// with its running max and sum of exponentials. Shared memory: head_dim + chunk floats.
+// with its running max and sum of exponentials. Each thread scores whole keys (no shuffles; q is
+// broadcast from shared memory); for the weighted sum of values each warp takes every nw-th key
+// with its lanes across the head, and the warps' sums meet in shared memory.
+// Shared memory: head_dim + chunk + (blockDim.x / 32) · head_dim floats. head_dim ≤ 256.
 extern "C" __global__ void attn_partial(const float* qkv, int stride, const int* io, int n_heads, int n_kv_heads,
                                         int head_dim, float scale, int window, int chunk, int nsplit,
                                         const __half* kc, const __half* vc, float* part, float2* ml) {
@@ -102,24 +108,27 @@ extern "C" __global__ void attn_partial(const float* qkv, int stride, const int*
         if (threadIdx.x == 0) ml[idx] = make_float2(-INFINITY, 0.f);
         return;
     }
+    int n = k1 - k0, nw = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float* qs = sm;
     float* sc = sm + head_dim;
+    float* red = sc + chunk;
     const float* q = qkv + (size_t)t * stride + h * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[d] * scale;
     __syncthreads();
     int kv_dim = n_kv_heads * head_dim, kvh = h / (n_heads / n_kv_heads);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int j = k0 + warp; j < k1; j += nw) {
-        const __half* kr = kc + (size_t)j * kv_dim + kvh * head_dim;
-        float dot = 0.f;
-        for (int d = lane; d < head_dim; d += 32) dot += qs[d] * __half2float(kr[d]);
-        dot = warp_sum(dot);
-        if (lane == 0) sc[j - k0] = dot;
-    }
-    __syncthreads();
-    int n = k1 - k0;
+    const __half* kbase = kc + (size_t)k0 * kv_dim + kvh * head_dim;
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, sc[j]);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const half2* kr = (const half2*)(kbase + (size_t)j * kv_dim);
+        float dot = 0.f;
+#pragma unroll 8
+        for (int d = 0; d < head_dim / 2; d++) {
+            float2 k2 = __half22float2(kr[d]);
+            dot += qs[2 * d] * k2.x + qs[2 * d + 1] * k2.y;
+        }
+        sc[j] = dot;
+        m = fmaxf(m, dot);
+    }
     m = block_max(m);
     float l = 0.f;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
@@ -128,50 +137,54 @@ extern "C" __global__ void attn_partial(const float* qkv, int stride, const int*
         l += p;
     }
     l = block_sum(l);  // its barriers also publish the sc[] writes above
+    int per = head_dim / 32;  // dims per lane, at most 8
+    float acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[i] = 0.f;
+    const __half* vbase = vc + (size_t)k0 * kv_dim + kvh * head_dim + lane * per;
+#pragma unroll 4
+    for (int j = warp; j < n; j += nw) {
+        const __half* vr = vbase + (size_t)j * kv_dim;
+        float p = sc[j];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            if (i < per) acc[i] += p * __half2float(vr[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        if (i < per) red[warp * head_dim + lane * per + i] = acc[i];
+    __syncthreads();
     float* out = part + idx * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        const __half* vr = vc + (size_t)k0 * kv_dim + kvh * head_dim + d;
         float a = 0.f;
-        for (int j = 0; j < n; j++) a += sc[j] * __half2float(vr[(size_t)j * kv_dim]);
+        for (int w = 0; w < nw; w++) a += red[w * head_dim + d];
         out[d] = a;
     }
     if (threadIdx.x == 0) ml[idx] = make_float2(m, l);
 }
 
-// Flash-decoding, second half: one block per token merges the splits of every head into
-// out (t × n_heads·head_dim), plus its int8 groups when q is set. Shared memory: 2·n_heads floats.
+// Flash-decoding, second half: block (head, token), one thread per dimension, merges the head's
+// splits into out (t × n_heads·head_dim), plus the int8 groups when q is set (head_dim is a
+// multiple of 32, so each warp holds whole groups).
 extern "C" __global__ void attn_combine(const float* part, const float2* ml, int nsplit, int n_heads, int head_dim,
                                         float* out, int8_t* q, float2* ds) {
-    extern __shared__ float sm[];
-    float* gmax = sm;
-    float* gsum = sm + n_heads;
-    int t = blockIdx.x, q_dim = n_heads * head_dim;
-    for (int h = threadIdx.x; h < n_heads; h += blockDim.x) {
-        const float2* r = ml + ((size_t)t * n_heads + h) * nsplit;
-        float m = -INFINITY;
-        for (int s = 0; s < nsplit; s++) m = fmaxf(m, r[s].x);
-        float l = 0.f;
-        for (int s = 0; s < nsplit; s++)
-            if (r[s].y > 0.f) l += r[s].y * __expf(r[s].x - m);
-        gmax[h] = m;
-        gsum[h] = l;
-    }
-    __syncthreads();
-    float* o = out + (size_t)t * q_dim;
-    int8_t* qr = q + (size_t)t * q_dim;
-    float2* dr = ds + (size_t)t * (q_dim / 32);
-    for (int e = threadIdx.x; e < q_dim; e += blockDim.x) {
-        int h = e / head_dim, d = e - h * head_dim;
-        size_t base = ((size_t)t * n_heads + h) * nsplit;
-        float a = 0.f;
-        for (int s = 0; s < nsplit; s++) {
-            float2 r = ml[base + s];
-            if (r.y > 0.f) a += part[(base + s) * head_dim + d] * __expf(r.x - gmax[h]);
+    int h = blockIdx.x, t = blockIdx.y, d = threadIdx.x, q_dim = n_heads * head_dim;
+    size_t base = ((size_t)t * n_heads + h) * nsplit;
+    float m = -INFINITY;
+    for (int s = 0; s < nsplit; s++) m = fmaxf(m, ml[base + s].x);
+    float l = 0.f, a = 0.f;
+    for (int s = 0; s < nsplit; s++) {
+        float2 r = ml[base + s];
+        if (r.y > 0.f) {
+            float f = __expf(r.x - m);
+            l += r.y * f;
+            a += part[(base + s) * head_dim + d] * f;
         }
-        float v = a / gsum[h];
-        o[e] = v;
-        if (q) quantize_group(v, qr + (e & ~31), dr + e / 32);
     }
+    float v = a / l;
+    size_t e = (size_t)t * q_dim + h * head_dim + d;
+    out[e] = v;
+    if (q) quantize_group(v, q + (e & ~(size_t)31), ds + e / 32);
 }
 
 // out = act(gate) · up for rows [gate | up] of gu (2·ffn wide); act 0 = SiLU, 1 = tanh GELU.
