@@ -14,8 +14,8 @@ py=${EXO_PY:-$HOME/.cache/exo-dev/venv/bin/python}
 target=${CARGO_TARGET_DIR:-$root/target}
 mkdir -p "$dir"
 cd "$root"
-# .cargo/config.toml builds for this machine's CPU; the GPU machines' CPUs lack some of its
-# instructions (AVX-512 here: an "Illegal instruction" there), so default to AVX2-era x86-64.
+# .cargo/config.toml builds for this machine's CPU; a native build from the AMD Zen 4 box stopped
+# with "Illegal instruction" on the lent machines' Intel Xeons, so default to AVX2-era x86-64.
 export RUSTFLAGS=${RUSTFLAGS:--C target-cpu=x86-64-v3}
 cargo build --profile fast -j "${JOBS:-1}" --features cuda --bin exo
 test_bin=$(cargo test --profile fast -j "${JOBS:-1}" --features cuda -p exo-models --test cuda_matches_cpu --no-run --message-format=json 2>/dev/null \
