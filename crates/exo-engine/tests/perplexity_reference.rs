@@ -15,7 +15,7 @@ fn fixture_dir() -> std::path::PathBuf {
 fn model(name: &str, dequantize: bool) -> LoadedModel {
     let p = exo_models::models_dir().join(format!("{name}.gguf"));
     assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh all", p.display());
-    load(&p, &LoadOptions { dequantize }).unwrap()
+    load(&p, &LoadOptions { dequantize, ..Default::default() }).unwrap()
 }
 
 #[test]

@@ -254,7 +254,7 @@ impl Gpu {
             return Err(GpuError(format!("tensor '{name}' has type {}, which has no GPU kernel (supported: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, f16, bf16, f32)", ty.name())));
         }
         let expect = ty.row_bytes(cols).map(|r| r * rows);
-        if expect != Some(bytes.len()) || cols % 32 != 0 {
+        if expect != Some(bytes.len()) || !cols.is_multiple_of(32) {
             return Err(GpuError(format!("tensor '{name}': {} bytes for {rows}×{cols} {} (columns must be a multiple of 32 and of the block size)", bytes.len(), ty.name())));
         }
         Ok(GpuMatrix { ty, rows, cols, buf: Arc::new(self.upload(bytes, name)?) })
@@ -287,6 +287,8 @@ impl Gpu {
 
     /// `y (+)= x · Wᵀ` for `t` tokens: `x` is `t × cols` f16 (row stride `cols`), `y` is `t` rows
     /// of f32 `ldy` apart. W is first widened to f16 in `scratch` (at least rows·cols halves).
+    // The arguments are cuBLAS's own (operands, leading dimension, beta) plus the scratch.
+    #[allow(clippy::too_many_arguments)]
     pub fn gemm(&self, m: &GpuMatrix, x_f16: u64, t: usize, y: u64, ldy: usize, accumulate: bool, scratch: &DeviceBuf) -> Result<()> {
         assert!(scratch.bytes >= m.rows * m.cols * 2, "f16 scratch smaller than the matrix");
         self.launch("dequant_f16", ((m.rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::I(m.rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;

@@ -282,32 +282,33 @@ impl CudaModel {
     }
 }
 
+/// Consecutive parts of one storage type, gathered for one upload.
+struct Run<'a> {
+    ty: exo_formats::GgmlType,
+    data: Vec<u8>,
+    rows: usize,
+    start: usize,
+    names: Vec<&'a str>,
+}
+
 /// Uploads the matrices `parts` (name, rows) of `cols` columns, stacking runs of the same type.
 fn projection(gpu: &Gpu, w: &Weights, parts: &[(String, usize)], cols: usize) -> Result<Projection, ModelError> {
-    let mut out = Vec::new();
-    let mut run: Option<(exo_formats::GgmlType, Vec<u8>, usize, usize, Vec<&str>)> = None;
+    let mut runs: Vec<Run> = Vec::new();
     let mut offset = 0;
     for (name, rows) in parts {
         let (ty, bytes) = w.raw_matrix(name, *rows, cols)?;
-        match &mut run {
-            Some((rty, data, rrows, _, names)) if *rty == ty => {
-                data.extend_from_slice(&bytes);
-                *rrows += rows;
-                names.push(name);
+        match runs.last_mut() {
+            Some(r) if r.ty == ty => {
+                r.data.extend_from_slice(&bytes);
+                r.rows += rows;
+                r.names.push(name);
             }
-            _ => {
-                if let Some((rty, data, rrows, start, names)) = run.take() {
-                    out.push((gpu.matrix(&names.join("+"), rty, rrows, cols, &data)?, start));
-                }
-                run = Some((ty, bytes.to_vec(), *rows, offset, vec![name]));
-            }
+            _ => runs.push(Run { ty, data: bytes.to_vec(), rows: *rows, start: offset, names: vec![name] }),
         }
         offset += rows;
     }
-    if let Some((rty, data, rrows, start, names)) = run {
-        out.push((gpu.matrix(&names.join("+"), rty, rrows, cols, &data)?, start));
-    }
-    Ok(Projection(out))
+    let parts = runs.iter().map(|r| Ok((gpu.matrix(&r.names.join("+"), r.ty, r.rows, cols, &r.data)?, r.start)));
+    Ok(Projection(parts.collect::<Result<_, ModelError>>()?))
 }
 
 /// A sequence's f16 KV cache and the forward pass's buffers on the device, allocated once.

@@ -87,7 +87,7 @@ fn gguf_round_trip(name: &str) {
     // original on exo's dequantized path, and the tokenizer and template are unchanged.
     convert(&hf, &rt, None).unwrap();
     let m_rt = load(&rt, &LoadOptions::default()).unwrap();
-    let m_deq = load(&src, &LoadOptions { dequantize: true }).unwrap();
+    let m_deq = load(&src, &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
     let tokens = ids(&case["ids"]);
     let (a, b) = (logits(&m_rt.transformer, &tokens), logits(&m_deq.transformer, &tokens));
     assert!(rel_err(&a, &b) < 1e-6, "round trip changed the logits by {}", rel_err(&a, &b));

@@ -63,7 +63,7 @@ fn check_sparse_cases(m: &LoadedModel, fixture: &Value, tol: f32, label: &str) {
 
 fn transformers_case(name: &str) {
     let fixture = read_json(&fixtures().join(format!("transformers/{name}.json")));
-    let m = load(&model_file(name), &LoadOptions { dequantize: true }).unwrap();
+    let m = load(&model_file(name), &LoadOptions { dequantize: true, ..Default::default() }).unwrap();
     check_sparse_cases(&m, &fixture, 1e-3, name);
 }
 
