@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
+    /// else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Tokens evaluated per forward call during prompt processing.
     #[arg(short = 'b', long, default_value_t = 512)]
     batch: usize,
@@ -52,7 +56,8 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--reps must be at least 1");
     }
     let t_load = Instant::now();
-    let model = crate::model_path::load(&a.model)?;
+    let opts = exo_models::LoadOptions { device: crate::model_path::device(&a.device)?, ..Default::default() };
+    let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.transformer.config().vocab_size as u32;
     let ctx = a.n_prompt.max(a.n_gen + 1).max(1);
@@ -102,6 +107,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
             "params": model.info.n_params,
             "weight_bytes": model.transformer.weight_bytes(),
             "threads": threads,
+            "device": model.transformer.device(),
             "n_prompt": a.n_prompt,
             "n_gen": a.n_gen,
             "reps": a.reps,

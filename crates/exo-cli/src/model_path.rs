@@ -35,7 +35,7 @@ pub fn resolve(model: &str) -> anyhow::Result<PathBuf> {
     bail!("model '{model}' is not a file or directory, nor a name in {} (available: {})", dir.display(), names.join(", "))
 }
 
-/// Resolves and loads MODEL, reporting the load time on stderr.
+/// Resolves and loads MODEL for the CPU, reporting the load time on stderr.
 pub fn load(model: &str) -> anyhow::Result<exo_models::LoadedModel> {
     load_path(&resolve(model)?, &exo_models::LoadOptions::default())
 }
@@ -53,8 +53,13 @@ pub fn quantize_format(name: Option<&str>) -> anyhow::Result<Option<exo_quant::Q
 pub fn load_path(path: &Path, opts: &exo_models::LoadOptions) -> anyhow::Result<exo_models::LoadedModel> {
     let t = std::time::Instant::now();
     let m = exo_models::load(path, opts).with_context(|| format!("loading {}", path.display()))?;
-    tracing::info!("loaded {} in {:.2?}", path.display(), t.elapsed());
+    tracing::info!("loaded {} in {:.2?} on {}", path.display(), t.elapsed(), m.transformer.device());
     Ok(m)
+}
+
+/// The `--device` flag's value as a device.
+pub fn device(flag: &str) -> anyhow::Result<exo_models::Device> {
+    Ok(exo_models::Device::parse(flag)?)
 }
 
 /// Loads the embedding model in directory `path` (see [`exo_models::is_embedding_model`]),

@@ -42,7 +42,7 @@ pub fn main(a: PerplexityArgs) -> anyhow::Result<()> {
     let model = crate::model_path::load_path(&path, &LoadOptions { quantize, ..Default::default() })?;
     let base = match a.kld_base.as_deref() {
         None => None,
-        Some("dequantized") => Some(crate::model_path::load_path(&path, &LoadOptions { dequantize: true, quantize: None })?),
+        Some("dequantized") => Some(crate::model_path::load_path(&path, &LoadOptions { dequantize: true, ..Default::default() })?),
         Some(other) => Some(crate::model_path::load_path(&crate::model_path::resolve(other)?, &LoadOptions::default())?),
     };
     let tokens = perplexity::tokenize(&model, &text)?;

@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
+    /// else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Context size in tokens (default: the model's training context, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -98,7 +102,7 @@ const BATCH: usize = 512;
 pub fn main(a: RunArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
     let quantize = crate::model_path::quantize_format(a.quantize.as_deref())?;
-    let opts = exo_models::LoadOptions { quantize, ..Default::default() };
+    let opts = exo_models::LoadOptions { quantize, device: crate::model_path::device(&a.device)?, ..Default::default() };
     let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
     let train_ctx = model.transformer.config().train_ctx;
     let ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
+    /// else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 pub fn main(a: ServeArgs) -> anyhow::Result<()> {
@@ -67,6 +71,7 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         context_policy: a.context_policy,
         queue: a.queue,
         max_body_bytes: a.max_body,
+        device: crate::model_path::device(&a.device)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

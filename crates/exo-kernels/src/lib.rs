@@ -19,6 +19,8 @@
 //!   product), decoded through tables a block at a time; INT8 and INT4 run on the Q8_0 and Q4_1
 //!   kernels after an exact rewrite ([`Matrix::from_quant`]).
 //! - [`threads`]: the thread count, shared with candle's spinning barrier pool.
+//! - `cuda` (with the `cuda` feature): GPU kernels for the same layer pieces, on weights kept in
+//!   their GGUF block layout, and the glue that launches them.
 //!
 //! candle's kernels serve the remaining types (f32, Q4_0, Q2_K, Q3_K, Q8_K) and single-row
 //! tensors; the types real models use run on this crate's kernels, which measured 2-12x faster
@@ -26,6 +28,8 @@
 //! candle `Tensor`s, because a decode step of a small model is ~500 operations and per-op
 //! allocation shows up at that scale.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dense;
 pub mod kquant_q4k;
 pub mod kquant_q8q6;

@@ -204,6 +204,16 @@ impl RopeTable {
         Self { style, head_dim, half, cos, sin }
     }
 
+    /// The cosine and sine tables: `head_dim / 2` values per position, position-major.
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
+    /// Whether pairs are NeoX halves rather than adjacent dimensions.
+    pub fn is_neox(&self) -> bool {
+        self.style == RopeStyle::Neox
+    }
+
     /// Positions the table covers.
     pub fn max_pos(&self) -> usize {
         self.cos.len() / self.half.max(1)

@@ -17,6 +17,8 @@ pub mod bert;
 pub mod calibration;
 pub mod config;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod embed;
 pub mod gemma3;
 pub mod llama;
@@ -135,6 +137,13 @@ pub enum ModelError {
         /// Position of the text in the request.
         index: usize,
     },
+    /// A CUDA operation failed (device missing, out of memory, unsupported weight type).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] exo_kernels::cuda::GpuError),
+    /// A device this build cannot use was requested.
+    #[error("{0}")]
+    Device(String),
     /// A token id outside the vocabulary.
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken {
@@ -154,6 +163,49 @@ pub fn models_dir() -> PathBuf {
     home.join("models")
 }
 
+/// Where a model's forward pass runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU kernels of exo-kernels, on all threads.
+    #[default]
+    Cpu,
+    /// CUDA device `n` (needs a build with the `cuda` feature).
+    Cuda(usize),
+}
+
+impl Device {
+    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`; `auto` is the first CUDA device when this build
+    /// has the `cuda` feature and a device is present, else the CPU.
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(if cuda_devices() > 0 { Device::Cuda(0) } else { Device::Cpu }),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => Err(ModelError::Device(format!("--device '{s}': expected auto, cpu, cuda or cuda:N"))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// CUDA devices this build can use: 0 without the `cuda` feature or without a driver.
+pub fn cuda_devices() -> usize {
+    #[cfg(feature = "cuda")]
+    return exo_kernels::cuda::device_count();
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 /// How to load weights.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -161,6 +213,8 @@ pub struct LoadOptions {
     pub dequantize: bool,
     /// Re-quantize every matrix to this format while loading (`exo run --quantize nf4`).
     pub quantize: Option<exo_quant::QuantFormat>,
+    /// Where the forward pass runs.
+    pub device: Device,
 }
 
 /// A model ready to run, with its tokenizer and a description for `exo info`.
@@ -209,7 +263,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> 
             WeightFile::Hf(h) => Tokenizer::from_hf_dir(h),
         });
         let weights = Weights::new(&file, config.arch, opts.dequantize).with_quantize(opts.quantize);
-        let transformer = Transformer::load(config, &weights);
+        let transformer = Transformer::load_on(config, &weights, opts.device);
         (transformer, tokenizer.join().expect("tokenizer construction does not panic"))
     });
     Ok(LoadedModel { transformer: transformer?, tokenizer: tokenizer?, info })

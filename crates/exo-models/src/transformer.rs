@@ -3,6 +3,10 @@
 //! One definition serves quantized and float weights: each [`Matrix`] picks its own kernel.
 //! Architecture differences are [`ModelConfig`] fields set by `llama.rs`, `qwen2.rs` and
 //! `gemma3.rs`. Read [`Transformer::forward`] top to bottom for the whole computation.
+//!
+//! With the `cuda` feature a model loaded for a GPU ([`Transformer::load_on`]) also holds its
+//! weights on the device, and [`Transformer::forward`] hands each call to the same computation
+//! written for CUDA in `cuda.rs`.
 
 use exo_kernels::kv::{KvCache, KvType, TokenPos, BLOCK_TOKENS};
 use exo_kernels::ops::{self, AttentionShape, RopeTable};
@@ -11,7 +15,7 @@ use exo_kernels::{KernelError, Matrix};
 use crate::calibration::{ActivationStats, Site};
 use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
-use crate::ModelError;
+use crate::{Device, ModelError};
 
 /// Projections of the same input (q/k/v, or gate/up).
 ///
@@ -112,6 +116,8 @@ pub struct Transformer {
     output_norm: Vec<f32>,
     output: Matrix,
     tied: bool,
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::cuda::CudaModel>,
 }
 
 impl Transformer {
@@ -152,7 +158,39 @@ impl Transformer {
         let tied = !w.has("output.weight");
         let output = if tied { tok_embd.clone() } else { w.matrix("output.weight", c.vocab_size, h)? };
         let output_norm = norm("output_norm.weight", h)?;
-        Ok(Self { config, tok_embd, layers, output_norm, output, tied })
+        Ok(Self {
+            config,
+            tok_embd,
+            layers,
+            output_norm,
+            output,
+            tied,
+            #[cfg(feature = "cuda")]
+            gpu: None,
+        })
+    }
+
+    /// [`Transformer::load`], plus the weights uploaded to `device` when it is a GPU.
+    pub fn load_on(config: ModelConfig, w: &Weights, device: Device) -> Result<Self, ModelError> {
+        #[allow(unused_mut)]
+        let mut t = Self::load(config, w)?;
+        match device {
+            Device::Cpu => {}
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => t.gpu = Some(crate::cuda::CudaModel::load(&t.config, w, n)?),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => return Err(ModelError::Device(format!("--device {device}: this exo was built without the cuda feature"))),
+        }
+        Ok(t)
+    }
+
+    /// Where the forward pass runs, in words ("cpu", "cuda:0 (NVIDIA H100 80GB HBM3)").
+    pub fn device(&self) -> String {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return g.describe();
+        }
+        "cpu".to_string()
     }
 
     /// Replaces every matrix named `name` (a GGUF tensor name; a tied embedding is both the
@@ -228,7 +266,21 @@ impl Transformer {
         let scratch = self.new_scratch(max_batch, ctx)?;
         let n_blocks = ctx.div_ceil(BLOCK_TOKENS);
         let kv = self.new_kv_cache(kv_type, n_blocks)?;
-        Ok(State { kv, blocks: (0..n_blocks as u32).collect(), scratch, ctx, len: 0 })
+        #[allow(unused_mut)]
+        let mut state = State {
+            kv,
+            blocks: (0..n_blocks as u32).collect(),
+            scratch,
+            ctx,
+            len: 0,
+            #[cfg(feature = "cuda")]
+            gpu: None,
+        };
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            state.gpu = Some(g.new_state(ctx, state.max_batch())?);
+        }
+        Ok(state)
     }
 
     /// Runs `tokens` (at most `state.max_batch`) after the ones already in `state`'s cache.
@@ -241,6 +293,17 @@ impl Transformer {
         }
         if state.len + tokens.len() > state.ctx {
             return Err(ModelError::ContextFull { need: state.len + tokens.len(), ctx: state.ctx });
+        }
+        #[cfg(feature = "cuda")]
+        if let (Some(g), Some(gs)) = (&self.gpu, &mut state.gpu) {
+            let vocab = self.config.vocab_size;
+            if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= vocab) {
+                return Err(ModelError::BadToken { id: tok, vocab });
+            }
+            g.forward(gs, state.len, tokens, all_logits)?;
+            state.scratch.n_logits = if all_logits { tokens.len() } else { 1 };
+            state.len += tokens.len();
+            return Ok(());
         }
         let logits = if all_logits { Logits::All } else { Logits::Last };
         let seg = Segment { tokens, pos0: state.len, blocks: &state.blocks, logits };
@@ -507,6 +570,8 @@ pub struct State {
     scratch: Scratch,
     ctx: usize,
     len: usize,
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::cuda::CudaState>,
 }
 
 impl State {
@@ -550,11 +615,20 @@ impl State {
     /// Logits of the last forward call: `n` rows of `vocab` values, the last row being the
     /// newest token.
     pub fn logits(&self) -> &[f32] {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return g.logits();
+        }
         self.scratch.logits()
     }
 
     /// Logits of the newest token.
     pub fn last_logits(&self) -> &[f32] {
-        self.scratch.logits_row(self.scratch.n_logits.max(1) - 1)
+        let n = self.scratch.n_logits.max(1);
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return &g.logits()[(n - 1) * self.scratch.vocab..n * self.scratch.vocab];
+        }
+        self.scratch.logits_row(n - 1)
     }
 }

@@ -76,6 +76,16 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The storage type and stored bytes (GGUF block layout) of a `rows × cols` matrix, for
+    /// backends that read the blocks themselves.
+    pub fn raw_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<(GgmlType, exo_formats::TensorBytes), ModelError> {
+        let (ty, dims, bytes) = self.raw(name)?;
+        if dims != [rows, cols] {
+            return Err(self.shape_err(name, &[rows, cols], &dims));
+        }
+        Ok((ty, bytes))
+    }
+
     /// A vector (norm weight or bias) of `len` values as f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let (ty, dims, bytes) = self.raw(name)?;

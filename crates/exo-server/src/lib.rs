@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub models: Vec<ModelSpec>,
     /// Context size per slot in tokens; `None`: the model's training context, at most 4096.
     pub ctx_size: Option<usize>,
+    /// Where generators run (embedding models always run on the CPU).
+    pub device: exo_models::Device,
     /// Requests each model generates (or embeds) at once.
     pub parallel: usize,
     /// How KV rows are stored.
@@ -177,7 +179,7 @@ fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerErr
             let embedder = exo_models::Embedder::load(&spec.path).map_err(load_error)?;
             Runner::Embedder(EmbeddingRunner::new(embedder, config.parallel, config.queue))
         } else {
-            let model = exo_models::load(&spec.path, &exo_models::LoadOptions::default()).map_err(load_error)?;
+            let model = exo_models::load(&spec.path, &exo_models::LoadOptions { device: config.device, ..Default::default() }).map_err(load_error)?;
             let ctx = config.ctx_size.unwrap_or(model.transformer.config().train_ctx.min(4096));
             let engine_config = EngineConfig {
                 parallel: config.parallel,

@@ -1,0 +1,57 @@
+#!/bin/sh
+# exo on the GPU against llama.cpp (CUDA, sm_90) on the same random-weight Llama-3-8B-shaped
+# Q4_K_M GGUF, in one run on one machine. From the folder tests/gpu/pack.sh filled:
+#
+#   sh .gpu/cuda_vs_llamacpp.sh            (about 8 minutes: llama.cpp builds for ~5)
+#
+# Prints llama-bench-style pp512 / tg128 figures for exo, llama.cpp and llama.cpp with flash
+# attention, with exo / peer ratios; JSON and logs go to $OUT (or /tmp/exo-gpu).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+work=${WORK:-/tmp/exo-gpu}
+out=${OUT:-$work}
+mkdir -p "$work" "$out"
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
+[ -x "$work/exo" ] || { xz -dc "$here/exo.xz" > "$work/exo"; chmod +x "$work/exo"; }
+python3 -c 'import gguf' 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --target "$work/site" "$here"/gguf-*.whl; }
+export PYTHONPATH="$work/site:${PYTHONPATH:-}"
+REPS=${REPS:-3}
+
+# llama.cpp builds in the background while the model is written.
+if [ ! -x "$work/llama.cpp/b/bin/llama-bench" ]; then
+  tar -xJf "$here/llama.cpp.tar.xz" -C "$work"
+  (cd "$work/llama.cpp" && cmake -S . -B b -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF \
+    -DGGML_NATIVE=OFF -DCMAKE_BUILD_TYPE=Release >"$out/llama-build.log" 2>&1 && ninja -C b -j16 llama-bench >>"$out/llama-build.log" 2>&1) &
+  build=$!
+else
+  build=""
+fi
+model="$work/llama3-8b-q4_k_m.gguf"
+[ -f "$model" ] || python3 "$here/gguf_random.py" model --tokenizer "$here/tok.gguf" --shape llama3-8b-q4_k_m --out "$model"
+[ -z "$build" ] || wait "$build" || { tail -30 "$out/llama-build.log"; exit 1; }
+
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+"$work/exo" bench "$model" --device cuda -p 512 -n 128 -r "$REPS" --json | tee "$out/exo.json"
+for fa in 0 1; do
+  "$work/llama.cpp/b/bin/llama-bench" -m "$model" -ngl 99 -fa $fa -p 512 -n 128 -r "$REPS" -o json > "$out/llama-fa$fa.json"
+done
+python3 - "$out" "$model" <<'PY'
+import json, os, sys
+out, model = sys.argv[1], sys.argv[2]
+exo = json.load(open(f"{out}/exo.json"))
+def peer(fa):
+    rows = json.load(open(f"{out}/llama-fa{fa}.json"))
+    pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
+    tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
+    return pp, tg
+size = os.path.getsize(model)
+print(f"\nmodel: {model} ({size / 2**30:.2f} GiB), GPU: {open(out + '/gpu.txt').read().strip()}")
+print("| engine | pp512 t/s | tg128 t/s | exo/peer pp | exo/peer tg |")
+print("|---|---:|---:|---:|---:|")
+print(f"| exo --device cuda | {exo['pp_tps']:.0f} ± {exo['pp_tps_sd']:.0f} | {exo['tg_tps']:.1f} ± {exo['tg_tps_sd']:.1f} | | |")
+for fa in (0, 1):
+    pp, tg = peer(fa)
+    print(f"| llama.cpp{' -fa 1' if fa else ''} | {pp:.0f} | {tg:.1f} | {exo['pp_tps'] / pp:.2f} | {exo['tg_tps'] / tg:.2f} |")
+print(f"exo tg128 reads {exo['weight_bytes'] / 1e9:.2f} GB of weights per token: {exo['tg_tps'] * exo['weight_bytes'] / 1e12:.2f} TB/s")
+PY

@@ -1,0 +1,496 @@
+//! CUDA kernels (src/cuda/*.cu, compiled to PTX by build.rs) and the glue that launches them.
+//!
+//! [`Gpu`] owns one device's context, stream, loaded kernels and cuBLAS handle. Buffers are plain
+//! device allocations ([`DeviceBuf`]) addressed by raw pointers, so the forward pass can hand out
+//! offsets into them (q/k/v inside one projection output) and a decode step can be captured as a
+//! CUDA graph ([`Gpu::begin_capture`]) and replayed with every pointer fixed. Weight matrices
+//! ([`GpuMatrix`]) keep their GGUF block layout; the mat-vec kernels read the blocks in place.
+//!
+//! The driver and cuBLAS are opened with `dlopen` on first use, so a build with this module still
+//! starts on a machine without an NVIDIA driver: [`device_count`] reports 0 there.
+
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use exo_formats::GgmlType;
+
+/// A failed CUDA operation, naming what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("cuda: {0}")]
+pub struct GpuError(String);
+
+impl GpuError {
+    fn at(what: impl std::fmt::Display, e: impl std::fmt::Debug) -> Self {
+        GpuError(format!("{what}: {e:?}"))
+    }
+}
+
+type Result<T> = std::result::Result<T, GpuError>;
+
+const MATVEC_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/matvec.ptx"));
+const LAYER_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer.ptx"));
+
+/// Rows per block and threads per block of the quantized mat-vec kernels (`MV_ROWS`,
+/// `MV_THREADS` in matvec.cu).
+const MV_ROWS: u32 = 2;
+const MV_THREADS: u32 = 128;
+/// Threads of one attention split.
+const ATTN_THREADS: u32 = 128;
+
+/// Number of CUDA devices; 0 when no driver is installed.
+pub fn device_count() -> usize {
+    // SAFETY: only probes whether libcuda can be opened.
+    if !unsafe { sys::is_culib_present() } {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+/// Weight types with GPU kernels: the quantized ones have a mat-vec on int8 activations, the
+/// float ones a plain one; all dequantize to f16 for GEMMs.
+pub fn supported(ty: GgmlType) -> bool {
+    mv_kernel(ty).is_some() || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+fn mv_kernel(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q4K => "mv_q4_k",
+        GgmlType::Q5K => "mv_q5_k",
+        GgmlType::Q6K => "mv_q6_k",
+        GgmlType::Q8_0 => "mv_q8_0",
+        GgmlType::Q4_0 => "mv_q4_0",
+        GgmlType::Q4_1 => "mv_q4_1",
+        GgmlType::Q5_0 => "mv_q5_0",
+        GgmlType::Q5_1 => "mv_q5_1",
+        _ => return None,
+    })
+}
+
+/// A device allocation. `ptr` is its address, stable for the buffer's life.
+pub struct DeviceBuf {
+    _mem: CudaSlice<u8>,
+    ptr: u64,
+    bytes: usize,
+}
+
+impl DeviceBuf {
+    /// The device address of byte 0.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// The device address `offset` bytes in.
+    pub fn at(&self, offset: usize) -> u64 {
+        debug_assert!(offset <= self.bytes);
+        self.ptr + offset as u64
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// A weight matrix on the device, `rows` output features by `cols` inputs, in its GGUF layout.
+pub struct GpuMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    buf: Arc<DeviceBuf>,
+}
+
+impl GpuMatrix {
+    /// Storage type.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The same data viewed as another matrix (tied embeddings: the LM head is the embedding).
+    pub fn share(&self) -> GpuMatrix {
+        GpuMatrix { ty: self.ty, rows: self.rows, cols: self.cols, buf: self.buf.clone() }
+    }
+}
+
+/// An activation matrix: f32 values and, for quantized mat-vecs, their int8 groups of 32.
+#[derive(Clone, Copy)]
+pub struct Act {
+    /// `f32` values.
+    pub f32: u64,
+    /// `i8` values (0 when absent).
+    pub q8: u64,
+    /// One (scale, scale·sum) `float2` per 32 values (0 when absent).
+    pub ds: u64,
+}
+
+/// A captured sequence of launches, replayed with [`GpuGraph::launch`].
+pub struct GpuGraph(cudarc::driver::CudaGraph);
+
+// SAFETY: the graph's handles are used only by the state that owns it, one call at a time.
+unsafe impl Send for GpuGraph {}
+// SAFETY: as above; launching takes `&self` but the owner serialises calls behind `&mut`.
+unsafe impl Sync for GpuGraph {}
+
+impl GpuGraph {
+    /// Replays the graph on the stream it was captured from.
+    pub fn launch(&self) -> Result<()> {
+        self.0.launch().map_err(|e| GpuError::at("graph launch", e))
+    }
+}
+
+/// One kernel argument.
+enum Arg {
+    P(u64),
+    I(i32),
+    F(f32),
+    U(u64),
+}
+
+struct Kernels {
+    _modules: Vec<Arc<CudaModule>>,
+    named: Vec<(&'static str, CudaFunction)>,
+}
+
+impl Kernels {
+    fn get(&self, name: &str) -> &CudaFunction {
+        &self.named.iter().find(|(n, _)| *n == name).expect("kernel names are fixed in this file").1
+    }
+}
+
+/// One CUDA device with the exo kernels loaded.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    kernels: Kernels,
+    ordinal: usize,
+}
+
+impl Gpu {
+    /// Opens device `ordinal`, loads the kernels and creates a cuBLAS handle.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let n = device_count();
+        if ordinal >= n {
+            return Err(GpuError(format!("device cuda:{ordinal} requested but {n} CUDA device(s) found")));
+        }
+        // SAFETY: only probes whether libcublas can be opened (cudarc panics on a missing one).
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(GpuError("libcublas not found: add the CUDA libraries' folder to LD_LIBRARY_PATH".to_string()));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| GpuError::at(format!("opening cuda:{ordinal}"), e))?;
+        // One stream: the per-buffer events cudarc records for cross-stream safety would only
+        // add host work to every launch.
+        // SAFETY: all work goes to `stream`, in order.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| GpuError::at("creating a stream", e))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| GpuError::at("creating a cuBLAS handle (is libcublas on LD_LIBRARY_PATH?)", e))?;
+        let mut modules = Vec::new();
+        let mut named = Vec::new();
+        for (src, names) in [
+            (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_float", "dequant_f16", "embed_rows", "f32_to_f16"][..]),
+            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "glu", "softcap", "argmax"][..]),
+        ] {
+            let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
+            for &name in names {
+                named.push((name, m.load_function(name).map_err(|e| GpuError::at(format!("kernel {name}"), e))?));
+            }
+            modules.push(m);
+        }
+        Ok(Self { ctx, stream, blas, kernels: Kernels { _modules: modules, named }, ordinal })
+    }
+
+    /// The device's name and ordinal, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)".
+    pub fn describe(&self) -> String {
+        format!("cuda:{} ({})", self.ordinal, self.ctx.name().unwrap_or_default())
+    }
+
+    /// A zero-filled allocation of `bytes` bytes; `what` names it in the error.
+    pub fn alloc(&self, bytes: usize, what: &str) -> Result<DeviceBuf> {
+        let mem = self.stream.alloc_zeros::<u8>(bytes.max(16)).map_err(|e| GpuError::at(format!("allocating {bytes} bytes for {what}"), e))?;
+        let ptr = mem.device_ptr(&self.stream).0;
+        Ok(DeviceBuf { _mem: mem, ptr, bytes })
+    }
+
+    /// A device copy of `data`.
+    pub fn upload<T: Copy>(&self, data: &[T], what: &str) -> Result<DeviceBuf> {
+        let buf = self.alloc(std::mem::size_of_val(data), what)?;
+        self.write(&buf, 0, data)?;
+        Ok(buf)
+    }
+
+    /// Copies `data` into `buf` at byte `offset` (ordered with the stream's work).
+    pub fn write<T: Copy>(&self, buf: &DeviceBuf, offset: usize, data: &[T]) -> Result<()> {
+        assert!(offset + std::mem::size_of_val(data) <= buf.bytes, "write past the end of a device buffer");
+        // SAFETY: the range lies inside `buf`; the call returns once `data` has been staged.
+        unsafe { cudarc::driver::result::memcpy_htod_async(buf.at(offset), data, self.stream.cu_stream()) }.map_err(|e| GpuError::at("copy to device", e))
+    }
+
+    /// Copies `out.len()` values from device address `src` and waits for them.
+    pub fn read<T: Copy>(&self, src: u64, out: &mut [T]) -> Result<()> {
+        // SAFETY: callers pass addresses inside their own buffers with room for `out`.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(out, src, self.stream.cu_stream()) }.map_err(|e| GpuError::at("copy to host", e))?;
+        self.sync()
+    }
+
+    /// Waits for all queued work.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| GpuError::at("synchronize", e))
+    }
+
+    /// Uploads a weight matrix from its GGUF bytes; `name` is the tensor's, for errors.
+    pub fn matrix(&self, name: &str, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<GpuMatrix> {
+        if !supported(ty) {
+            return Err(GpuError(format!("tensor '{name}' has type {}, which has no GPU kernel (supported: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, f16, bf16, f32)", ty.name())));
+        }
+        let expect = ty.row_bytes(cols).map(|r| r * rows);
+        if expect != Some(bytes.len()) || !cols.is_multiple_of(32) {
+            return Err(GpuError(format!("tensor '{name}': {} bytes for {rows}×{cols} {} (columns must be a multiple of 32 and of the block size)", bytes.len(), ty.name())));
+        }
+        Ok(GpuMatrix { ty, rows, cols, buf: Arc::new(self.upload(bytes, name)?) })
+    }
+
+    fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, smem: u32, args: &[Arg]) -> Result<()> {
+        let f = self.kernels.get(name);
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::P(p) | Arg::U(p) => b.arg(p),
+                Arg::I(i) => b.arg(i),
+                Arg::F(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem };
+        // SAFETY: each wrapper below passes the argument list its kernel declares.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| GpuError::at(format!("launching {name}"), e))
+    }
+
+    /// `y (+)= W · x` for one token: int8 activations for quantized weights, f32 otherwise.
+    pub fn matvec(&self, m: &GpuMatrix, x: Act, y: u64, accumulate: bool) -> Result<()> {
+        let acc = Arg::I(accumulate as i32);
+        let (rows, cols) = (m.rows as i32, m.cols as i32);
+        match mv_kernel(m.ty) {
+            Some(k) => self.launch(k, (m.rows.div_ceil(MV_ROWS as usize) as u32, 1, 1), MV_THREADS, 0, &[Arg::P(m.buf.ptr), Arg::P(x.q8), Arg::P(x.ds), Arg::P(y), Arg::I(rows), Arg::I(cols), acc]),
+            None => self.launch("mv_float", (m.rows.div_ceil(4) as u32, 1, 1), 128, 0, &[Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::P(x.f32), Arg::P(y), Arg::I(rows), Arg::I(cols), acc]),
+        }
+    }
+
+    /// `y (+)= x · Wᵀ` for `t` tokens: `x` is `t × cols` f16 (row stride `cols`), `y` is `t` rows
+    /// of f32 `ldy` apart. W is first widened to f16 in `scratch` (at least rows·cols halves).
+    // The arguments are cuBLAS's own (operands, leading dimension, beta) plus the scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(&self, m: &GpuMatrix, x_f16: u64, t: usize, y: u64, ldy: usize, accumulate: bool, scratch: &DeviceBuf) -> Result<()> {
+        assert!(scratch.bytes >= m.rows * m.cols * 2, "f16 scratch smaller than the matrix");
+        self.launch("dequant_f16", ((m.rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::I(m.rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;
+        let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
+        // Column-major view: Yᵀ (rows × t) = W (rows × cols, stored as its transpose) · Xᵀ.
+        // SAFETY: sizes are those of the buffers above; the handle runs on our stream.
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                m.rows as i32,
+                t as i32,
+                m.cols as i32,
+                (&alpha as *const f32).cast(),
+                scratch.ptr as *const _,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                m.cols as i32,
+                x_f16 as *const _,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                m.cols as i32,
+                (&beta as *const f32).cast(),
+                y as *mut _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                ldy as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| GpuError::at(format!("cuBLAS GEMM {}×{}×{t}", m.rows, m.cols), e))
+    }
+
+    /// `n` f32 values to f16.
+    pub fn to_f16(&self, x: u64, out: u64, n: usize) -> Result<()> {
+        self.launch("f32_to_f16", (n.div_ceil(256).min(4096) as u32, 1, 1), 256, 0, &[Arg::P(x), Arg::P(out), Arg::U(n as u64)])
+    }
+
+    /// Rows `tokens[0..t]` of the embedding, times `scale`, into `out` (`t × cols` f32).
+    pub fn embed(&self, table: &GpuMatrix, tokens: u64, t: usize, scale: f32, out: u64) -> Result<()> {
+        self.launch("embed_rows", (t as u32, 1, 1), 256, 0, &[Arg::I(table.ty.id() as i32), Arg::P(table.buf.ptr), Arg::I(table.cols as i32), Arg::P(tokens), Arg::F(scale), Arg::P(out)])
+    }
+
+    /// RMSNorm of `rows` rows of `n` values from `x` into `out` (plus int8 groups when set).
+    pub fn rms_norm(&self, x: u64, w: u64, out: Act, rows: usize, n: usize, eps: f32) -> Result<()> {
+        let per_row = if rows == 1 { n.div_ceil(256) as u32 } else { 1 };
+        self.launch("rms_norm_rows", (per_row, rows as u32, 1), 256, 0, &[Arg::P(x), Arg::P(w), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds), Arg::I(n as i32), Arg::F(eps)])
+    }
+
+    /// `x += y`, or `x += rms_norm(y) · w` when `w` is non-zero, for `rows` rows of `n`.
+    pub fn add_rows(&self, x: u64, y: u64, w: u64, rows: usize, n: usize, eps: f32) -> Result<()> {
+        self.launch("add_rows", (rows as u32, 1, 1), 256, 0, &[Arg::P(x), Arg::P(y), Arg::P(w), Arg::I(n as i32), Arg::F(eps)])
+    }
+
+    /// Bias, per-head norm and rotary position for the q and k heads of `t` rows of `qkv`, and
+    /// the k/v rows written to the f16 caches at positions `io[0]..io[0]+t`.
+    pub fn rope_kv(&self, r: &RopeArgs, t: usize) -> Result<()> {
+        let heads = (r.n_heads + r.n_kv_heads) as u32;
+        self.launch(
+            "rope_kv",
+            (heads, t as u32, 1),
+            (r.head_dim / 2) as u32,
+            0,
+            &[
+                Arg::P(r.qkv),
+                Arg::I(r.stride as i32),
+                Arg::P(r.io),
+                Arg::I(r.n_heads as i32),
+                Arg::I(r.n_kv_heads as i32),
+                Arg::I(r.head_dim as i32),
+                Arg::P(r.cos),
+                Arg::P(r.sin),
+                Arg::I(r.neox as i32),
+                Arg::P(r.bias),
+                Arg::P(r.q_norm),
+                Arg::P(r.k_norm),
+                Arg::F(r.eps),
+                Arg::P(r.k_cache),
+                Arg::P(r.v_cache),
+            ],
+        )
+    }
+
+    /// Causal attention of `t` queries (rows of `a.qkv`) over the cache, split into `nsplit`
+    /// chunks of `chunk` keys, merged into `out` (plus int8 groups when set).
+    pub fn attention(&self, a: &AttnArgs, t: usize, chunk: usize, nsplit: usize, out: Act) -> Result<()> {
+        let smem = ((a.head_dim * (1 + ATTN_THREADS as usize / 32) + chunk) * 4) as u32;
+        self.launch(
+            "attn_partial",
+            (nsplit as u32, a.n_heads as u32, t as u32),
+            ATTN_THREADS,
+            smem,
+            &[
+                Arg::P(a.qkv),
+                Arg::I(a.stride as i32),
+                Arg::P(a.io),
+                Arg::I(a.n_heads as i32),
+                Arg::I(a.n_kv_heads as i32),
+                Arg::I(a.head_dim as i32),
+                Arg::F(a.scale),
+                Arg::I(a.window as i32),
+                Arg::I(chunk as i32),
+                Arg::I(nsplit as i32),
+                Arg::P(a.k_cache),
+                Arg::P(a.v_cache),
+                Arg::P(a.part),
+                Arg::P(a.ml),
+            ],
+        )?;
+        self.launch(
+            "attn_combine",
+            (a.n_heads as u32, t as u32, 1),
+            a.head_dim as u32,
+            0,
+            &[Arg::P(a.part), Arg::P(a.ml), Arg::I(nsplit as i32), Arg::I(a.n_heads as i32), Arg::I(a.head_dim as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)],
+        )
+    }
+
+    /// `out = act(gate) · up` for `t` rows `[gate | up]` of `gu`; `gelu` picks tanh-GELU over SiLU.
+    pub fn glu(&self, gu: u64, ffn: usize, t: usize, gelu: bool, out: Act) -> Result<()> {
+        self.launch("glu", (ffn.div_ceil(256) as u32, t as u32, 1), 256, 0, &[Arg::P(gu), Arg::I(ffn as i32), Arg::I(gelu as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)])
+    }
+
+    /// `x = tanh(x / cap) · cap` over `n` values.
+    pub fn softcap(&self, x: u64, n: usize, cap: f32) -> Result<()> {
+        self.launch("softcap", (n.div_ceil(256).min(4096) as u32, 1, 1), 256, 0, &[Arg::P(x), Arg::U(n as u64), Arg::F(cap)])
+    }
+
+    /// Index of the largest of `n` values at `x`, written as an `i32` at `out`.
+    pub fn argmax(&self, x: u64, n: usize, out: u64) -> Result<()> {
+        self.launch("argmax", (1, 1, 1), 1024, 0, &[Arg::P(x), Arg::I(n as i32), Arg::P(out)])
+    }
+
+    /// Starts recording the stream's launches into a graph instead of running them.
+    pub fn begin_capture(&self) -> Result<()> {
+        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| GpuError::at("begin graph capture", e))
+    }
+
+    /// Ends the recording started by [`Gpu::begin_capture`] and instantiates the graph.
+    pub fn end_capture(&self) -> Result<GpuGraph> {
+        let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(|e| GpuError::at("end graph capture", e))?;
+        g.map(GpuGraph).ok_or_else(|| GpuError("graph capture recorded nothing".to_string()))
+    }
+}
+
+/// Arguments of [`Gpu::rope_kv`]; pointers of 0 mean "absent".
+pub struct RopeArgs {
+    /// `t` rows `[q | k | v]`, `stride` floats apart.
+    pub qkv: u64,
+    /// Row stride of `qkv` in floats.
+    pub stride: usize,
+    /// `i32` position of the first token at `io[0]`.
+    pub io: u64,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+    /// Cosine table, `head_dim / 2` values per position.
+    pub cos: u64,
+    /// Sine table, same shape.
+    pub sin: u64,
+    /// NeoX pairing (i, i + d/2) instead of adjacent pairs.
+    pub neox: bool,
+    /// `[bq | bk | bv]` projection bias.
+    pub bias: u64,
+    /// Per-head query norm weight.
+    pub q_norm: u64,
+    /// Per-head key norm weight.
+    pub k_norm: u64,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// This layer's f16 key cache (`ctx × kv_dim`).
+    pub k_cache: u64,
+    /// This layer's f16 value cache.
+    pub v_cache: u64,
+}
+
+/// Arguments of [`Gpu::attention`].
+pub struct AttnArgs {
+    /// Rows `[q | k | v]` with rotated queries.
+    pub qkv: u64,
+    /// Row stride of `qkv` in floats.
+    pub stride: usize,
+    /// `i32` position of the first token at `io[0]`.
+    pub io: u64,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+    /// Multiplier of q·k.
+    pub scale: f32,
+    /// Sliding window in tokens (0: none).
+    pub window: usize,
+    /// f16 key cache.
+    pub k_cache: u64,
+    /// f16 value cache.
+    pub v_cache: u64,
+    /// Partial outputs: `t × n_heads × nsplit × head_dim` f32.
+    pub part: u64,
+    /// Partial (max, sum) pairs: `t × n_heads × nsplit` float2.
+    pub ml: u64,
+}

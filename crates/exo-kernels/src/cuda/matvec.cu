@@ -1,0 +1,118 @@
+// Weight-side kernels: quantized matrix-vector products for decode, dequantization to f16 for
+// prefill GEMMs, and embedding-row lookup. Weights stay in their GGUF block layout.
+#include "blocks.cuh"
+#include "reduce.cuh"
+
+// Rows per thread block in the quantized mat-vec: each thread's activation slice is read once
+// and used against this many weight rows.
+#define MV_ROWS 2
+#define MV_THREADS 128
+
+// y[row] (+)= W[row] · x for the MV_ROWS rows of this block. Thread slices walk the row block by
+// block, so a warp reads consecutive bytes of a row; partial sums meet in shared memory.
+template <class T>
+__device__ __forceinline__ void mv_q(const uint8_t* __restrict__ w, const int8_t* __restrict__ xq,
+                                     const float2* __restrict__ xds, float* __restrict__ y, int rows,
+                                     int cols, int accumulate) {
+    int row0 = blockIdx.x * MV_ROWS;
+    int nb = cols / T::QK;
+    size_t row_bytes = (size_t)nb * T::BYTES;
+    float acc[MV_ROWS];
+#pragma unroll
+    for (int r = 0; r < MV_ROWS; r++) acc[r] = 0.f;
+    int units = nb * T::PARTS;
+    for (int u = threadIdx.x; u < units; u += MV_THREADS) {
+        int blk = u / T::PARTS, p = u % T::PARTS;
+        const int8_t* xb = xq + (size_t)blk * T::QK;
+        const float2* db = xds + (size_t)blk * (T::QK / 32);
+#pragma unroll
+        for (int r = 0; r < MV_ROWS; r++) {
+            if (row0 + r < rows) acc[r] += T::dot(w + (size_t)(row0 + r) * row_bytes + (size_t)blk * T::BYTES, p, xb, db);
+        }
+    }
+    __shared__ float red[MV_ROWS][MV_THREADS / 32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < MV_ROWS; r++) {
+        float v = warp_sum(acc[r]);
+        if (lane == 0) red[r][warp] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < MV_ROWS && row0 + threadIdx.x < rows) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < MV_THREADS / 32; i++) s += red[threadIdx.x][i];
+        int row = row0 + threadIdx.x;
+        y[row] = accumulate ? y[row] + s : s;
+    }
+}
+
+#define MV_KERNEL(name, T)                                                                          \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                        \
+        name(const uint8_t* w, const int8_t* xq, const float2* xds, float* y, int rows, int cols,   \
+             int accumulate) {                                                                      \
+        mv_q<T>(w, xq, xds, y, rows, cols, accumulate);                                             \
+    }
+
+MV_KERNEL(mv_q4_k, Q4K)
+MV_KERNEL(mv_q5_k, Q5K)
+MV_KERNEL(mv_q6_k, Q6K)
+MV_KERNEL(mv_q8_0, Q80)
+MV_KERNEL(mv_q4_0, Legacy<T_Q4_0>)
+MV_KERNEL(mv_q4_1, Legacy<T_Q4_1>)
+MV_KERNEL(mv_q5_0, Legacy<T_Q5_0>)
+MV_KERNEL(mv_q5_1, Legacy<T_Q5_1>)
+
+// Float weights (f32, f16, bf16) against f32 activations: one warp per row.
+extern "C" __global__ void mv_float(int type, const uint8_t* w, const float* x, float* y, int rows, int cols,
+                                    int accumulate) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    int es = type == T_F32 ? 4 : 2;
+    const uint8_t* wr = w + (size_t)row * cols * es;
+    float s = 0.f;
+    for (int c = lane; c < cols; c += 32) s += deq(type, wr + (size_t)c * es, 0) * x[c];
+    s = warp_sum(s);
+    if (lane == 0) y[row] = accumulate ? y[row] + s : s;
+}
+
+// The whole rows × cols matrix to f16 (row-major), for a cuBLAS GEMM. One thread per 32
+// consecutive values (cols is a multiple of 32): the index arithmetic is done once per group and
+// the 64 bytes go out as four 16-byte stores.
+extern "C" __global__ void dequant_f16(int type, const uint8_t* w, int rows, int cols, __half* out) {
+    BlockInfo bi = block_info(type);
+    size_t row_bytes = (size_t)(cols / bi.qk) * bi.bytes;
+    int per_row = cols / 32;
+    size_t groups = (size_t)rows * per_row;
+    for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
+        size_t row = g / per_row;
+        int c0 = (int)(g - row * per_row) * 32;
+        const uint8_t* rp = w + row * row_bytes;
+        uint4* dst = (uint4*)(out + row * cols + c0);
+        for (int k = 0; k < 4; k++) {
+            __align__(16) __half h[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int c = c0 + 8 * k + i;
+                h[i] = __float2half(deq(type, rp + (size_t)(c / bi.qk) * bi.bytes, c % bi.qk));
+            }
+            dst[k] = *(const uint4*)h;
+        }
+    }
+}
+
+// out[i] = scale · table[tokens[i]] for the batch's tokens; one block per token. `tokens` is
+// device memory so a captured decode graph picks up each step's token.
+extern "C" __global__ void embed_rows(int type, const uint8_t* table, int cols, const int* tokens, float scale,
+                                      float* out) {
+    BlockInfo bi = block_info(type);
+    size_t row_bytes = (size_t)(cols / bi.qk) * bi.bytes;
+    const uint8_t* row = table + (size_t)tokens[blockIdx.x] * row_bytes;
+    float* o = out + (size_t)blockIdx.x * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = scale * deq(type, row + (size_t)(c / bi.qk) * bi.bytes, c % bi.qk);
+}
+
+extern "C" __global__ void f32_to_f16(const float* x, __half* out, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __float2half(x[i]);
+}

@@ -1,0 +1,426 @@
+//! The decoder forward pass on a CUDA device: the same [`ModelConfig`]-driven math as
+//! `transformer.rs`, one kernel (or cuBLAS GEMM) per step. Read [`CudaModel::step`] top to
+//! bottom for the whole computation.
+//!
+//! Weights are uploaded in their GGUF block layout. One token at a time (decode), products are
+//! quantized mat-vecs on int8 activations, and the whole step is captured once as a CUDA graph
+//! and replayed: positions and the token id live in device memory (`io`), so nothing in the
+//! graph changes between tokens. Several tokens at a time (prefill), each weight matrix is
+//! widened to f16 and multiplied with cuBLAS. The KV cache is f16, preallocated for the context.
+
+use std::sync::{Arc, OnceLock};
+
+use exo_kernels::cuda::{Act, AttnArgs, DeviceBuf, Gpu, GpuGraph, GpuMatrix, RopeArgs};
+use exo_kernels::ops::RopeTable;
+
+use crate::config::{Activation, ModelConfig};
+use crate::weights::Weights;
+use crate::ModelError;
+
+/// Keys per attention split when decoding: small enough that a long context spreads over many
+/// blocks, large enough that a short one is a single split.
+const DECODE_CHUNK: usize = 256;
+/// Most keys one prefill attention block scores (its shared memory holds one f32 per key).
+const PREFILL_CHUNK: usize = 8192;
+
+/// Matrices whose outputs sit side by side in one row (q|k|v, gate|up), each with its first
+/// output column. Parts sharing a storage type are stacked into one matrix, so one launch
+/// covers them.
+struct Projection(Vec<(GpuMatrix, usize)>);
+
+/// One decoder block's weights on the device.
+struct GpuLayer {
+    attn_norm: DeviceBuf,
+    qkv: Projection,
+    qkv_bias: Option<DeviceBuf>,
+    q_norm: Option<DeviceBuf>,
+    k_norm: Option<DeviceBuf>,
+    wo: GpuMatrix,
+    post_attn_norm: Option<DeviceBuf>,
+    ffn_norm: DeviceBuf,
+    gate_up: Projection,
+    w_down: GpuMatrix,
+    post_ffn_norm: Option<DeviceBuf>,
+}
+
+/// A model's weights on one GPU.
+pub struct CudaModel {
+    gpu: Arc<Gpu>,
+    config: ModelConfig,
+    tok_embd: GpuMatrix,
+    layers: Vec<GpuLayer>,
+    output_norm: DeviceBuf,
+    output: GpuMatrix,
+    /// Elements of the largest matrix: the size of the f16 scratch a prefill GEMM widens into.
+    largest: usize,
+    /// Held for a whole forward call: all states share one stream, and a graph capture must not
+    /// record another sequence's launches.
+    busy: std::sync::Mutex<()>,
+}
+
+impl CudaModel {
+    /// Uploads every tensor `config` calls for to device `ordinal`.
+    pub fn load(config: &ModelConfig, w: &Weights, ordinal: usize) -> Result<Self, ModelError> {
+        let c = config;
+        if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 {
+            return Err(ModelError::Config {
+                file: w.source(),
+                what: format!("head dimension {} is not one the GPU attention kernel handles (a multiple of 32, at most 256)", c.head_dim),
+            });
+        }
+        let gpu = Arc::new(Gpu::new(ordinal)?);
+        let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let norm = |name: &str, len: usize| -> Result<DeviceBuf, ModelError> {
+            let mut v = w.vector(name, len)?;
+            v.iter_mut().for_each(|x| *x += c.norm_weight_offset);
+            Ok(gpu.upload(&v, name)?)
+        };
+        let opt_norm = |name: &str, len: usize, wanted: bool| if wanted { norm(name, len).map(Some) } else { Ok(None) };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<GpuMatrix, ModelError> {
+            let (ty, bytes) = w.raw_matrix(name, rows, cols)?;
+            Ok(gpu.matrix(name, ty, rows, cols, &bytes)?)
+        };
+        let mut largest = 0;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let n = |part: &str| format!("blk.{i}.{part}");
+            let qkv = projection(&gpu, w, &[(n("attn_q.weight"), q), (n("attn_k.weight"), kv), (n("attn_v.weight"), kv)], h)?;
+            let gate_up = projection(&gpu, w, &[(n("ffn_gate.weight"), f), (n("ffn_up.weight"), f)], h)?;
+            let biases = [(n("attn_q.bias"), q), (n("attn_k.bias"), kv), (n("attn_v.bias"), kv)];
+            let qkv_bias = if biases.iter().any(|(b, _)| w.has(b)) {
+                let mut all = Vec::with_capacity(q + 2 * kv);
+                for (b, len) in &biases {
+                    all.extend(w.opt_vector(b, *len)?.unwrap_or_else(|| vec![0.0; *len]));
+                }
+                Some(gpu.upload(&all, &n("attn_qkv.bias"))?)
+            } else {
+                None
+            };
+            let layer = GpuLayer {
+                attn_norm: norm(&n("attn_norm.weight"), h)?,
+                qkv,
+                qkv_bias,
+                q_norm: opt_norm(&n("attn_q_norm.weight"), c.head_dim, c.qk_norm)?,
+                k_norm: opt_norm(&n("attn_k_norm.weight"), c.head_dim, c.qk_norm)?,
+                wo: matrix(&n("attn_output.weight"), h, q)?,
+                post_attn_norm: opt_norm(&n("post_attention_norm.weight"), h, c.post_norms)?,
+                ffn_norm: norm(&n("ffn_norm.weight"), h)?,
+                gate_up,
+                w_down: matrix(&n("ffn_down.weight"), h, f)?,
+                post_ffn_norm: opt_norm(&n("post_ffw_norm.weight"), h, c.post_norms)?,
+            };
+            for m in layer.qkv.0.iter().chain(&layer.gate_up.0).map(|p| &p.0).chain([&layer.wo, &layer.w_down]) {
+                largest = largest.max(m.rows() * m.cols());
+            }
+            layers.push(layer);
+        }
+        let tok_embd = matrix("token_embd.weight", c.vocab_size, h)?;
+        let output = if w.has("output.weight") { matrix("output.weight", c.vocab_size, h)? } else { tok_embd.share() };
+        largest = largest.max(output.rows() * output.cols());
+        let output_norm = norm("output_norm.weight", h)?;
+        Ok(Self { gpu, config: config.clone(), tok_embd, layers, output_norm, output, largest, busy: Default::default() })
+    }
+
+    /// The device, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)".
+    pub fn describe(&self) -> String {
+        self.gpu.describe()
+    }
+
+    /// A KV cache and scratch buffers on the device for `ctx` tokens, `max_batch` per call.
+    pub fn new_state(&self, ctx: usize, max_batch: usize) -> Result<CudaState, ModelError> {
+        CudaState::new(self, ctx, max_batch.max(1))
+    }
+
+    /// Runs `tokens` at positions `pos0..` (the caller has checked ids, batch and context) and
+    /// leaves the logits of the last token, or of all with `all_logits`, in the state.
+    pub fn forward(&self, s: &mut CudaState, pos0: usize, tokens: &[u32], all_logits: bool) -> Result<(), ModelError> {
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tokens.len();
+        let mut io = vec![pos0 as i32, t as i32];
+        io.extend(tokens.iter().map(|&x| x as i32));
+        self.gpu.write(&s.io, 0, &io)?;
+        let n_out = if all_logits { t } else { 1 };
+        if n_out * self.config.vocab_size * 4 > s.logits.bytes() {
+            s.logits = self.gpu.alloc(n_out * self.config.vocab_size * 4, "logits")?;
+            s.graph = None;
+        }
+        if t == 1 && !all_logits {
+            if s.graph.is_none() {
+                self.gpu.begin_capture()?;
+                let captured = self.step(s, 1, false);
+                let graph = self.gpu.end_capture();
+                captured?;
+                s.graph = Some(graph?);
+            }
+            if let Some(g) = &s.graph {
+                g.launch()?;
+            }
+        } else {
+            self.step(s, t, all_logits)?;
+        }
+        // The one host sync per call: it bounds the queue, and the next call's `io` write
+        // cannot overtake the kernels still reading this one's.
+        self.gpu.sync()?;
+        s.n_logits = n_out;
+        s.host_logits = OnceLock::new();
+        Ok(())
+    }
+
+    /// The forward pass over the `t` tokens in `s.io`, queued on the device.
+    fn step(&self, s: &CudaState, t: usize, all_logits: bool) -> Result<(), ModelError> {
+        let (c, g) = (&self.config, &*self.gpu);
+        let (h, qd, kvd, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let stride = qd + 2 * kvd;
+        let x = s.x.ptr();
+        // One token: activations also go to int8 groups for the quantized mat-vecs.
+        let act = |buf: &DeviceBuf| Act { f32: buf.ptr(), q8: if t == 1 { s.q8.ptr() } else { 0 }, ds: if t == 1 { s.ds.ptr() } else { 0 } };
+
+        // Token embeddings, scaled for Gemma.
+        g.embed(&self.tok_embd, s.io.at(8), t, c.embed_scale.unwrap_or(1.0), x)?;
+
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention: norm, q/k/v projections, then bias, per-head norms, rotary positions
+            // and the cache write in one kernel.
+            g.rms_norm(x, l.attn_norm.ptr(), act(&s.xn), t, h, c.rms_eps)?;
+            self.project(s, &l.qkv, act(&s.xn), t, s.qkv.ptr(), stride, false)?;
+            let sliding = c.sliding_layers[li];
+            let (cos, sin) = if sliding { (&s.cos_local, &s.sin_local) } else { (&s.cos, &s.sin) };
+            let (kc, vc) = (s.k_cache[li].ptr(), s.v_cache[li].ptr());
+            g.rope_kv(
+                &RopeArgs {
+                    qkv: s.qkv.ptr(),
+                    stride,
+                    io: s.io.ptr(),
+                    n_heads: c.n_heads,
+                    n_kv_heads: c.n_kv_heads,
+                    head_dim: c.head_dim,
+                    cos: cos.ptr(),
+                    sin: sin.ptr(),
+                    neox: s.neox,
+                    bias: l.qkv_bias.as_ref().map_or(0, DeviceBuf::ptr),
+                    q_norm: l.q_norm.as_ref().map_or(0, DeviceBuf::ptr),
+                    k_norm: l.k_norm.as_ref().map_or(0, DeviceBuf::ptr),
+                    eps: c.rms_eps,
+                    k_cache: kc,
+                    v_cache: vc,
+                },
+                t,
+            )?;
+
+            // Attention over the cache so far.
+            let window = if sliding { c.sliding_window.unwrap_or(0) } else { 0 };
+            let (chunk, nsplit) = s.attention_split(t);
+            let attn = AttnArgs {
+                qkv: s.qkv.ptr(),
+                stride,
+                io: s.io.ptr(),
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                scale: c.attn_scale,
+                window,
+                k_cache: kc,
+                v_cache: vc,
+                part: s.part.ptr(),
+                ml: s.ml.ptr(),
+            };
+            g.attention(&attn, t, chunk, nsplit, act(&s.att))?;
+
+            // Output projection and residual (accumulated straight into x without a post-norm).
+            self.residual(s, &l.wo, act(&s.att), t, l.post_attn_norm.as_ref())?;
+
+            // Gated feed-forward and residual.
+            g.rms_norm(x, l.ffn_norm.ptr(), act(&s.xn), t, h, c.rms_eps)?;
+            self.project(s, &l.gate_up, act(&s.xn), t, s.gu.ptr(), 2 * ffn, false)?;
+            g.glu(s.gu.ptr(), ffn, t, c.activation == Activation::GeluTanh, act(&s.ffo))?;
+            self.residual(s, &l.w_down, act(&s.ffo), t, l.post_ffn_norm.as_ref())?;
+        }
+
+        // Final norm and LM head, for the last token unless every position is wanted.
+        let first = if all_logits { 0 } else { t - 1 };
+        let n_out = t - first;
+        let last = Act { f32: s.xn.ptr(), q8: if n_out == 1 { s.q8.ptr() } else { 0 }, ds: if n_out == 1 { s.ds.ptr() } else { 0 } };
+        g.rms_norm(s.x.at(first * h * 4), self.output_norm.ptr(), last, n_out, h, c.rms_eps)?;
+        self.project(s, &Projection(vec![(self.output.share(), 0)]), last, n_out, s.logits.ptr(), c.vocab_size, false)?;
+        if let Some(cap) = c.final_logit_softcap {
+            g.softcap(s.logits.ptr(), n_out * c.vocab_size, cap)?;
+        }
+        Ok(())
+    }
+
+    /// `y (+)= x · Wᵀ` for each part of `p`, into columns starting at the part's offset of rows
+    /// `ldy` floats apart: a mat-vec for one token, dequantize + GEMM for more.
+    #[allow(clippy::too_many_arguments)]
+    fn project(&self, s: &CudaState, p: &Projection, x: Act, t: usize, y: u64, ldy: usize, accumulate: bool) -> Result<(), ModelError> {
+        let g = &*self.gpu;
+        if t > 1 {
+            let cols = p.0[0].0.cols();
+            g.to_f16(x.f32, s.x16.ptr(), t * cols)?;
+        }
+        for (m, off) in &p.0 {
+            let at = y + (*off * 4) as u64;
+            if t == 1 {
+                g.matvec(m, x, at, accumulate)?;
+            } else {
+                g.gemm(m, s.x16.ptr(), t, at, ldy, accumulate, &s.w16)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `x += W · a`, through a post-norm first when the model has one (Gemma).
+    fn residual(&self, s: &CudaState, w: &GpuMatrix, a: Act, t: usize, post_norm: Option<&DeviceBuf>) -> Result<(), ModelError> {
+        let h = self.config.hidden;
+        let p = Projection(vec![(w.share(), 0)]);
+        match post_norm {
+            None => self.project(s, &p, a, t, s.x.ptr(), h, true),
+            Some(pn) => {
+                self.project(s, &p, a, t, s.tmp.ptr(), h, false)?;
+                Ok(self.gpu.add_rows(s.x.ptr(), s.tmp.ptr(), pn.ptr(), t, h, self.config.rms_eps)?)
+            }
+        }
+    }
+}
+
+/// Consecutive parts of one storage type, gathered for one upload.
+struct Run<'a> {
+    ty: exo_formats::GgmlType,
+    data: Vec<u8>,
+    rows: usize,
+    start: usize,
+    names: Vec<&'a str>,
+}
+
+/// Uploads the matrices `parts` (name, rows) of `cols` columns, stacking runs of the same type.
+fn projection(gpu: &Gpu, w: &Weights, parts: &[(String, usize)], cols: usize) -> Result<Projection, ModelError> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut offset = 0;
+    for (name, rows) in parts {
+        let (ty, bytes) = w.raw_matrix(name, *rows, cols)?;
+        match runs.last_mut() {
+            Some(r) if r.ty == ty => {
+                r.data.extend_from_slice(&bytes);
+                r.rows += rows;
+                r.names.push(name);
+            }
+            _ => runs.push(Run { ty, data: bytes.to_vec(), rows: *rows, start: offset, names: vec![name] }),
+        }
+        offset += rows;
+    }
+    let parts = runs.iter().map(|r| Ok((gpu.matrix(&r.names.join("+"), r.ty, r.rows, cols, &r.data)?, r.start)));
+    Ok(Projection(parts.collect::<Result<_, ModelError>>()?))
+}
+
+/// A sequence's f16 KV cache and the forward pass's buffers on the device, allocated once.
+pub struct CudaState {
+    gpu: Arc<Gpu>,
+    ctx: usize,
+    vocab: usize,
+    /// `i32`s: position of the first token, token count, then the tokens.
+    io: DeviceBuf,
+    k_cache: Vec<DeviceBuf>,
+    v_cache: Vec<DeviceBuf>,
+    cos: DeviceBuf,
+    sin: DeviceBuf,
+    cos_local: DeviceBuf,
+    sin_local: DeviceBuf,
+    neox: bool,
+    x: DeviceBuf,
+    xn: DeviceBuf,
+    q8: DeviceBuf,
+    ds: DeviceBuf,
+    qkv: DeviceBuf,
+    att: DeviceBuf,
+    gu: DeviceBuf,
+    ffo: DeviceBuf,
+    tmp: DeviceBuf,
+    x16: DeviceBuf,
+    w16: DeviceBuf,
+    part: DeviceBuf,
+    ml: DeviceBuf,
+    logits: DeviceBuf,
+    n_logits: usize,
+    graph: Option<GpuGraph>,
+    host_logits: OnceLock<Vec<f32>>,
+}
+
+impl CudaState {
+    fn new(m: &CudaModel, ctx: usize, max_batch: usize) -> Result<Self, ModelError> {
+        let (c, g) = (&m.config, &*m.gpu);
+        let (h, qd, kvd, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let widest = h.max(qd).max(ffn);
+        let f32s = |n: usize, what: &str| g.alloc(n * 4, what);
+        let mut k_cache = Vec::with_capacity(c.n_layers);
+        let mut v_cache = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            k_cache.push(g.alloc(ctx * kvd * 2, &format!("layer {i} key cache"))?);
+            v_cache.push(g.alloc(ctx * kvd * 2, &format!("layer {i} value cache"))?);
+        }
+        let factors = c.rope_freq_factors.as_deref();
+        let global = RopeTable::new(c.rope_style, c.head_dim, c.rope_theta, ctx, factors);
+        let local = RopeTable::new(c.rope_style, c.head_dim, c.rope_theta_local, ctx, factors);
+        let splits = (ctx.div_ceil(DECODE_CHUNK)).max(max_batch * ctx.div_ceil(PREFILL_CHUNK));
+        Ok(Self {
+            gpu: m.gpu.clone(),
+            ctx,
+            vocab: c.vocab_size,
+            io: g.alloc((2 + max_batch) * 4, "token ids")?,
+            k_cache,
+            v_cache,
+            cos: g.upload(global.tables().0, "rope cos")?,
+            sin: g.upload(global.tables().1, "rope sin")?,
+            cos_local: g.upload(local.tables().0, "rope cos (local)")?,
+            sin_local: g.upload(local.tables().1, "rope sin (local)")?,
+            neox: global.is_neox(),
+            x: f32s(max_batch * h, "residual")?,
+            xn: f32s(max_batch * widest, "normed activations")?,
+            q8: g.alloc(max_batch * widest, "int8 activations")?,
+            ds: g.alloc(max_batch * widest / 32 * 8, "activation scales")?,
+            qkv: f32s(max_batch * (qd + 2 * kvd), "q/k/v")?,
+            att: f32s(max_batch * qd, "attention output")?,
+            gu: f32s(max_batch * 2 * ffn, "gate/up")?,
+            ffo: f32s(max_batch * ffn, "feed-forward activations")?,
+            tmp: f32s(max_batch * h, "post-norm scratch")?,
+            x16: g.alloc(if max_batch > 1 { max_batch * widest * 2 } else { 0 }, "f16 activations")?,
+            w16: g.alloc(if max_batch > 1 { m.largest * 2 } else { 0 }, "f16 weight scratch")?,
+            part: f32s(splits * c.n_heads * c.head_dim, "attention partials")?,
+            ml: g.alloc(splits * c.n_heads * 8, "attention partial sums")?,
+            logits: f32s(c.vocab_size, "logits")?,
+            n_logits: 0,
+            graph: None,
+            host_logits: OnceLock::new(),
+        })
+    }
+
+    /// (keys per split, splits) for a call of `t` tokens. Decoding uses a fixed split count over
+    /// the whole context so the captured graph fits every position; splits past the sequence
+    /// end return at once.
+    fn attention_split(&self, t: usize) -> (usize, usize) {
+        if t == 1 {
+            (DECODE_CHUNK, self.ctx.div_ceil(DECODE_CHUNK))
+        } else {
+            let splits = self.ctx.div_ceil(PREFILL_CHUNK);
+            (self.ctx.div_ceil(splits), splits)
+        }
+    }
+
+    /// Logits of the last forward call (`n` rows of `vocab`), copied from the device on first
+    /// access after each call, so steps whose logits nobody reads (benchmarks, prompt chunks)
+    /// move none across the bus.
+    pub fn logits(&self) -> &[f32] {
+        self.host_logits.get_or_init(|| {
+            let mut v = vec![0f32; self.n_logits * self.vocab];
+            // A failed copy after a forward pass that succeeded means the device is gone; NaN
+            // logits make every sampler stop rather than continue on stale numbers.
+            if self.gpu.read(self.logits.ptr(), &mut v).is_err() {
+                v.fill(f32::NAN);
+            }
+            v
+        })
+    }
+
+    /// Bytes of device memory the KV cache takes.
+    pub fn kv_bytes(&self) -> usize {
+        self.k_cache.iter().chain(&self.v_cache).map(DeviceBuf::bytes).sum()
+    }
+}
