@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use crate::transformer::Transformer;
 use crate::ModelError;
 
-/// The calibration text used when none is given: about 4 kB of English prose, dialogue, code,
-/// numbers and a list, written for exo (so no licence question), to exercise the kinds of input
-/// a chat model sees.
+/// The calibration text used when none is given: about 3 kB of English prose, dialogue, code,
+/// numbers, a list and a few other languages, written for exo (so no licence question), to
+/// exercise the kinds of input a chat model sees.
 pub const DEFAULT_TEXT: &str = include_str!("calibration.txt");
 
 /// Where a matrix reads its input.

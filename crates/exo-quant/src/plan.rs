@@ -199,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn greedy_matches_the_optimum_when_budgets_fall_on_hull_points() {
+    fn greedy_choice_fits_skips_dominated_candidates_and_is_near_the_optimum() {
         let t = vec![
             TensorOptions { name: "a".into(), candidates: vec![cand(45, 10.0), cand(55, 4.0), cand(65, 2.5), cand(85, 1.0)] },
             TensorOptions { name: "b".into(), candidates: vec![cand(45, 1.0), cand(55, 0.5), cand(65, 0.3), cand(85, 0.1)] },
