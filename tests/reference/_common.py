@@ -115,3 +115,32 @@ def gguf_metadata(path: Path, keys, token_keys=()):
         tid = out[key]
         out[f"{key}:text"] = None if tid is None else bytes(tokens.parts[tokens.data[tid]]).decode("utf-8")
     return out
+
+
+def exo_bin() -> str:
+    """The exo binary: $EXO_BIN, or a `fast` build made now."""
+    import subprocess
+
+    if os.environ.get("EXO_BIN"):
+        return os.environ["EXO_BIN"]
+    subprocess.run(["cargo", "build", "--profile", "fast", "-p", "exo-cli"], cwd=REPO, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    return str(target / "fast" / "exo")
+
+
+def llama_greedy(llm, prompt_ids, n):
+    """n greedy tokens from a llama_cpp.Llama (logits_all) after prompt_ids, with each step's
+    margin between the two most likely tokens (near-ties are where engines may differ)."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt_ids)
+    ids, margins = [], []
+    for _ in range(n):
+        row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        top2 = np.sort(row)[-2:]
+        tok = int(np.argmax(row))
+        ids.append(tok)
+        margins.append(float(top2[1] - top2[0]))
+        llm.eval([tok])
+    return ids, margins

@@ -23,7 +23,6 @@ Writes tests/fixtures/convert/<model>.json:
 """
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,34 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import FIXTURES, REPO, f32, gguf_path, write_json
+from _common import FIXTURES, exo_bin, f32, gguf_path, llama_greedy, write_json
 
 MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m"]
 PROMPT = "The lighthouse keeper climbed the stairs every morning to"
 N_GREEDY = 24
 TOP = 32
-
-
-def exo_bin() -> str:
-    if os.environ.get("EXO_BIN"):
-        return os.environ["EXO_BIN"]
-    subprocess.run(["cargo", "build", "--profile", "fast", "-p", "exo-cli"], cwd=REPO, check=True)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return str(target / "fast" / "exo")
-
-
-def greedy(llm, prompt_ids):
-    llm.reset()
-    llm.eval(prompt_ids)
-    ids, margins = [], []
-    for _ in range(N_GREEDY):
-        row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
-        top2 = np.sort(row)[-2:]
-        tok = int(np.argmax(row))
-        ids.append(tok)
-        margins.append(float(top2[1] - top2[0]))
-        llm.eval([tok])
-    return ids, margins
 
 
 def run(name, exo, tmp):
@@ -101,7 +78,7 @@ def run(name, exo, tmp):
     subprocess.run([exo, "convert", str(hf_dir), str(rt)], check=True)
     llm = llama_cpp.Llama(model_path=str(rt), n_ctx=256, logits_all=True, verbose=False)
     prompt_ids = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
-    out, margins = greedy(llm, prompt_ids)
+    out, margins = llama_greedy(llm, prompt_ids, N_GREEDY)
     write_json(FIXTURES / "convert" / f"{name}.json", {
         "model": name,
         "transformers": transformers.__version__,

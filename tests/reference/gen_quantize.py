@@ -15,15 +15,12 @@ Writes tests/fixtures/quantize/smollm2-135m-instruct.json:
 """
 
 import collections
-import os
 import subprocess
 import tempfile
 import zlib
 from pathlib import Path
 
-import numpy as np
-
-from _common import FIXTURES, REPO, gguf_path, write_json
+from _common import FIXTURES, exo_bin, gguf_path, llama_greedy, write_json
 
 MODEL = "smollm2-135m-instruct"
 TYPES = ["q4_K", "q5_K", "q6_K", "q8_0"]
@@ -35,34 +32,12 @@ PROMPTS = [
 N_GREEDY = 16
 
 
-def exo_bin() -> str:
-    if os.environ.get("EXO_BIN"):
-        return os.environ["EXO_BIN"]
-    subprocess.run(["cargo", "build", "--profile", "fast", "-p", "exo-cli"], cwd=REPO, check=True)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return str(target / "fast" / "exo")
-
-
 def crc32(path: Path) -> int:
     c = 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             c = zlib.crc32(block, c)
     return c
-
-
-def greedy(llm, prompt_ids):
-    llm.reset()
-    llm.eval(prompt_ids)
-    ids, margins = [], []
-    for _ in range(N_GREEDY):
-        row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
-        top2 = np.sort(row)[-2:]
-        tok = int(np.argmax(row))
-        ids.append(tok)
-        margins.append(float(top2[1] - top2[0]))
-        llm.eval([tok])
-    return ids, margins
 
 
 def main():
@@ -82,7 +57,7 @@ def main():
             runs = []
             for p in PROMPTS:
                 prompt_ids = llm.tokenize(p.encode(), add_bos=True, special=False)
-                ids, margins = greedy(llm, prompt_ids)
+                ids, margins = llama_greedy(llm, prompt_ids, N_GREEDY)
                 runs.append({"prompt_ids": list(prompt_ids), "ids": ids, "margins": margins})
                 print(f"{ty}: {p!r} -> {llm.detokenize(ids).decode(errors='replace')!r}")
             del llm
