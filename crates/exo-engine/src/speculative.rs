@@ -158,7 +158,9 @@ impl Drafter {
     pub fn model(target: &LoadedModel, draft: Arc<LoadedModel>, ctx: usize, batch: usize, cfg: SpecConfig) -> Result<Self, EngineError> {
         cfg.validate()?;
         let shared = check_pair(target, &draft)?;
-        let state = draft.transformer.new_state(ctx, batch).map_err(|e| {
+        // f16 KV as the target session keeps by default, so a model drafting for itself
+        // proposes exactly what the target would sample.
+        let state = draft.transformer.new_state_with(ctx, batch, exo_models::KvType::F16).map_err(|e| {
             EngineError::Speculation(format!("the draft model {} cannot hold the context: {e}", draft.info.path.display()))
         })?;
         let source = Source::Model(Box::new(ModelDrafter { model: draft, state, cached: Vec::new(), shared, masked: Vec::new() }));
