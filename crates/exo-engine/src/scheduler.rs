@@ -159,7 +159,7 @@ impl Scheduler {
                 match self.resume(seq) {
                     Ok(()) => continue,
                     Err(seq) => {
-                        self.preempted.push_front(seq);
+                        self.preempted.push_front(*seq);
                         return;
                     }
                 }
@@ -207,7 +207,7 @@ impl Scheduler {
 
     /// Gives `seq` its cached prefix and blocks for the rest of its tokens, and runs it; hands
     /// it back if the blocks are not there.
-    fn resume(&mut self, mut seq: Seq) -> Result<(), Seq> {
+    fn resume(&mut self, mut seq: Seq) -> Result<(), Box<Seq>> {
         let total = seq.needed();
         let blocks_needed = total.div_ceil(BLOCK_TOKENS);
         // The last token is always computed (its logits are needed), so the block holding it
@@ -228,7 +228,7 @@ impl Scheduler {
             for b in shared {
                 self.pool.release(b);
             }
-            return Err(seq);
+            return Err(Box::new(seq));
         }
         seq.hashes = hashes;
         seq.computed = shared.len() * BLOCK_TOKENS;
