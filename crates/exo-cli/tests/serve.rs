@@ -177,6 +177,20 @@ fn bad_flags_and_models_are_refused_before_serving() {
     let o = exo(&["serve", "-m", SMOLLM2, "--port", "0", "--ctx-size", "100000"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("context size 100000") && !err.contains("panicked"), "{err}");
+    // KV cache settings: an unknown type, an unparseable size, and a cache too small for one
+    // context (refused at load with the numbers and the flag to raise).
+    let o = exo(&["serve", "-m", SMOLLM2, "--kv-type", "q3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("unknown KV cache type 'q3'"), "{err}");
+    let o = exo(&["serve", "-m", SMOLLM2, "--kv-memory", "lots"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("'lots' is not a size"), "{err}");
+    let o = exo(&["serve", "-m", SMOLLM2, "--port", "0", "--ctx-size", "512", "--kv-memory", "1MiB"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("raise --kv-memory") && err.contains("512 tokens") && !err.contains("panicked"), "{err}");
+    let o = exo(&["serve", "-m", SMOLLM2, "--context-policy", "squeeze"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("unknown context policy 'squeeze'"), "{err}");
 }
 
 /// Status code and body of `GET path`, over a plain socket.
