@@ -198,6 +198,8 @@ fn absurd_context_sizes_are_refused() {
     fails_with(&["run", p, "hi", "--raw", "--ctx-size", "1000000000000"], &["context size 1000000000000", "8192"]);
     fails_with(&["run", p, "hi", "--raw", "--ctx-size", "0"], &["context size 0"]);
     fails_with(&["bench", p, "-p", "100000000000", "-n", "1", "-r", "1"], &["context size 100000000000", "8192"]);
+    fails_with(&["bench", p, "-p", "64", "-n", "1", "-r", "1", "--ctx-size", "32"], &["--ctx-size 32", "need 64"]);
+    fails_with(&["bench", p, "-p", "8", "-n", "1", "-r", "1", "--ctx-size", "100000"], &["context size 100000", "8192"]);
 }
 
 #[test]
