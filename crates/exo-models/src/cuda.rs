@@ -22,6 +22,9 @@ use crate::ModelError;
 const DECODE_CHUNK: usize = 256;
 /// Most keys one prefill attention block scores (its shared memory holds one f32 per key).
 const PREFILL_CHUNK: usize = 8192;
+/// Most weights a prefill GEMM widens to f16 at once (64 MiB of scratch): bigger matrices go
+/// through in row chunks, so the scratch does not grow with the LM head of a large vocabulary.
+const W16_MAX: usize = 32 << 20;
 
 /// Matrices whose outputs sit side by side in one row (q|k|v, gate|up), each with its first
 /// output column. Parts sharing a storage type are stacked into one matrix, so one launch
@@ -47,12 +50,12 @@ struct GpuLayer {
 pub struct CudaModel {
     gpu: Arc<Gpu>,
     config: ModelConfig,
-    tok_embd: GpuMatrix,
     layers: Vec<GpuLayer>,
     output_norm: DeviceBuf,
     output: GpuMatrix,
-    /// Elements of the largest matrix: the size of the f16 scratch a prefill GEMM widens into.
-    largest: usize,
+    /// Elements of the f16 scratch a prefill GEMM widens weights into: the largest matrix, or
+    /// [`W16_MAX`] when that is smaller.
+    w16_elems: usize,
     /// Held for a whole forward call: all states share one stream, and a graph capture must not
     /// record another sequence's launches.
     busy: std::sync::Mutex<()>,
@@ -114,11 +117,13 @@ impl CudaModel {
             }
             layers.push(layer);
         }
-        let tok_embd = matrix("token_embd.weight", c.vocab_size, h)?;
-        let output = if w.has("output.weight") { matrix("output.weight", c.vocab_size, h)? } else { tok_embd.share() };
+        // Token embeddings are looked up on the host (as llama.cpp keeps them there): the device
+        // holds the table only when it doubles as the LM head.
+        let output = matrix(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
         largest = largest.max(output.rows() * output.cols());
+        let w16_elems = largest.min(W16_MAX.max(c.ffn_dim.max(c.q_dim()).max(h)));
         let output_norm = norm("output_norm.weight", h)?;
-        Ok(Self { gpu, config: config.clone(), tok_embd, layers, output_norm, output, largest, busy: Default::default() })
+        Ok(Self { gpu, config: config.clone(), layers, output_norm, output, w16_elems, busy: Default::default() })
     }
 
     /// The device, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)".
@@ -131,14 +136,14 @@ impl CudaModel {
         CudaState::new(self, ctx, max_batch.max(1))
     }
 
-    /// Runs `tokens` at positions `pos0..` (the caller has checked ids, batch and context) and
-    /// leaves the logits of the last token, or of all with `all_logits`, in the state.
-    pub fn forward(&self, s: &mut CudaState, pos0: usize, tokens: &[u32], all_logits: bool) -> Result<(), ModelError> {
+    /// Runs the `t` tokens whose embeddings are `embeddings` (`t × hidden`, scaled as the model
+    /// wants) at positions `pos0..` (the caller has checked batch and context) and leaves the
+    /// logits of the last token, or of all with `all_logits`, in the state.
+    pub fn forward(&self, s: &mut CudaState, pos0: usize, embeddings: &[f32], all_logits: bool) -> Result<(), ModelError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let t = tokens.len();
-        let mut io = vec![pos0 as i32, t as i32];
-        io.extend(tokens.iter().map(|&x| x as i32));
-        self.gpu.write(&s.io, 0, &io)?;
+        let t = embeddings.len() / self.config.hidden;
+        self.gpu.write(&s.io, 0, &[pos0 as i32, t as i32])?;
+        self.gpu.write(&s.x, 0, embeddings)?;
         let n_out = if all_logits { t } else { 1 };
         if n_out * self.config.vocab_size * 4 > s.logits.bytes() {
             s.logits = self.gpu.alloc(n_out * self.config.vocab_size * 4, "logits")?;
@@ -166,7 +171,7 @@ impl CudaModel {
         Ok(())
     }
 
-    /// The forward pass over the `t` tokens in `s.io`, queued on the device.
+    /// The forward pass over the `t` token embeddings in `s.x`, queued on the device.
     fn step(&self, s: &CudaState, t: usize, all_logits: bool) -> Result<(), ModelError> {
         let (c, g) = (&self.config, &*self.gpu);
         let (h, qd, kvd, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
@@ -174,9 +179,6 @@ impl CudaModel {
         let x = s.x.ptr();
         // One token: activations also go to int8 groups for the quantized mat-vecs.
         let act = |buf: &DeviceBuf| Act { f32: buf.ptr(), q8: if t == 1 { s.q8.ptr() } else { 0 }, ds: if t == 1 { s.ds.ptr() } else { 0 } };
-
-        // Token embeddings, scaled for Gemma.
-        g.embed(&self.tok_embd, s.io.at(8), t, c.embed_scale.unwrap_or(1.0), x)?;
 
         for (li, l) in self.layers.iter().enumerate() {
             // Attention: norm, q/k/v projections, then bias, per-head norms, rotary positions
@@ -364,7 +366,7 @@ impl CudaState {
             gpu: m.gpu.clone(),
             ctx,
             vocab: c.vocab_size,
-            io: g.alloc((2 + max_batch) * 4, "token ids")?,
+            io: g.alloc(2 * 4, "position and token count")?,
             k_cache,
             v_cache,
             cos: g.upload(global.tables().0, "rope cos")?,
@@ -382,7 +384,7 @@ impl CudaState {
             ffo: f32s(max_batch * ffn, "feed-forward activations")?,
             tmp: f32s(max_batch * h, "post-norm scratch")?,
             x16: g.alloc(if max_batch > 1 { max_batch * widest * 2 } else { 0 }, "f16 activations")?,
-            w16: g.alloc(if max_batch > 1 { m.largest * 2 } else { 0 }, "f16 weight scratch")?,
+            w16: g.alloc(if max_batch > 1 { m.w16_elems * 2 } else { 0 }, "f16 weight scratch")?,
             part: f32s(splits * c.n_heads * c.head_dim, "attention partials")?,
             ml: g.alloc(splits * c.n_heads * 8, "attention partial sums")?,
             logits: f32s(c.vocab_size, "logits")?,

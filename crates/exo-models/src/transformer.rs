@@ -296,11 +296,15 @@ impl Transformer {
         }
         #[cfg(feature = "cuda")]
         if let (Some(g), Some(gs)) = (&self.gpu, &mut state.gpu) {
-            let vocab = self.config.vocab_size;
-            if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= vocab) {
-                return Err(ModelError::BadToken { id: tok, vocab });
+            if tokens.len() > state.scratch.max_tokens {
+                return Err(ModelError::Batch { tokens: tokens.len(), max: state.scratch.max_tokens });
             }
-            g.forward(gs, state.len, tokens, all_logits)?;
+            let h = self.config.hidden;
+            let x = &mut state.scratch.x[..tokens.len() * h];
+            for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(h)) {
+                self.embed(tok, row)?;
+            }
+            g.forward(gs, state.len, x, all_logits)?;
             state.scratch.n_logits = if all_logits { tokens.len() } else { 1 };
             state.len += tokens.len();
             return Ok(());
@@ -309,6 +313,19 @@ impl Transformer {
         let seg = Segment { tokens, pos0: state.len, blocks: &state.blocks, logits };
         self.forward_batch(&mut state.kv, &mut state.scratch, &[seg])?;
         state.len += tokens.len();
+        Ok(())
+    }
+
+    /// Token `tok`'s embedding row into `x`, scaled for Gemma.
+    fn embed(&self, tok: u32, x: &mut [f32]) -> Result<(), ModelError> {
+        let vocab = self.config.vocab_size;
+        if tok as usize >= vocab {
+            return Err(ModelError::BadToken { id: tok, vocab });
+        }
+        self.tok_embd.row_to_f32(tok as usize, x)?;
+        if let Some(scale) = self.config.embed_scale {
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
         Ok(())
     }
 
@@ -345,14 +362,7 @@ impl Transformer {
         let mut row = 0;
         for (gi, g) in segments.iter().enumerate() {
             for (i, &tok) in g.tokens.iter().enumerate() {
-                if tok as usize >= c.vocab_size {
-                    return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
-                }
-                let x = &mut s.x[row * h..(row + 1) * h];
-                self.tok_embd.row_to_f32(tok as usize, x)?;
-                if let Some(scale) = c.embed_scale {
-                    x.iter_mut().for_each(|v| *v *= scale);
-                }
+                self.embed(tok, &mut s.x[row * h..(row + 1) * h])?;
                 s.pos[row] = TokenPos { seq: gi, pos: g.pos0 + i };
                 row += 1;
             }
