@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// With a GPU: how many of the model's layers it runs, the last ones (auto: as many as fit
+    /// in its free memory, the CPU running the others first; 0: none).
+    #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
+    gpu_layers: exo_models::GpuLayers,
     /// Tokens evaluated per forward call during prompt processing.
     #[arg(short = 'b', long, default_value_t = 512)]
     batch: usize,
@@ -60,7 +64,12 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--reps must be at least 1");
     }
     let t_load = Instant::now();
-    let opts = exo_models::LoadOptions { device: crate::model_path::device(&a.device)?, ..Default::default() };
+    let opts = exo_models::LoadOptions {
+        device: crate::model_path::device(&a.device)?,
+        gpu_layers: a.gpu_layers,
+        gpu_ctx: Some(a.ctx_size.unwrap_or(a.n_prompt.max(a.n_gen + 1))),
+        ..Default::default()
+    };
     let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.transformer.config().vocab_size as u32;

@@ -210,6 +210,11 @@ impl Gpu {
         Ok(Self { ctx, stream, blas, kernels: Kernels { _modules: modules, named }, ordinal })
     }
 
+    /// Bytes of device memory free now (this process's allocations already taken).
+    pub fn free_memory(&self) -> Result<usize> {
+        Ok(self.ctx.mem_get_info().map_err(|e| GpuError::at("querying free device memory", e))?.0)
+    }
+
     /// The device's name and ordinal, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)".
     pub fn describe(&self) -> String {
         format!("cuda:{} ({})", self.ordinal, self.ctx.name().unwrap_or_default())

@@ -1,5 +1,6 @@
 //! The CUDA forward pass against the CPU one on the same GGUF files: prompt logits and greedy
-//! continuations must agree.
+//! continuations must agree, with the whole model on the GPU and with only its last half there
+//! (`--gpu-layers`, the CPU running the first half).
 //!
 //! Runs only in a `cuda` build and only where `EXO_GPU_MODELS` names models (comma-separated
 //! paths): CI has neither a GPU nor the feature. tests/gpu/check.sh builds this test, and runs it
@@ -16,7 +17,7 @@
 //! than 5% of the logits' spread (a near-tie, where either choice is right within rounding).
 #![cfg(feature = "cuda")]
 
-use exo_models::{load, Device, LoadOptions, LoadedModel, State};
+use exo_models::{load, Device, GpuLayers, LoadOptions, LoadedModel, State};
 
 const PROMPTS: &[&str] = &[
     "The capital of France is",
@@ -60,55 +61,66 @@ fn gpu_forward_matches_cpu() {
     for path in paths.split(',').filter(|p| !p.is_empty()) {
         let path = std::path::Path::new(path);
         let cpu = load(path, &LoadOptions::default()).expect("CPU load");
-        let gpu = load(path, &LoadOptions { device: Device::Cuda(0), ..Default::default() }).expect("GPU load");
         let reference = load(path, &LoadOptions { dequantize: true, ..Default::default() }).expect("dequantized CPU load");
-        let vocab = cpu.transformer.config().vocab_size;
-        for prompt in PROMPTS {
-            let add_bos = cpu.tokenizer.adds_bos();
-            let mut tokens = cpu.tokenizer.encode(prompt, add_bos, false).expect("encode");
-            // Random-weight models built from another model's tokenizer may have fewer rows.
-            tokens.retain(|&t| (t as usize) < vocab);
-            let ctx = tokens.len() + STEPS + 1;
-            let (mut sc, mut sg, mut sr) = (state(&cpu, ctx), state(&gpu, ctx), state(&reference, ctx));
-            cpu.transformer.forward(&mut sc, &tokens, false).expect("CPU forward");
-            gpu.transformer.forward(&mut sg, &tokens, false).expect("GPU forward");
-            reference.transformer.forward(&mut sr, &tokens, false).expect("reference forward");
-            let errs = |sg: &State, sc: &State, sr: &State| (rel_err(sg.last_logits(), sr.last_logits()), rel_err(sc.last_logits(), sr.last_logits()));
-            let (prefill_gpu, prefill_cpu) = errs(&sg, &sc, &sr);
-            let (mut worst_gpu, mut worst_cpu) = (prefill_gpu, prefill_cpu);
-            let (mut same, mut diverged) = (0, None);
-            for step in 0..STEPS {
-                let (tc, tg) = (argmax(sc.last_logits()), argmax(sg.last_logits()));
-                if tc != tg {
-                    diverged = Some((step, near_tie(sc.last_logits())));
-                    break;
-                }
-                same += 1;
-                cpu.transformer.forward(&mut sc, &[tc], false).expect("CPU decode");
-                gpu.transformer.forward(&mut sg, &[tg], false).expect("GPU decode");
-                reference.transformer.forward(&mut sr, &[tc], false).expect("reference decode");
-                let (eg, ec) = errs(&sg, &sc, &sr);
-                worst_gpu = worst_gpu.max(eg);
-                worst_cpu = worst_cpu.max(ec);
-            }
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            println!(
-                "{name} | {:?}: rel err vs dequantized f32: GPU prefill {prefill_gpu:.2e}, worst {worst_gpu:.2e}; CPU quantized prefill {prefill_cpu:.2e}, worst {worst_cpu:.2e}; greedy tokens equal for {same}/{STEPS} steps{}",
-                &prompt[..prompt.len().min(24)],
-                match diverged {
-                    Some((s, true)) => format!(" (diverged at step {s} on a CPU near-tie)"),
-                    Some((s, false)) => format!(" (DIVERGED at step {s}, no tie)"),
-                    None => String::new(),
-                }
-            );
-            let limit = MAX_REL_ERR.max(CPU_ERR_FACTOR * worst_cpu);
-            if worst_gpu > limit {
-                failures.push(format!("{name} {prompt:?}: GPU logits {worst_gpu:.3e} from the dequantized reference, over {limit:.3e}"));
-            }
-            if let Some((s, false)) = diverged {
-                failures.push(format!("{name} {prompt:?}: greedy tokens differ at step {s} without a near-tie"));
+        // The whole model on the GPU, then the last half only (the CPU runs the first half).
+        let n_layers = cpu.transformer.config().n_layers;
+        for layers in [GpuLayers::Auto, GpuLayers::Count(n_layers / 2)] {
+            let gpu = load(path, &LoadOptions { device: Device::Cuda(0), gpu_layers: layers, ..Default::default() }).expect("GPU load");
+            let name = format!("{} ({layers:?})", path.file_name().unwrap_or_default().to_string_lossy());
+            for prompt in PROMPTS {
+                compare(&name, prompt, &cpu, &gpu, &reference, &mut failures);
             }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Prefill and greedy decoding of `prompt` on the three loads, with the findings printed and
+/// any over-tolerance ones added to `failures`.
+fn compare(name: &str, prompt: &str, cpu: &LoadedModel, gpu: &LoadedModel, reference: &LoadedModel, failures: &mut Vec<String>) {
+    let vocab = cpu.transformer.config().vocab_size;
+    let add_bos = cpu.tokenizer.adds_bos();
+    let mut tokens = cpu.tokenizer.encode(prompt, add_bos, false).expect("encode");
+    // Random-weight models built from another model's tokenizer may have fewer rows.
+    tokens.retain(|&t| (t as usize) < vocab);
+    let ctx = tokens.len() + STEPS + 1;
+    let (mut sc, mut sg, mut sr) = (state(cpu, ctx), state(gpu, ctx), state(reference, ctx));
+    cpu.transformer.forward(&mut sc, &tokens, false).expect("CPU forward");
+    gpu.transformer.forward(&mut sg, &tokens, false).expect("GPU forward");
+    reference.transformer.forward(&mut sr, &tokens, false).expect("reference forward");
+    let errs =
+        |sg: &State, sc: &State, sr: &State| (rel_err(sg.last_logits(), sr.last_logits()), rel_err(sc.last_logits(), sr.last_logits()));
+    let (prefill_gpu, prefill_cpu) = errs(&sg, &sc, &sr);
+    let (mut worst_gpu, mut worst_cpu) = (prefill_gpu, prefill_cpu);
+    let (mut same, mut diverged) = (0, None);
+    for step in 0..STEPS {
+        let (tc, tg) = (argmax(sc.last_logits()), argmax(sg.last_logits()));
+        if tc != tg {
+            diverged = Some((step, near_tie(sc.last_logits())));
+            break;
+        }
+        same += 1;
+        cpu.transformer.forward(&mut sc, &[tc], false).expect("CPU decode");
+        gpu.transformer.forward(&mut sg, &[tg], false).expect("GPU decode");
+        reference.transformer.forward(&mut sr, &[tc], false).expect("reference decode");
+        let (eg, ec) = errs(&sg, &sc, &sr);
+        worst_gpu = worst_gpu.max(eg);
+        worst_cpu = worst_cpu.max(ec);
+    }
+    println!(
+        "{name} | {:?}: rel err vs dequantized f32: GPU prefill {prefill_gpu:.2e}, worst {worst_gpu:.2e}; CPU quantized prefill {prefill_cpu:.2e}, worst {worst_cpu:.2e}; greedy tokens equal for {same}/{STEPS} steps{}",
+        &prompt[..prompt.len().min(24)],
+        match diverged {
+            Some((s, true)) => format!(" (diverged at step {s} on a CPU near-tie)"),
+            Some((s, false)) => format!(" (DIVERGED at step {s}, no tie)"),
+            None => String::new(),
+        }
+    );
+    let limit = MAX_REL_ERR.max(CPU_ERR_FACTOR * worst_cpu);
+    if worst_gpu > limit {
+        failures.push(format!("{name} {prompt:?}: GPU logits {worst_gpu:.3e} from the dequantized reference, over {limit:.3e}"));
+    }
+    if let Some((s, false)) = diverged {
+        failures.push(format!("{name} {prompt:?}: greedy tokens differ at step {s} without a near-tie"));
+    }
 }
