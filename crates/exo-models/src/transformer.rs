@@ -331,13 +331,13 @@ impl Transformer {
         Ok(())
     }
 
-    /// Token `tok`'s embedding row into `x`, scaled for Gemma.
-    fn embed(&self, tok: u32, x: &mut [f32]) -> Result<(), ModelError> {
+    /// The embedding rows of `tokens` into `x` (`hidden` values each), scaled for Gemma.
+    fn embed(&self, tokens: &[u32], x: &mut [f32]) -> Result<(), ModelError> {
         let vocab = self.config.vocab_size;
-        if tok as usize >= vocab {
+        if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= vocab) {
             return Err(ModelError::BadToken { id: tok, vocab });
         }
-        self.tok_embd.row_to_f32(tok as usize, x)?;
+        self.tok_embd.rows_to_f32(tokens, x)?;
         if let Some(scale) = self.config.embed_scale {
             x.iter_mut().for_each(|v| *v *= scale);
         }
@@ -384,11 +384,12 @@ impl Transformer {
         // Token embeddings, scaled for Gemma, with each token's position.
         let mut row = 0;
         for (gi, g) in segments.iter().enumerate() {
-            for (i, &tok) in g.tokens.iter().enumerate() {
-                self.embed(tok, &mut s.x[row * h..(row + 1) * h])?;
-                s.pos[row] = TokenPos { seq: gi, pos: g.pos0 + i };
-                row += 1;
+            let n = g.tokens.len();
+            self.embed(g.tokens, &mut s.x[row * h..(row + n) * h])?;
+            for i in 0..n {
+                s.pos[row + i] = TokenPos { seq: gi, pos: g.pos0 + i };
             }
+            row += n;
         }
 
         for (li, l) in self.layers[..n_layers].iter().enumerate() {
