@@ -37,7 +37,7 @@ pub use logprobs::TokenLogprob;
 pub use prompt::Prompt;
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Completion, GenerateParams, Session, StopReason};
-pub use speculative::{Drafter, SpecConfig, SpecStats};
+pub use speculative::{DraftSource, Drafter, SpecConfig, SpecStats, Speculation};
 
 /// Errors from generation. Messages name the limit involved.
 #[derive(Debug, thiserror::Error)]
