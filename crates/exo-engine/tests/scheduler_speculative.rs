@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use exo_engine::{
-    DraftSource, EngineConfig, EngineHandle, Event, Finished, GenerateParams, Prompt, Request, RequestStream, SamplerConfig,
+    ContextPolicy, DraftSource, EngineConfig, EngineHandle, Event, Finished, GenerateParams, Prompt, Request, RequestStream, SamplerConfig,
     SpecConfig, SpecStats, Speculation, StopReason,
 };
 use exo_models::{KvType, LoadedModel, BLOCK_TOKENS};
@@ -151,6 +151,31 @@ fn smollm2_self_draft_through_preemption_keeps_every_answer() {
     assert_eq!(total.accepted, total.drafted);
     let load = tiny.load();
     assert!(load.preemptions > 0, "the pool was never short: {load:?}");
+}
+
+#[test]
+fn smollm2_speculation_through_context_shifts_and_the_window_end_answers_as_plain_decoding() {
+    exo_kernels::threads::set_threads(1).unwrap();
+    let model = Arc::new(common::model("smollm2-135m-instruct"));
+    let greedy = GenerateParams { sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() };
+    let ctx = 128;
+    let prompt = || Prompt::Text("Facts matter. ".repeat(30));
+    // Shift: generation goes on past the window, the oldest half dropped each time it fills;
+    // without max_tokens under Truncate: it ends at the window.
+    let requests = vec![
+        Request { n_keep: Some(10), policy: Some(ContextPolicy::Shift), ..request(prompt(), 2 * ctx, greedy.clone()) },
+        Request { max_tokens: None, policy: Some(ContextPolicy::Truncate), ..Request::new(prompt(), greedy.clone()) },
+    ];
+    let want = together(&engine(&model, 2, ctx, 4 * ctx, None), &requests);
+    assert_eq!(want[0].1.reason, StopReason::MaxTokens);
+    let u = want[1].1.usage;
+    assert_eq!(u.prompt_tokens + u.completion_tokens, ctx, "generation ends at the window");
+    let cfg = SpecConfig { draft_max: 8, draft_min: 1 };
+    for (name, source) in [("self draft", DraftSource::Model(model.clone())), ("prompt lookup", DraftSource::Ngram)] {
+        let got = together(&engine(&model, 2, ctx, 4 * ctx, with(source, cfg)), &requests);
+        let total = same_answers(name, &got, &want);
+        assert!(total.accepted > 0, "{name}: {total:?}");
+    }
 }
 
 #[test]
