@@ -9,8 +9,9 @@
 //! - [`Prompt`]: text as is, or chat messages rendered with the model's chat template.
 //! - [`sampler`]: penalties, top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's
 //!   order.
-//! - [`speculative`]: speculative decoding with a draft model or prompt lookup
-//!   ([`Session::set_drafter`]).
+//! - [`speculative`]: speculative decoding with a draft model or prompt lookup, for one
+//!   session ([`Session::set_drafter`]) or every request of an engine
+//!   ([`EngineConfig::speculation`], verified batch-wide in the scheduler's forward pass).
 //! - [`stop`]: stop strings over streamed text.
 //! - [`constrain`]: JSON and JSON Schema constrained decoding (token masking).
 //! - [`tools`]: tool calls: prompting with tools, parsing calls, forcing them.

@@ -396,8 +396,20 @@ impl Scheduler {
             return;
         }
         // Costs are measured only on steps that evaluated no prompt, which would swamp them.
+        // Each sequence is charged its share of the step: of the verification pass in
+        // proportion to the tokens it fed, of the drafting evenly. Its draft length then weighs
+        // its own tokens against what its drafts add to the batch's step, so speculation backs
+        // off as the batch grows and passes stop being cheap per token.
         let verify_secs = t_verify.elapsed().as_secs_f64();
-        let costs = |fed| (!prompts).then_some(Costs { draft_secs, fed, verify_secs });
+        let fed_total: usize = plan.iter().map(|p| p.1).sum();
+        let verifying = plan.iter().filter(|p| self.running[p.0].spec.as_ref().is_some_and(|sp| sp.drafts > 0)).count();
+        let costs = |fed: usize| {
+            (!prompts).then_some(Costs {
+                draft_secs: draft_secs / verifying.max(1) as f64,
+                fed,
+                verify_secs: verify_secs * fed as f64 / fed_total as f64,
+            })
+        };
 
         let mut row = 0;
         let mut done: Vec<(usize, Option<StopReason>)> = Vec::new();
@@ -518,11 +530,12 @@ impl Scheduler {
         };
         let min = sp.cfg.draft_min;
         // Round 0: prompt chunks, and each drafting sequence's tokens since the draft last saw
-        // it (its pending token, and the last accepted draft when all were accepted).
+        // it (its pending token, and the last accepted draft when all were accepted). Each
+        // entry: sequence, first position, tokens, whether its logits are wanted.
         let mut segs: Vec<(usize, usize, usize, bool)> = Vec::new();
         let mut room = dm.scratch.max_tokens();
         for &(i, n) in prompts {
-            let s = &mut self.running[i];
+            let s = &self.running[i];
             if s.draft_blind || s.drafted_to != s.computed || n > room {
                 continue;
             }
@@ -538,10 +551,11 @@ impl Scheduler {
             }
             seq_spec.dists.clear();
             let behind = s.tokens.len() - s.drafted_to;
-            if behind > room || !dm.reads(&s.tokens[s.drafted_to..]) {
-                // Too far behind to catch up within one pass (it went undrafted for many
-                // steps), or a token the draft cannot read: this step decodes plainly.
-                s.draft_blind |= !dm.reads(&s.tokens[s.drafted_to..]);
+            let readable = dm.reads(&s.tokens[s.drafted_to..]);
+            if behind > room || !readable {
+                // A token the draft cannot read, or too far behind to catch up within one
+                // pass (it went undrafted for many steps): this step decodes plainly.
+                s.draft_blind |= !readable;
                 seq_spec.drafts = 0;
                 continue;
             }
@@ -549,8 +563,9 @@ impl Scheduler {
             room -= behind;
             drafting.push(i);
         }
+        // Round r proposes each drafting sequence's draft r, until it has as many as it asked
+        // for (`SeqSpec::drafts` until the end) or the draft is unsure.
         let mut round = 0;
-        let wanted: Vec<usize> = drafting.iter().map(|&i| self.running[i].spec.as_ref().map_or(0, |sp| sp.drafts)).collect();
         while !segs.is_empty() {
             let segments: Vec<Segment> = segs
                 .iter()
@@ -585,12 +600,11 @@ impl Scheduler {
                 let logits = dm.scratch.logits_row(row);
                 row += 1;
                 let Some(seq_spec) = s.spec.as_mut() else { continue };
-                let j = drafting.iter().position(|&d| d == i).expect("a drafting sequence");
                 let proposed = propose(logits, dm.shared, &mut dm.masked, round >= min, &s.tokens, s.dec.sampler_mut());
                 let Some((d, q)) = proposed else { continue };
                 s.tokens.push(d);
                 seq_spec.dists.push(Some(q));
-                if seq_spec.dists.len() < wanted[j] {
+                if seq_spec.dists.len() < seq_spec.drafts {
                     next.push((i, s.tokens.len() - 1, 1, true));
                 }
             }
