@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use clap::Args;
 use exo_engine::SpecConfig;
-use exo_server::{ModelSpec, Server, ServerConfig, SpecSpec};
+use exo_server::{ModelSpec, Server, ServerConfig, SpeculationSpec};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -79,8 +79,8 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
     let models = model_specs(&a.models)?;
     let spec_config = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min };
     let speculation = match (&a.draft, a.spec) {
-        (Some(d), _) => Some(SpecSpec { draft: Some(crate::model_path::resolve(d).context("--draft")?), config: spec_config }),
-        (None, Some(crate::run::SpecKind::Ngram)) => Some(SpecSpec { draft: None, config: spec_config }),
+        (Some(d), _) => Some(SpeculationSpec { draft: Some(crate::model_path::resolve(d).context("--draft")?), config: spec_config }),
+        (None, Some(crate::run::SpecKind::Ngram)) => Some(SpeculationSpec { draft: None, config: spec_config }),
         (None, None) => None,
     };
     if speculation.is_some() {

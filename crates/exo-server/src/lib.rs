@@ -72,12 +72,12 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
     /// Decode speculatively; `None`: plainly.
-    pub speculation: Option<SpecSpec>,
+    pub speculation: Option<SpeculationSpec>,
 }
 
 /// Speculative decoding for every generator served.
 #[derive(Clone, Debug)]
-pub struct SpecSpec {
+pub struct SpeculationSpec {
     /// A draft model (a `.gguf` file or Hugging Face directory) loaded once and shared by
     /// every generator, each of which it must be able to draft for; `None`: prompt lookup.
     pub draft: Option<PathBuf>,
@@ -195,8 +195,8 @@ fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerErr
     let options = exo_models::LoadOptions { device: config.device, ..Default::default() };
     let speculation = match &config.speculation {
         None => None,
-        Some(SpecSpec { draft: None, config }) => Some(Speculation { source: DraftSource::Ngram, config: *config }),
-        Some(SpecSpec { draft: Some(path), config }) => {
+        Some(SpeculationSpec { draft: None, config }) => Some(Speculation { source: DraftSource::Ngram, config: *config }),
+        Some(SpeculationSpec { draft: Some(path), config }) => {
             let draft = exo_models::load(path, &options).map_err(|e| ServerError::Draft { path: path.clone(), source: Box::new(e) })?;
             Some(Speculation { source: DraftSource::Model(Arc::new(draft)), config: *config })
         }
