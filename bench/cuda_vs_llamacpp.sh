@@ -2,10 +2,12 @@
 # exo on the GPU against llama.cpp (CUDA, sm_90) on the same random-weight Llama-3-8B-shaped
 # Q4_K_M GGUF, in one run on one machine. From the folder tests/gpu/pack.sh filled:
 #
-#   sh .gpu/cuda_vs_llamacpp.sh            (about 8 minutes: llama.cpp builds for ~5)
+#   sh .gpu/cuda_vs_llamacpp.sh [REAL.gguf ...]     (about 8 minutes: llama.cpp builds for ~5)
 #
 # Prints llama-bench-style pp512 / tg128 figures for exo, llama.cpp and llama.cpp with flash
-# attention, with exo / peer ratios; JSON and logs go to $OUT (or /tmp/exo-gpu).
+# attention, with exo / peer ratios, for the random model and any GGUF files given; then the peak
+# GPU memory of each engine holding an 8K context of the random model (nvidia-smi's per-process
+# figure, sampled every 50 ms; f16 KV cache in both). JSON and logs go to $OUT (or /tmp/exo-gpu).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/exo-gpu}
@@ -32,16 +34,19 @@ model="$work/llama3-8b-q4_k_m.gguf"
 [ -z "$build" ] || wait "$build" || { tail -30 "$out/llama-build.log"; exit 1; }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
-"$work/exo" bench "$model" --device cuda -p 512 -n 128 -r "$REPS" --json | tee "$out/exo.json"
-for fa in 0 1; do
-  "$work/llama.cpp/b/bin/llama-bench" -m "$model" -ngl 99 -fa $fa -p 512 -n 128 -r "$REPS" -o json > "$out/llama-fa$fa.json"
-done
-python3 - "$out" "$model" <<'PY'
+llama_bench="$work/llama.cpp/b/bin/llama-bench"
+i=0
+for m in "$model" "$@"; do
+  "$work/exo" bench "$m" --device cuda -p 512 -n 128 -r "$REPS" --json > "$out/exo-$i.json"
+  for fa in 0 1; do
+    "$llama_bench" -m "$m" -ngl 99 -fa $fa -p 512 -n 128 -r "$REPS" -o json > "$out/llama-$i-fa$fa.json"
+  done
+  python3 - "$out" "$m" "$i" <<'PY'
 import json, os, sys
-out, model = sys.argv[1], sys.argv[2]
-exo = json.load(open(f"{out}/exo.json"))
+out, model, i = sys.argv[1], sys.argv[2], sys.argv[3]
+exo = json.load(open(f"{out}/exo-{i}.json"))
 def peer(fa):
-    rows = json.load(open(f"{out}/llama-fa{fa}.json"))
+    rows = json.load(open(f"{out}/llama-{i}-fa{fa}.json"))
     pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
     tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
     return pp, tg
@@ -55,3 +60,28 @@ for fa in (0, 1):
     print(f"| llama.cpp{' -fa 1' if fa else ''} | {pp:.0f} | {tg:.1f} | {exo['pp_tps'] / pp:.2f} | {exo['tg_tps'] / tg:.2f} |")
 print(f"exo tg128 reads {exo['weight_bytes'] / 1e9:.2f} GB of weights per token: {exo['tg_tps'] * exo['weight_bytes'] / 1e12:.2f} TB/s")
 PY
+  i=$((i + 1))
+done
+
+# Peak GPU memory of a process running CMD..., in MiB.
+peak_mib() {
+  log=$1
+  shift
+  nvidia-smi --query-compute-apps=used_memory --format=csv,noheader,nounits -lms 50 > "$log" 2>/dev/null &
+  mon=$!
+  status=0
+  "$@" > /dev/null 2>&1 || status=$?
+  kill $mon
+  wait $mon 2>/dev/null || true
+  [ $status -eq 0 ] || { echo "failed ($status): $*" >&2; return 1; }
+  sort -n "$log" | tail -1
+}
+# An 8K context: exo's KV cache sized for 8192 tokens; llama-bench's context is depth + p + n.
+exo_mem=$(peak_mib "$out/mem-exo.txt" "$work/exo" bench "$model" --device cuda -p 512 -n 16 -r 1 -c 8192) || exo_mem=failed
+echo "| engine, 8192-token context | peak GPU memory MiB |"
+echo "|---|---:|"
+echo "| exo --device cuda | $exo_mem |"
+for fa in 0 1; do
+  mem=$(peak_mib "$out/mem-llama-fa$fa.txt" "$llama_bench" -m "$model" -ngl 99 -fa $fa -p 512 -n 16 -r 1 -d 7664) || mem=failed
+  echo "| llama.cpp -fa $fa | $mem |"
+done

@@ -31,9 +31,17 @@ pub struct BenchArgs {
     /// else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// With a GPU: how many of the model's layers it runs, the last ones (auto: as many as fit
+    /// in its free memory, the CPU running the others first; 0: none).
+    #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
+    gpu_layers: exo_models::GpuLayers,
     /// Tokens evaluated per forward call during prompt processing.
     #[arg(short = 'b', long, default_value_t = 512)]
     batch: usize,
+    /// Context the KV cache is sized for (default: just enough for the tests, as llama-bench
+    /// sizes it); a larger one measures the memory a long context takes.
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
     /// KV cache storage: f16 (llama-bench's default), q8_0 or f32.
     #[arg(long = "kv-type", default_value = "f16", value_parser = crate::parse_kv_type)]
     kv_type: exo_models::KvType,
@@ -56,11 +64,20 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--reps must be at least 1");
     }
     let t_load = Instant::now();
-    let opts = exo_models::LoadOptions { device: crate::model_path::device(&a.device)?, ..Default::default() };
+    let opts = exo_models::LoadOptions {
+        device: crate::model_path::device(&a.device)?,
+        gpu_layers: a.gpu_layers,
+        gpu_ctx: Some(a.ctx_size.unwrap_or(a.n_prompt.max(a.n_gen + 1))),
+        ..Default::default()
+    };
     let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.transformer.config().vocab_size as u32;
-    let ctx = a.n_prompt.max(a.n_gen + 1).max(1);
+    let needed = a.n_prompt.max(a.n_gen + 1).max(1);
+    let ctx = a.ctx_size.unwrap_or(needed);
+    if ctx < needed {
+        anyhow::bail!("--ctx-size {ctx} cannot hold the tests (-p {} / -n {} need {needed})", a.n_prompt, a.n_gen);
+    }
     let mut session = Session::with_kv_type(&model, ctx, a.batch.max(1), a.kv_type).context("-p/-n")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let first = model.tokenizer.bos_id().filter(|_| model.tokenizer.adds_bos());
@@ -110,6 +127,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
             "device": model.transformer.device(),
             "n_prompt": a.n_prompt,
             "n_gen": a.n_gen,
+            "ctx_size": ctx,
             "reps": a.reps,
             "pp_tps": pp_m,
             "pp_tps_sd": pp_sd,

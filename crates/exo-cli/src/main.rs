@@ -49,9 +49,7 @@ enum Command {
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EXO_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EXO_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -77,6 +75,11 @@ fn set_threads(n: Option<usize>) -> anyhow::Result<usize> {
 }
 
 /// A KV cache type by name (`--kv-type`).
+/// Parses `--gpu-layers`: `auto` or a layer count.
+fn parse_gpu_layers(s: &str) -> Result<exo_models::GpuLayers, String> {
+    exo_models::GpuLayers::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_kv_type(s: &str) -> Result<exo_models::KvType, String> {
     exo_models::KvType::parse(s).ok_or_else(|| format!("unknown KV cache type '{s}' (use f16, q8_0 or f32)"))
 }
@@ -87,7 +90,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a size: expected a number with an optional unit such as 512MB or 2GiB"))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("'{s}' is not a size: expected a number with an optional unit such as 512MB or 2GiB"))?;
     let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kib" => 1024.0,

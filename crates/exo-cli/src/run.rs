@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// With a GPU: how many of the model's layers it runs, the last ones (auto: as many as fit
+    /// in its free memory, the CPU running the others first; 0: none).
+    #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
+    gpu_layers: exo_models::GpuLayers,
     /// Context size in tokens (default: the model's training context, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -102,7 +106,13 @@ const BATCH: usize = 512;
 pub fn main(a: RunArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
     let quantize = crate::model_path::quantize_format(a.quantize.as_deref())?;
-    let opts = exo_models::LoadOptions { quantize, device: crate::model_path::device(&a.device)?, ..Default::default() };
+    let opts = exo_models::LoadOptions {
+        quantize,
+        device: crate::model_path::device(&a.device)?,
+        gpu_layers: a.gpu_layers,
+        gpu_ctx: a.ctx_size,
+        ..Default::default()
+    };
     let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
     let train_ctx = model.transformer.config().train_ctx;
     let ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));
@@ -160,22 +170,14 @@ fn chat_ids(model: &LoadedModel, messages: &[ChatMessage], verbose: bool) -> any
 }
 
 /// Streams one answer to stdout and returns its text.
-fn answer(
-    model: &LoadedModel,
-    session: &mut Session,
-    ids: &[u32],
-    params: &GenerateParams,
-    verbose: bool,
-) -> anyhow::Result<String> {
+fn answer(model: &LoadedModel, session: &mut Session, ids: &[u32], params: &GenerateParams, verbose: bool) -> anyhow::Result<String> {
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let done = session.generate(model, ids, params, |text, _| {
-        match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                write_err = Some(e);
-                ControlFlow::Break(())
-            }
+    let done = session.generate(model, ids, params, |text, _| match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(e) => {
+            write_err = Some(e);
+            ControlFlow::Break(())
         }
     })?;
     if let Some(e) = write_err {

@@ -68,8 +68,8 @@ pub struct ServeArgs {
     /// Fewest tokens a draft model drafts per step.
     #[arg(long, default_value_t = SpecConfig::default().draft_min)]
     draft_min: usize,
-    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
-    /// else the CPU), cpu, cuda or cuda:N.
+    /// Where to run: auto or cpu. The batching scheduler has no GPU path yet, so `auto` means
+    /// the CPU here and `cuda` is refused (`exo run` and `exo bench` run on the GPU).
     #[arg(long, default_value = "auto")]
     device: String,
 }
@@ -97,7 +97,7 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         context_policy: a.context_policy,
         queue: a.queue,
         max_body_bytes: a.max_body,
-        device: crate::model_path::device(&a.device)?,
+        device: cpu_only(&a.device)?,
         speculation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -112,6 +112,21 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         server.run().await
     })?;
     Ok(())
+}
+
+/// The device for `--device`: the CPU, since the scheduler batches on the CPU only; a GPU asked
+/// for by name is an error rather than a silent fallback.
+fn cpu_only(flag: &str) -> anyhow::Result<exo_models::Device> {
+    match crate::model_path::device(flag)? {
+        exo_models::Device::Cuda(_) if flag != "auto" => {
+            bail!("--device {flag}: exo serve batches requests on the CPU only for now; use --device cpu (exo run and exo bench take --device cuda)")
+        }
+        exo_models::Device::Cuda(_) => {
+            eprintln!("exo serve: a GPU is present, but the batching scheduler runs on the CPU only for now");
+            Ok(exo_models::Device::Cpu)
+        }
+        cpu => Ok(cpu),
+    }
 }
 
 fn parse_policy(s: &str) -> Result<exo_engine::ContextPolicy, String> {

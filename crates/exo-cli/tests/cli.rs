@@ -67,12 +67,7 @@ fn interactive_chat_keeps_the_conversation() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"What is the capital of France? Answer in one sentence.\nAnd of Germany?\n/bye\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is the capital of France? Answer in one sentence.\nAnd of Germany?\n/bye\n").unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     // The second question only makes sense with the first turn in the context.
@@ -90,7 +85,8 @@ fn model_names_resolve_in_the_cache() {
 #[test]
 fn chat_answer_mentions_paris() {
     let path = model_file(SMOLLM2);
-    let o = exo(&["run", path.to_str().unwrap(), "What is the capital of France? Answer in one sentence.", "--temperature", "0", "-n", "48"]);
+    let o =
+        exo(&["run", path.to_str().unwrap(), "What is the capital of France? Answer in one sentence.", "--temperature", "0", "-n", "48"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("Paris"), "answer: {}", stdout(&o));
 }
@@ -198,6 +194,9 @@ fn absurd_context_sizes_are_refused() {
     fails_with(&["run", p, "hi", "--raw", "--ctx-size", "1000000000000"], &["context size 1000000000000", "8192"]);
     fails_with(&["run", p, "hi", "--raw", "--ctx-size", "0"], &["context size 0"]);
     fails_with(&["bench", p, "-p", "100000000000", "-n", "1", "-r", "1"], &["context size 100000000000", "8192"]);
+    fails_with(&["bench", p, "-p", "64", "-n", "1", "-r", "1", "--ctx-size", "32"], &["--ctx-size 32", "need 64"]);
+    fails_with(&["bench", p, "-p", "8", "-n", "1", "-r", "1", "--ctx-size", "100000"], &["context size 100000", "8192"]);
+    fails_with(&["run", p, "hi", "--raw", "--gpu-layers", "lots"], &["--gpu-layers 'lots'", "auto or a number of layers"]);
 }
 
 #[test]

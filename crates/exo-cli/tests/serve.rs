@@ -220,6 +220,10 @@ fn bad_flags_and_models_are_refused_before_serving() {
     let o = exo(&["serve", "-m", SMOLLM2, "--context-policy", "squeeze"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("unknown context policy 'squeeze'"), "{err}");
+    // The scheduler has no GPU path: a GPU asked for by name is refused, not silently ignored.
+    let o = exo(&["serve", "-m", SMOLLM2, "--device", "cuda:0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--device cuda:0") && err.contains("CPU only"), "{err}");
 }
 
 /// Status code and body of `GET path`, over a plain socket.

@@ -117,7 +117,7 @@ impl GpuMatrix {
         self.cols
     }
 
-    /// The same data viewed as another matrix (tied embeddings: the LM head is the embedding).
+    /// Another handle on the same device data (no copy).
     pub fn share(&self) -> GpuMatrix {
         GpuMatrix { ty: self.ty, rows: self.rows, cols: self.cols, buf: self.buf.clone() }
     }
@@ -198,7 +198,7 @@ impl Gpu {
         let mut modules = Vec::new();
         let mut named = Vec::new();
         for (src, names) in [
-            (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_float", "dequant_f16", "embed_rows", "f32_to_f16"][..]),
+            (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_float", "dequant_f16", "f32_to_f16"][..]),
             (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "glu", "softcap", "argmax"][..]),
         ] {
             let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
@@ -208,6 +208,11 @@ impl Gpu {
             modules.push(m);
         }
         Ok(Self { ctx, stream, blas, kernels: Kernels { _modules: modules, named }, ordinal })
+    }
+
+    /// Bytes of device memory free now (this process's allocations already taken).
+    pub fn free_memory(&self) -> Result<usize> {
+        Ok(self.ctx.mem_get_info().map_err(|e| GpuError::at("querying free device memory", e))?.0)
     }
 
     /// The device's name and ordinal, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)".
@@ -286,49 +291,52 @@ impl Gpu {
     }
 
     /// `y (+)= x · Wᵀ` for `t` tokens: `x` is `t × cols` f16 (row stride `cols`), `y` is `t` rows
-    /// of f32 `ldy` apart. W is first widened to f16 in `scratch` (at least rows·cols halves).
+    /// of f32 `ldy` apart. W is widened to f16 in `scratch`, as many rows at a time as it holds
+    /// (at least one), each chunk multiplied into its own columns of `y`.
     // The arguments are cuBLAS's own (operands, leading dimension, beta) plus the scratch.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(&self, m: &GpuMatrix, x_f16: u64, t: usize, y: u64, ldy: usize, accumulate: bool, scratch: &DeviceBuf) -> Result<()> {
-        assert!(scratch.bytes >= m.rows * m.cols * 2, "f16 scratch smaller than the matrix");
-        self.launch("dequant_f16", ((m.rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::I(m.rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;
+        let chunk = (scratch.bytes / 2 / m.cols).min(m.rows);
+        assert!(chunk > 0, "f16 scratch smaller than one matrix row");
+        let row_bytes = m.ty.row_bytes(m.cols).expect("GPU matrices have whole blocks per row");
         let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
-        // Column-major view: Yᵀ (rows × t) = W (rows × cols, stored as its transpose) · Xᵀ.
-        // SAFETY: sizes are those of the buffers above; the handle runs on our stream.
-        unsafe {
-            blas::gemm_ex(
-                *self.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                m.rows as i32,
-                t as i32,
-                m.cols as i32,
-                (&alpha as *const f32).cast(),
-                scratch.ptr as *const _,
-                blas_sys::cudaDataType::CUDA_R_16F,
-                m.cols as i32,
-                x_f16 as *const _,
-                blas_sys::cudaDataType::CUDA_R_16F,
-                m.cols as i32,
-                (&beta as *const f32).cast(),
-                y as *mut _,
-                blas_sys::cudaDataType::CUDA_R_32F,
-                ldy as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
+        for r0 in (0..m.rows).step_by(chunk) {
+            let rows = chunk.min(m.rows - r0);
+            let w = m.buf.ptr + (r0 * row_bytes) as u64;
+            self.launch("dequant_f16", ((rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(m.ty.id() as i32), Arg::P(w), Arg::I(rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;
+            // Column-major view: Yᵀ (rows × t) = W (rows × cols, stored as its transpose) · Xᵀ.
+            // SAFETY: sizes are those of the buffers above; the handle runs on our stream.
+            unsafe {
+                blas::gemm_ex(
+                    *self.blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    rows as i32,
+                    t as i32,
+                    m.cols as i32,
+                    (&alpha as *const f32).cast(),
+                    scratch.ptr as *const _,
+                    blas_sys::cudaDataType::CUDA_R_16F,
+                    m.cols as i32,
+                    x_f16 as *const _,
+                    blas_sys::cudaDataType::CUDA_R_16F,
+                    m.cols as i32,
+                    (&beta as *const f32).cast(),
+                    (y + (r0 * 4) as u64) as *mut _,
+                    blas_sys::cudaDataType::CUDA_R_32F,
+                    ldy as i32,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| GpuError::at(format!("cuBLAS GEMM {rows}×{}×{t}", m.cols), e))?;
         }
-        .map_err(|e| GpuError::at(format!("cuBLAS GEMM {}×{}×{t}", m.rows, m.cols), e))
+        Ok(())
     }
 
     /// `n` f32 values to f16.
     pub fn to_f16(&self, x: u64, out: u64, n: usize) -> Result<()> {
         self.launch("f32_to_f16", (n.div_ceil(256).min(4096) as u32, 1, 1), 256, 0, &[Arg::P(x), Arg::P(out), Arg::U(n as u64)])
-    }
-
-    /// Rows `tokens[0..t]` of the embedding, times `scale`, into `out` (`t × cols` f32).
-    pub fn embed(&self, table: &GpuMatrix, tokens: u64, t: usize, scale: f32, out: u64) -> Result<()> {
-        self.launch("embed_rows", (t as u32, 1, 1), 256, 0, &[Arg::I(table.ty.id() as i32), Arg::P(table.buf.ptr), Arg::I(table.cols as i32), Arg::P(tokens), Arg::F(scale), Arg::P(out)])
     }
 
     /// RMSNorm of `rows` rows of `n` values from `x` into `out` (plus int8 groups when set).

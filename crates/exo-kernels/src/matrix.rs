@@ -339,6 +339,30 @@ impl Matrix {
             return Err(KernelError::Shape { name: self.name.clone(), what: "row index", need: self.rows, have: r });
         }
         self.check_len("row output", out.len(), self.cols)?;
+        self.write_row(r, out);
+        Ok(())
+    }
+
+    /// Writes rows `ids` as f32 into consecutive `cols`-long slices of `out`, spread over the
+    /// threads: the embedding lookup of a prompt.
+    pub fn rows_to_f32(&self, ids: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
+        if let Some(&r) = ids.iter().find(|&&r| r as usize >= self.rows) {
+            return Err(KernelError::Shape { name: self.name.clone(), what: "row index", need: self.rows, have: r as usize });
+        }
+        self.check_len("rows output", out.len(), ids.len() * self.cols)?;
+        let ptr = SendPtr(out.as_mut_ptr());
+        parallel_for(ids.len(), |range| {
+            for i in range {
+                // SAFETY: row i of `out` (checked to hold them all) is written by this range alone.
+                let row = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * self.cols), self.cols) };
+                self.write_row(ids[i] as usize, row);
+            }
+        });
+        Ok(())
+    }
+
+    /// Row `r` (in range) as f32 into `out` (`cols` long).
+    fn write_row(&self, r: usize, out: &mut [f32]) {
         match &self.data {
             MatrixData::Packed(p) => p.row_to_f32(r, out),
             MatrixData::PackedK(p) => p.row_to_f32(r, out),
@@ -346,7 +370,6 @@ impl Matrix {
                 self.dequantize_row(&self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes], out)
             }
         }
-        Ok(())
     }
 
     /// The whole matrix as f32 values (row-major).

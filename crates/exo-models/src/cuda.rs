@@ -4,9 +4,13 @@
 //!
 //! Weights are uploaded in their GGUF block layout. One token at a time (decode), products are
 //! quantized mat-vecs on int8 activations, and the whole step is captured once as a CUDA graph
-//! and replayed: positions and the token id live in device memory (`io`), so nothing in the
-//! graph changes between tokens. Several tokens at a time (prefill), each weight matrix is
-//! widened to f16 and multiplied with cuBLAS. The KV cache is f16, preallocated for the context.
+//! and replayed: the host writes the step's input rows and the position into device memory
+//! (`x`, `io`) before each replay, so nothing in the graph changes between tokens. Several
+//! tokens at a time (prefill), each weight matrix is widened to f16 and multiplied with cuBLAS.
+//! The KV cache is f16, preallocated for the context.
+//!
+//! The device may hold only the last layers (`--gpu-layers`): the host embeds the tokens, runs
+//! the layers before [`CudaModel::first_layer`] on the CPU and hands their output rows over.
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,6 +19,7 @@ use exo_kernels::ops::RopeTable;
 
 use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
+use crate::GpuLayers;
 use crate::ModelError;
 
 /// Keys per attention split when decoding: small enough that a long context spreads over many
@@ -22,6 +27,16 @@ use crate::ModelError;
 const DECODE_CHUNK: usize = 256;
 /// Most keys one prefill attention block scores (its shared memory holds one f32 per key).
 const PREFILL_CHUNK: usize = 8192;
+/// Most weights a prefill GEMM widens to f16 at once (64 MiB of scratch): bigger matrices go
+/// through in row chunks, so the scratch does not grow with the LM head of a large vocabulary.
+const W16_MAX: usize = 32 << 20;
+/// The context `--gpu-layers auto` keeps KV room for when the caller names none.
+const AUTO_CTX: usize = 4096;
+/// Tokens per prefill call that `--gpu-layers auto` budgets working buffers for.
+const AUTO_BATCH: usize = 512;
+/// Device memory `--gpu-layers auto` leaves unplanned: cuBLAS's workspace and kernels, the
+/// attention partials, allocator rounding.
+const AUTO_RESERVE: usize = 512 << 20;
 
 /// Matrices whose outputs sit side by side in one row (q|k|v, gate|up), each with its first
 /// output column. Parts sharing a storage type are stacked into one matrix, so one launch
@@ -43,24 +58,33 @@ struct GpuLayer {
     post_ffn_norm: Option<DeviceBuf>,
 }
 
-/// A model's weights on one GPU.
+/// A model's weights on one GPU: the LM head and the layers from `first_layer` on.
 pub struct CudaModel {
     gpu: Arc<Gpu>,
     config: ModelConfig,
-    tok_embd: GpuMatrix,
+    first_layer: usize,
     layers: Vec<GpuLayer>,
     output_norm: DeviceBuf,
     output: GpuMatrix,
-    /// Elements of the largest matrix: the size of the f16 scratch a prefill GEMM widens into.
-    largest: usize,
+    /// Elements of the f16 scratch a prefill GEMM widens weights into: the largest matrix, or
+    /// [`W16_MAX`] when that is smaller.
+    w16_elems: usize,
     /// Held for a whole forward call: all states share one stream, and a graph capture must not
     /// record another sequence's launches.
     busy: std::sync::Mutex<()>,
 }
 
 impl CudaModel {
-    /// Uploads every tensor `config` calls for to device `ordinal`.
-    pub fn load(config: &ModelConfig, w: &Weights, ordinal: usize) -> Result<Self, ModelError> {
+    /// Uploads the LM head and the last layers to device `ordinal`: as many as `layers` asks
+    /// for, or with [`GpuLayers::Auto`] as many as its free memory holds next to a KV cache of
+    /// `ctx` tokens (4096 when not given). `None` when that is no layer at all.
+    pub fn load(
+        config: &ModelConfig,
+        w: &Weights,
+        ordinal: usize,
+        layers: GpuLayers,
+        ctx: Option<usize>,
+    ) -> Result<Option<Self>, ModelError> {
         let c = config;
         if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 {
             return Err(ModelError::Config {
@@ -69,20 +93,47 @@ impl CudaModel {
             });
         }
         let gpu = Arc::new(Gpu::new(ordinal)?);
+        let n_gpu = match layers {
+            GpuLayers::Count(n) => n.min(c.n_layers),
+            GpuLayers::Auto => {
+                let free = gpu.free_memory()?;
+                let n = layers_that_fit(c, w, free, ctx.unwrap_or(AUTO_CTX))?;
+                if n < c.n_layers {
+                    tracing::warn!(
+                        "{} of {} layers fit in the {} MiB free on {}; the CPU runs the rest",
+                        n,
+                        c.n_layers,
+                        free >> 20,
+                        gpu.describe()
+                    );
+                }
+                n
+            }
+        };
+        if n_gpu == 0 {
+            return Ok(None);
+        }
+        let first_layer = c.n_layers - n_gpu;
         let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let norm = |name: &str, len: usize| -> Result<DeviceBuf, ModelError> {
             let mut v = w.vector(name, len)?;
             v.iter_mut().for_each(|x| *x += c.norm_weight_offset);
             Ok(gpu.upload(&v, name)?)
         };
-        let opt_norm = |name: &str, len: usize, wanted: bool| if wanted { norm(name, len).map(Some) } else { Ok(None) };
+        let opt_norm = |name: &str, len: usize, wanted: bool| {
+            if wanted {
+                norm(name, len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<GpuMatrix, ModelError> {
             let (ty, bytes) = w.raw_matrix(name, rows, cols)?;
             Ok(gpu.matrix(name, ty, rows, cols, &bytes)?)
         };
         let mut largest = 0;
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for i in 0..c.n_layers {
+        let mut layers = Vec::with_capacity(n_gpu);
+        for i in first_layer..c.n_layers {
             let n = |part: &str| format!("blk.{i}.{part}");
             let qkv = projection(&gpu, w, &[(n("attn_q.weight"), q), (n("attn_k.weight"), kv), (n("attn_v.weight"), kv)], h)?;
             let gate_up = projection(&gpu, w, &[(n("ffn_gate.weight"), f), (n("ffn_up.weight"), f)], h)?;
@@ -114,16 +165,26 @@ impl CudaModel {
             }
             layers.push(layer);
         }
-        let tok_embd = matrix("token_embd.weight", c.vocab_size, h)?;
-        let output = if w.has("output.weight") { matrix("output.weight", c.vocab_size, h)? } else { tok_embd.share() };
+        // Token embeddings are looked up on the host (as llama.cpp keeps them there): the device
+        // holds the table only when it doubles as the LM head.
+        let output = matrix(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
         largest = largest.max(output.rows() * output.cols());
+        let w16_elems = largest.min(W16_MAX.max(c.ffn_dim.max(c.q_dim()).max(h)));
         let output_norm = norm("output_norm.weight", h)?;
-        Ok(Self { gpu, config: config.clone(), tok_embd, layers, output_norm, output, largest, busy: Default::default() })
+        Ok(Some(Self { gpu, config: config.clone(), first_layer, layers, output_norm, output, w16_elems, busy: Default::default() }))
+    }
+
+    /// The first layer the GPU runs; the CPU runs those before it.
+    pub fn first_layer(&self) -> usize {
+        self.first_layer
     }
 
     /// The device, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)".
     pub fn describe(&self) -> String {
-        self.gpu.describe()
+        match self.first_layer {
+            0 => self.gpu.describe(),
+            n => format!("{}, layers {n}-{} (the CPU runs layers 0-{})", self.gpu.describe(), self.config.n_layers - 1, n - 1),
+        }
     }
 
     /// A KV cache and scratch buffers on the device for `ctx` tokens, `max_batch` per call.
@@ -131,14 +192,15 @@ impl CudaModel {
         CudaState::new(self, ctx, max_batch.max(1))
     }
 
-    /// Runs `tokens` at positions `pos0..` (the caller has checked ids, batch and context) and
-    /// leaves the logits of the last token, or of all with `all_logits`, in the state.
-    pub fn forward(&self, s: &mut CudaState, pos0: usize, tokens: &[u32], all_logits: bool) -> Result<(), ModelError> {
+    /// Runs `t` tokens at positions `pos0..` from `input` (`t × hidden`: the tokens' embeddings,
+    /// or the CPU layers' output when the device starts at a later layer; the caller has
+    /// checked batch and context) and leaves the logits of the last token, or of all with
+    /// `all_logits`, in the state.
+    pub fn forward(&self, s: &mut CudaState, pos0: usize, input: &[f32], all_logits: bool) -> Result<(), ModelError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let t = tokens.len();
-        let mut io = vec![pos0 as i32, t as i32];
-        io.extend(tokens.iter().map(|&x| x as i32));
-        self.gpu.write(&s.io, 0, &io)?;
+        let t = input.len() / self.config.hidden;
+        self.gpu.write(&s.io, 0, &[pos0 as i32, t as i32])?;
+        self.gpu.write(&s.x, 0, input)?;
         let n_out = if all_logits { t } else { 1 };
         if n_out * self.config.vocab_size * 4 > s.logits.bytes() {
             s.logits = self.gpu.alloc(n_out * self.config.vocab_size * 4, "logits")?;
@@ -166,26 +228,25 @@ impl CudaModel {
         Ok(())
     }
 
-    /// The forward pass over the `t` tokens in `s.io`, queued on the device.
+    /// The forward pass over the `t` input rows in `s.x`, queued on the device.
     fn step(&self, s: &CudaState, t: usize, all_logits: bool) -> Result<(), ModelError> {
         let (c, g) = (&self.config, &*self.gpu);
         let (h, qd, kvd, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let stride = qd + 2 * kvd;
         let x = s.x.ptr();
         // One token: activations also go to int8 groups for the quantized mat-vecs.
-        let act = |buf: &DeviceBuf| Act { f32: buf.ptr(), q8: if t == 1 { s.q8.ptr() } else { 0 }, ds: if t == 1 { s.ds.ptr() } else { 0 } };
+        let act =
+            |buf: &DeviceBuf| Act { f32: buf.ptr(), q8: if t == 1 { s.q8.ptr() } else { 0 }, ds: if t == 1 { s.ds.ptr() } else { 0 } };
 
-        // Token embeddings, scaled for Gemma.
-        g.embed(&self.tok_embd, s.io.at(8), t, c.embed_scale.unwrap_or(1.0), x)?;
-
-        for (li, l) in self.layers.iter().enumerate() {
+        for (i, l) in self.layers.iter().enumerate() {
+            let li = self.first_layer + i;
             // Attention: norm, q/k/v projections, then bias, per-head norms, rotary positions
             // and the cache write in one kernel.
             g.rms_norm(x, l.attn_norm.ptr(), act(&s.xn), t, h, c.rms_eps)?;
             self.project(s, &l.qkv, act(&s.xn), t, s.qkv.ptr(), stride, false)?;
             let sliding = c.sliding_layers[li];
             let (cos, sin) = if sliding { (&s.cos_local, &s.sin_local) } else { (&s.cos, &s.sin) };
-            let (kc, vc) = (s.k_cache[li].ptr(), s.v_cache[li].ptr());
+            let (kc, vc) = (s.k_cache[i].ptr(), s.v_cache[i].ptr());
             g.rope_kv(
                 &RopeArgs {
                     qkv: s.qkv.ptr(),
@@ -282,6 +343,38 @@ impl CudaModel {
     }
 }
 
+/// How many of the last layers fit in `free` bytes of device memory after the LM head, the
+/// working buffers of a prefill call and a reserve, each with its KV cache for `ctx` tokens.
+fn layers_that_fit(c: &ModelConfig, w: &Weights, free: usize, ctx: usize) -> Result<usize, ModelError> {
+    let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
+    let bytes = |name: &str, rows: usize, cols: usize| -> Result<usize, ModelError> {
+        let (ty, _) = w.raw_matrix(name, rows, cols)?;
+        Ok(ty.row_bytes(cols).unwrap_or(cols * 4) * rows)
+    };
+    let head = bytes(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
+    let widest = h.max(q).max(f);
+    let buffers = AUTO_BATCH * 4 * (2 * h + 2 * widest + 2 * q + 2 * kv + 3 * f) + W16_MAX * 2 + c.vocab_size * 4;
+    let mut used = head + buffers + AUTO_RESERVE;
+    let mut n = 0;
+    for i in (0..c.n_layers).rev() {
+        let m = |part: &str, rows: usize, cols: usize| bytes(&format!("blk.{i}.{part}"), rows, cols);
+        let layer = m("attn_q.weight", q, h)?
+            + m("attn_k.weight", kv, h)?
+            + m("attn_v.weight", kv, h)?
+            + m("attn_output.weight", h, q)?
+            + m("ffn_gate.weight", f, h)?
+            + m("ffn_up.weight", f, h)?
+            + m("ffn_down.weight", h, f)?
+            + 2 * ctx * kv * 2;
+        if used + layer > free {
+            break;
+        }
+        used += layer;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Consecutive parts of one storage type, gathered for one upload.
 struct Run<'a> {
     ty: exo_formats::GgmlType,
@@ -350,9 +443,9 @@ impl CudaState {
         let (h, qd, kvd, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let widest = h.max(qd).max(ffn);
         let f32s = |n: usize, what: &str| g.alloc(n * 4, what);
-        let mut k_cache = Vec::with_capacity(c.n_layers);
-        let mut v_cache = Vec::with_capacity(c.n_layers);
-        for i in 0..c.n_layers {
+        let mut k_cache = Vec::with_capacity(m.layers.len());
+        let mut v_cache = Vec::with_capacity(m.layers.len());
+        for i in m.first_layer..c.n_layers {
             k_cache.push(g.alloc(ctx * kvd * 2, &format!("layer {i} key cache"))?);
             v_cache.push(g.alloc(ctx * kvd * 2, &format!("layer {i} value cache"))?);
         }
@@ -364,7 +457,7 @@ impl CudaState {
             gpu: m.gpu.clone(),
             ctx,
             vocab: c.vocab_size,
-            io: g.alloc((2 + max_batch) * 4, "token ids")?,
+            io: g.alloc(2 * 4, "position and token count")?,
             k_cache,
             v_cache,
             cos: g.upload(global.tables().0, "rope cos")?,
@@ -382,7 +475,7 @@ impl CudaState {
             ffo: f32s(max_batch * ffn, "feed-forward activations")?,
             tmp: f32s(max_batch * h, "post-norm scratch")?,
             x16: g.alloc(if max_batch > 1 { max_batch * widest * 2 } else { 0 }, "f16 activations")?,
-            w16: g.alloc(if max_batch > 1 { m.largest * 2 } else { 0 }, "f16 weight scratch")?,
+            w16: g.alloc(if max_batch > 1 { m.w16_elems * 2 } else { 0 }, "f16 weight scratch")?,
             part: f32s(splits * c.n_heads * c.head_dim, "attention partials")?,
             ml: g.alloc(splits * c.n_heads * 8, "attention partial sums")?,
             logits: f32s(c.vocab_size, "logits")?,

@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 pub use config::{Arch, ModelConfig};
 pub use embed::{is_embedding_model, Embedder, Embedding, Pooling};
 use exo_formats::{GgufFile, HfModelDir};
-use exo_tokenizer::Tokenizer;
 pub use exo_kernels::kv::{KvCache, KvType, BLOCK_TOKENS};
+use exo_tokenizer::Tokenizer;
 pub use transformer::{Logits, Scratch, Segment, State, Transformer};
 use weights::{WeightFile, Weights};
 
@@ -215,6 +215,36 @@ pub struct LoadOptions {
     pub quantize: Option<exo_quant::QuantFormat>,
     /// Where the forward pass runs.
     pub device: Device,
+    /// With a GPU device: how many layers it runs (`--gpu-layers`).
+    pub gpu_layers: GpuLayers,
+    /// With a GPU device and [`GpuLayers::Auto`]: the context the GPU keeps room for in its KV
+    /// cache (default 4096 tokens).
+    pub gpu_ctx: Option<usize>,
+}
+
+/// How many of a model's layers run on the GPU; the others run on the CPU before them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuLayers {
+    /// As many as fit in the device's free memory with their share of the KV cache, the LM
+    /// head and working buffers first (llama.cpp's `-ngl` sized to the card).
+    #[default]
+    Auto,
+    /// This many: the last ones, as llama.cpp's `-ngl N` counts; more than the model has means
+    /// all of them, 0 none (the CPU runs the whole model).
+    Count(usize),
+}
+
+impl GpuLayers {
+    /// Parses `auto` or a layer count.
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            _ => s
+                .parse()
+                .map(Self::Count)
+                .map_err(|_| ModelError::Device(format!("--gpu-layers '{s}': expected auto or a number of layers"))),
+        }
+    }
 }
 
 /// A model ready to run, with its tokenizer and a description for `exo info`.
@@ -263,7 +293,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> 
             WeightFile::Hf(h) => Tokenizer::from_hf_dir(h),
         });
         let weights = Weights::new(&file, config.arch, opts.dequantize).with_quantize(opts.quantize);
-        let transformer = Transformer::load_on(config, &weights, opts.device);
+        let transformer = Transformer::load_on(config, &weights, opts);
         (transformer, tokenizer.join().expect("tokenizer construction does not panic"))
     });
     Ok(LoadedModel { transformer: transformer?, tokenizer: tokenizer?, info })

@@ -15,7 +15,7 @@ use exo_kernels::{KernelError, Matrix};
 use crate::calibration::{ActivationStats, Site};
 use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
-use crate::{Device, ModelError};
+use crate::{Device, LoadOptions, ModelError};
 
 /// Projections of the same input (q/k/v, or gate/up).
 ///
@@ -132,7 +132,11 @@ impl Transformer {
             Ok(v)
         };
         let opt_norm = |name: &str, len: usize, wanted: bool| -> Result<Option<Vec<f32>>, ModelError> {
-            if wanted { norm(name, len).map(Some) } else { Ok(None) }
+            if wanted {
+                norm(name, len).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -170,18 +174,30 @@ impl Transformer {
         })
     }
 
-    /// [`Transformer::load`], plus the weights uploaded to `device` when it is a GPU.
-    pub fn load_on(config: ModelConfig, w: &Weights, device: Device) -> Result<Self, ModelError> {
+    /// [`Transformer::load`], plus the weights of the layers `opts` gives the GPU uploaded to it
+    /// when `opts.device` is one.
+    pub fn load_on(config: ModelConfig, w: &Weights, opts: &LoadOptions) -> Result<Self, ModelError> {
         #[allow(unused_mut)]
         let mut t = Self::load(config, w)?;
-        match device {
+        match opts.device {
             Device::Cpu => {}
             #[cfg(feature = "cuda")]
-            Device::Cuda(n) => t.gpu = Some(crate::cuda::CudaModel::load(&t.config, w, n)?),
+            Device::Cuda(n) => t.gpu = crate::cuda::CudaModel::load(&t.config, w, n, opts.gpu_layers, opts.gpu_ctx)?,
             #[cfg(not(feature = "cuda"))]
-            Device::Cuda(_) => return Err(ModelError::Device(format!("--device {device}: this exo was built without the cuda feature"))),
+            Device::Cuda(_) => {
+                return Err(ModelError::Device(format!("--device {}: this exo was built without the cuda feature", opts.device)));
+            }
         }
         Ok(t)
+    }
+
+    /// Layers the CPU runs: all, or those before the GPU's.
+    fn cpu_layers(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return g.first_layer();
+        }
+        self.layers.len()
     }
 
     /// Where the forward pass runs, in words ("cpu", "cuda:0 (NVIDIA H100 80GB HBM3)").
@@ -265,7 +281,8 @@ impl Transformer {
     pub fn new_state_with(&self, ctx: usize, max_batch: usize, kv_type: KvType) -> Result<State, ModelError> {
         let scratch = self.new_scratch(max_batch, ctx)?;
         let n_blocks = ctx.div_ceil(BLOCK_TOKENS);
-        let kv = self.new_kv_cache(kv_type, n_blocks)?;
+        let c = &self.config;
+        let kv = KvCache::new(kv_type, self.cpu_layers(), c.n_kv_heads, c.head_dim, n_blocks)?;
         #[allow(unused_mut)]
         let mut state = State {
             kv,
@@ -296,11 +313,13 @@ impl Transformer {
         }
         #[cfg(feature = "cuda")]
         if let (Some(g), Some(gs)) = (&self.gpu, &mut state.gpu) {
-            let vocab = self.config.vocab_size;
-            if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= vocab) {
-                return Err(ModelError::BadToken { id: tok, vocab });
+            if tokens.len() > state.scratch.max_tokens {
+                return Err(ModelError::Batch { tokens: tokens.len(), max: state.scratch.max_tokens });
             }
-            g.forward(gs, state.len, tokens, all_logits)?;
+            // The layers the GPU does not hold run here first; it continues from their output.
+            let seg = Segment { tokens, pos0: state.len, blocks: &state.blocks, logits: Logits::None };
+            self.embed_layers(&mut state.kv, &mut state.scratch, &[seg], g.first_layer())?;
+            g.forward(gs, state.len, &state.scratch.x[..tokens.len() * self.config.hidden], all_logits)?;
             state.scratch.n_logits = if all_logits { tokens.len() } else { 1 };
             state.len += tokens.len();
             return Ok(());
@@ -312,13 +331,25 @@ impl Transformer {
         Ok(())
     }
 
+    /// The embedding rows of `tokens` into `x` (`hidden` values each), scaled for Gemma.
+    fn embed(&self, tokens: &[u32], x: &mut [f32]) -> Result<(), ModelError> {
+        let vocab = self.config.vocab_size;
+        if let Some(&tok) = tokens.iter().find(|&&tok| tok as usize >= vocab) {
+            return Err(ModelError::BadToken { id: tok, vocab });
+        }
+        self.tok_embd.rows_to_f32(tokens, x)?;
+        if let Some(scale) = self.config.embed_scale {
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+        Ok(())
+    }
+
     /// Runs one step for a batch of sequences: each segment's tokens follow the `pos0` already
     /// cached in its blocks of `kv`. Their K/V rows are written to those blocks.
     ///
     /// Logits are left in [`Scratch::logits`]: for each segment in order, none, its last
     /// token's row, or one row per token, as its [`Logits`] asks.
     pub fn forward_batch(&self, kv: &mut KvCache, s: &mut Scratch, segments: &[Segment]) -> Result<(), ModelError> {
-        let c = &self.config;
         let t: usize = segments.iter().map(|g| g.tokens.len()).sum();
         if t == 0 {
             return Ok(());
@@ -339,26 +370,29 @@ impl Transformer {
                 ))));
             }
         }
+        self.embed_layers(kv, s, segments, self.layers.len())?;
+        self.head(s, segments)
+    }
+
+    /// Embeds the segments' tokens into `s.x` (with each token's position in `s.pos`) and runs
+    /// the first `n_layers` layers over them; the caller has checked batch, blocks and context.
+    fn embed_layers(&self, kv: &mut KvCache, s: &mut Scratch, segments: &[Segment], n_layers: usize) -> Result<(), ModelError> {
+        let c = &self.config;
+        let t: usize = segments.iter().map(|g| g.tokens.len()).sum();
         let (h, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
 
         // Token embeddings, scaled for Gemma, with each token's position.
         let mut row = 0;
         for (gi, g) in segments.iter().enumerate() {
-            for (i, &tok) in g.tokens.iter().enumerate() {
-                if tok as usize >= c.vocab_size {
-                    return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
-                }
-                let x = &mut s.x[row * h..(row + 1) * h];
-                self.tok_embd.row_to_f32(tok as usize, x)?;
-                if let Some(scale) = c.embed_scale {
-                    x.iter_mut().for_each(|v| *v *= scale);
-                }
-                s.pos[row] = TokenPos { seq: gi, pos: g.pos0 + i };
-                row += 1;
+            let n = g.tokens.len();
+            self.embed(g.tokens, &mut s.x[row * h..(row + n) * h])?;
+            for i in 0..n {
+                s.pos[row + i] = TokenPos { seq: gi, pos: g.pos0 + i };
             }
+            row += n;
         }
 
-        for (li, l) in self.layers.iter().enumerate() {
+        for (li, l) in self.layers[..n_layers].iter().enumerate() {
             let x = &mut s.x[..t * h];
             let xn = &mut s.xn[..t * h];
             let (q, k, v) = (&mut s.q[..t * qd], &mut s.k[..t * kvd], &mut s.v[..t * kvd]);
@@ -422,8 +456,14 @@ impl Transformer {
             }
             ops::add_inplace(x, xn);
         }
+        Ok(())
+    }
 
-        // Final norm and LM head for the rows that want logits, gathered in segment order.
+    /// Final norm and LM head over `s.x` for the rows that want logits, gathered in segment
+    /// order into `s.logits`.
+    fn head(&self, s: &mut Scratch, segments: &[Segment]) -> Result<(), ModelError> {
+        let c = &self.config;
+        let h = c.hidden;
         let mut n_out = 0;
         let mut row = 0;
         for g in segments {

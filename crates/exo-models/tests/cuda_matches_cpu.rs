@@ -1,18 +1,23 @@
 //! The CUDA forward pass against the CPU one on the same GGUF files: prompt logits and greedy
-//! continuations must agree.
+//! continuations must agree, with the whole model on the GPU and with only its last half there
+//! (`--gpu-layers`, the CPU running the first half).
 //!
 //! Runs only in a `cuda` build and only where `EXO_GPU_MODELS` names models (comma-separated
 //! paths): CI has neither a GPU nor the feature. tests/gpu/check.sh builds this test, and runs it
 //! on a lent GPU machine with a real model and random-weight models of real shapes.
 //!
-//! Tolerances: the GPU rounds activations to int8 groups of 32 for its mat-vecs, keeps the KV
-//! cache in f16 and multiplies prompts in f16 (the CPU keeps f32 and its own int8 grouping), so
-//! logits differ by rounding: the relative L2 error must stay under 3%, and greedy tokens must
-//! match until the CPU's top two logits are closer than 5% of the logits' spread (a near-tie,
-//! where either choice is right within rounding).
+//! The reference is the CPU path on dequantized f32 weights (the path that matches Hugging Face
+//! `transformers` to ~1e-3 in the reference tests). Both fast paths round activations on their
+//! way into quantized mat-vecs (the CPU to int8 groups of 32 or 256 as llama.cpp does, the GPU to
+//! int8 groups of 32, multiplying prompts in f16 and keeping the KV cache in f16), so both land
+//! some way off it; on random-weight models that amplify rounding (all-Q8_0, all-Q6_K) the CPU's
+//! own quantized path is 2-6% off. So the GPU's logits must be no further from the reference
+//! than the larger of 3% (relative L2) and 1.5 times the CPU's quantized path's distance, and
+//! greedy tokens must match the CPU's quantized path until the CPU's top two logits are closer
+//! than 5% of the logits' spread (a near-tie, where either choice is right within rounding).
 #![cfg(feature = "cuda")]
 
-use exo_models::{load, Device, LoadOptions, LoadedModel, State};
+use exo_models::{load, Device, GpuLayers, LoadOptions, LoadedModel, State};
 
 const PROMPTS: &[&str] = &[
     "The capital of France is",
@@ -21,6 +26,7 @@ const PROMPTS: &[&str] = &[
 ];
 const STEPS: usize = 32;
 const MAX_REL_ERR: f64 = 0.03;
+const CPU_ERR_FACTOR: f64 = 1.5;
 const TIE_FRACTION: f32 = 0.05;
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -55,48 +61,66 @@ fn gpu_forward_matches_cpu() {
     for path in paths.split(',').filter(|p| !p.is_empty()) {
         let path = std::path::Path::new(path);
         let cpu = load(path, &LoadOptions::default()).expect("CPU load");
-        let gpu = load(path, &LoadOptions { device: Device::Cuda(0), ..Default::default() }).expect("GPU load");
-        let vocab = cpu.transformer.config().vocab_size;
-        for prompt in PROMPTS {
-            let add_bos = cpu.tokenizer.adds_bos();
-            let mut tokens = cpu.tokenizer.encode(prompt, add_bos, false).expect("encode");
-            // Random-weight models built from another model's tokenizer may have fewer rows.
-            tokens.retain(|&t| (t as usize) < vocab);
-            let ctx = tokens.len() + STEPS + 1;
-            let (mut sc, mut sg) = (state(&cpu, ctx), state(&gpu, ctx));
-            cpu.transformer.forward(&mut sc, &tokens, false).expect("CPU forward");
-            gpu.transformer.forward(&mut sg, &tokens, false).expect("GPU forward");
-            let prefill_err = rel_err(sg.last_logits(), sc.last_logits());
-            let mut worst = prefill_err;
-            let (mut same, mut diverged) = (0, None);
-            for step in 0..STEPS {
-                let (tc, tg) = (argmax(sc.last_logits()), argmax(sg.last_logits()));
-                if tc != tg {
-                    diverged = Some((step, near_tie(sc.last_logits())));
-                    break;
-                }
-                same += 1;
-                cpu.transformer.forward(&mut sc, &[tc], false).expect("CPU decode");
-                gpu.transformer.forward(&mut sg, &[tg], false).expect("GPU decode");
-                worst = worst.max(rel_err(sg.last_logits(), sc.last_logits()));
-            }
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            println!(
-                "{name} | {:?}: prefill rel err {prefill_err:.2e}, worst {worst:.2e}; greedy tokens equal for {same}/{STEPS} steps{}",
-                &prompt[..prompt.len().min(24)],
-                match diverged {
-                    Some((s, true)) => format!(" (diverged at step {s} on a CPU near-tie)"),
-                    Some((s, false)) => format!(" (DIVERGED at step {s}, no tie)"),
-                    None => String::new(),
-                }
-            );
-            if worst > MAX_REL_ERR {
-                failures.push(format!("{name} {prompt:?}: relative logit error {worst:.3e} over {MAX_REL_ERR}"));
-            }
-            if let Some((s, false)) = diverged {
-                failures.push(format!("{name} {prompt:?}: greedy tokens differ at step {s} without a near-tie"));
+        let reference = load(path, &LoadOptions { dequantize: true, ..Default::default() }).expect("dequantized CPU load");
+        // The whole model on the GPU, then the last half only (the CPU runs the first half).
+        let n_layers = cpu.transformer.config().n_layers;
+        for layers in [GpuLayers::Auto, GpuLayers::Count(n_layers / 2)] {
+            let gpu = load(path, &LoadOptions { device: Device::Cuda(0), gpu_layers: layers, ..Default::default() }).expect("GPU load");
+            let name = format!("{} ({layers:?})", path.file_name().unwrap_or_default().to_string_lossy());
+            for prompt in PROMPTS {
+                compare(&name, prompt, &cpu, &gpu, &reference, &mut failures);
             }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Prefill and greedy decoding of `prompt` on the three loads, with the findings printed and
+/// any over-tolerance ones added to `failures`.
+fn compare(name: &str, prompt: &str, cpu: &LoadedModel, gpu: &LoadedModel, reference: &LoadedModel, failures: &mut Vec<String>) {
+    let vocab = cpu.transformer.config().vocab_size;
+    let add_bos = cpu.tokenizer.adds_bos();
+    let mut tokens = cpu.tokenizer.encode(prompt, add_bos, false).expect("encode");
+    // Random-weight models built from another model's tokenizer may have fewer rows.
+    tokens.retain(|&t| (t as usize) < vocab);
+    let ctx = tokens.len() + STEPS + 1;
+    let (mut sc, mut sg, mut sr) = (state(cpu, ctx), state(gpu, ctx), state(reference, ctx));
+    cpu.transformer.forward(&mut sc, &tokens, false).expect("CPU forward");
+    gpu.transformer.forward(&mut sg, &tokens, false).expect("GPU forward");
+    reference.transformer.forward(&mut sr, &tokens, false).expect("reference forward");
+    let errs =
+        |sg: &State, sc: &State, sr: &State| (rel_err(sg.last_logits(), sr.last_logits()), rel_err(sc.last_logits(), sr.last_logits()));
+    let (prefill_gpu, prefill_cpu) = errs(&sg, &sc, &sr);
+    let (mut worst_gpu, mut worst_cpu) = (prefill_gpu, prefill_cpu);
+    let (mut same, mut diverged) = (0, None);
+    for step in 0..STEPS {
+        let (tc, tg) = (argmax(sc.last_logits()), argmax(sg.last_logits()));
+        if tc != tg {
+            diverged = Some((step, near_tie(sc.last_logits())));
+            break;
+        }
+        same += 1;
+        cpu.transformer.forward(&mut sc, &[tc], false).expect("CPU decode");
+        gpu.transformer.forward(&mut sg, &[tg], false).expect("GPU decode");
+        reference.transformer.forward(&mut sr, &[tc], false).expect("reference decode");
+        let (eg, ec) = errs(&sg, &sc, &sr);
+        worst_gpu = worst_gpu.max(eg);
+        worst_cpu = worst_cpu.max(ec);
+    }
+    println!(
+        "{name} | {:?}: rel err vs dequantized f32: GPU prefill {prefill_gpu:.2e}, worst {worst_gpu:.2e}; CPU quantized prefill {prefill_cpu:.2e}, worst {worst_cpu:.2e}; greedy tokens equal for {same}/{STEPS} steps{}",
+        &prompt[..prompt.len().min(24)],
+        match diverged {
+            Some((s, true)) => format!(" (diverged at step {s} on a CPU near-tie)"),
+            Some((s, false)) => format!(" (DIVERGED at step {s}, no tie)"),
+            None => String::new(),
+        }
+    );
+    let limit = MAX_REL_ERR.max(CPU_ERR_FACTOR * worst_cpu);
+    if worst_gpu > limit {
+        failures.push(format!("{name} {prompt:?}: GPU logits {worst_gpu:.3e} from the dequantized reference, over {limit:.3e}"));
+    }
+    if let Some((s, false)) = diverged {
+        failures.push(format!("{name} {prompt:?}: greedy tokens differ at step {s} without a near-tie"));
+    }
 }

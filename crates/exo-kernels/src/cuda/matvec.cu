@@ -1,5 +1,5 @@
 // Weight-side kernels: quantized matrix-vector products for decode, dequantization to f16 for
-// prefill GEMMs, and embedding-row lookup. Weights stay in their GGUF block layout.
+// prefill GEMMs. Weights stay in their GGUF block layout.
 #include "blocks.cuh"
 #include "reduce.cuh"
 
@@ -103,15 +103,6 @@ extern "C" __global__ void dequant_f16(int type, const uint8_t* w, int rows, int
 
 // out[i] = scale · table[tokens[i]] for the batch's tokens; one block per token. `tokens` is
 // device memory so a captured decode graph picks up each step's token.
-extern "C" __global__ void embed_rows(int type, const uint8_t* table, int cols, const int* tokens, float scale,
-                                      float* out) {
-    BlockInfo bi = block_info(type);
-    size_t row_bytes = (size_t)(cols / bi.qk) * bi.bytes;
-    const uint8_t* row = table + (size_t)tokens[blockIdx.x] * row_bytes;
-    float* o = out + (size_t)blockIdx.x * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = scale * deq(type, row + (size_t)(c / bi.qk) * bi.bytes, c % bi.qk);
-}
-
 extern "C" __global__ void f32_to_f16(const float* x, __half* out, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = __float2half(x[i]);
