@@ -94,7 +94,7 @@ pub struct RunArgs {
 
 /// Draft-free speculation methods.
 #[derive(Clone, Copy, ValueEnum)]
-enum SpecKind {
+pub(crate) enum SpecKind {
     /// Prompt lookup: n-gram matches in the context.
     Ngram,
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use exo_server::{ModelSpec, Server, ServerConfig};
+use exo_engine::SpecConfig;
+use exo_server::{ModelSpec, Server, ServerConfig, SpeculationSpec};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -51,6 +52,22 @@ pub struct ServeArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Decode speculatively with this draft model (a path or a cache name), which must share
+    /// every served model's vocabulary (checked at start); answers are what the model alone
+    /// would say. Requests asking for logprobs or a JSON format decode plainly. --kv-memory
+    /// then holds both models' caches.
+    #[arg(long, conflicts_with = "spec")]
+    draft: Option<String>,
+    /// Decode speculatively without a draft model: `ngram` drafts the tokens that followed the
+    /// last few tokens where they occurred earlier in the prompt or answer.
+    #[arg(long, value_enum)]
+    spec: Option<crate::run::SpecKind>,
+    /// Most tokens drafted per speculative step (the number adapts to the acceptance rate).
+    #[arg(long, default_value_t = SpecConfig::default().draft_max)]
+    draft_max: usize,
+    /// Fewest tokens a draft model drafts per step.
+    #[arg(long, default_value_t = SpecConfig::default().draft_min)]
+    draft_min: usize,
     /// Where to run: auto or cpu. The batching scheduler has no GPU path yet, so `auto` means
     /// the CPU here and `cuda` is refused (`exo run` and `exo bench` run on the GPU).
     #[arg(long, default_value = "auto")]
@@ -60,6 +77,15 @@ pub struct ServeArgs {
 pub fn main(a: ServeArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
     let models = model_specs(&a.models)?;
+    let spec_config = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min };
+    let speculation = match (&a.draft, a.spec) {
+        (Some(d), _) => Some(SpeculationSpec { draft: Some(crate::model_path::resolve(d).context("--draft")?), config: spec_config }),
+        (None, Some(crate::run::SpecKind::Ngram)) => Some(SpeculationSpec { draft: None, config: spec_config }),
+        (None, None) => None,
+    };
+    if speculation.is_some() {
+        spec_config.validate()?;
+    }
     let config = ServerConfig {
         addr: SocketAddr::new(a.host, a.port),
         api_key: a.api_key.filter(|k| !k.is_empty()),
@@ -72,6 +98,7 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         queue: a.queue,
         max_body_bytes: a.max_body,
         device: cpu_only(&a.device)?,
+        speculation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -79,6 +79,11 @@ impl Served {
 
     /// Runs tests/clients/SCRIPT against this server.
     fn run_clients(&mut self, script: &str) {
+        self.run_clients_with(script, &[]);
+    }
+
+    /// [`Served::run_clients`] with more environment variables for the script.
+    fn run_clients_with(&mut self, script: &str, env: &[(&str, &str)]) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients");
         let mut cmd = Command::new(client_python());
         cmd.arg(dir.join(script))
@@ -88,7 +93,8 @@ impl Served {
             .env("EXO_BIN", env!("CARGO_BIN_EXE_exo"))
             .env("EXO_PID", self.child.id().to_string())
             .env("PYTHONUNBUFFERED", "1")
-            .env_remove("EXO_API_KEY");
+            .env_remove("EXO_API_KEY")
+            .envs(env.iter().copied());
         if let Some(key) = self.api_key {
             cmd.env("EXO_API_KEY", key);
         }
@@ -148,6 +154,15 @@ fn greedy_answers_equal_exo_run() {
 }
 
 #[test]
+fn speculation_answers_as_plain_serving_and_reports_its_counts() {
+    let common = ["-m", SMOLLM2, "--parallel", "4", "--ctx-size", "1024"];
+    let plain = Served::start(&common, None);
+    let ngram = Served::start(&[&common[..], &["--spec", "ngram"]].concat(), None);
+    let mut draft = Served::start(&[&common[..], &["--draft", SMOLLM2, "--draft-max", "6"]].concat(), None);
+    draft.run_clients_with("test_speculation.py", &[("EXO_PLAIN_URL", &plain.url), ("EXO_NGRAM_URL", &ngram.url)]);
+}
+
+#[test]
 fn embeddings_through_both_clients() {
     let dir = exo_models::models_dir().join(MINILM);
     assert!(dir.is_dir(), "{} is missing: run scripts/fetch-models.sh all", dir.display());
@@ -188,6 +203,20 @@ fn bad_flags_and_models_are_refused_before_serving() {
     let o = exo(&["serve", "-m", SMOLLM2, "--port", "0", "--ctx-size", "512", "--kv-memory", "1MiB"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("raise --kv-memory") && err.contains("512 tokens") && !err.contains("panicked"), "{err}");
+    // Speculation: a draft with another vocabulary (refused at load, naming both models and
+    // what differs), draft lengths out of order, and two drafters at once.
+    let o = exo(&["serve", "-m", SMOLLM2, "--port", "0", "--ctx-size", "512", "--draft", "gemma3-270m"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("gemma3-270m") && err.contains("cannot draft for") && err.contains(SMOLLM2) && !err.contains("panicked"),
+        "{err}"
+    );
+    let o = exo(&["serve", "-m", SMOLLM2, "--spec", "ngram", "--draft-max", "2", "--draft-min", "3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--draft-min 3 and --draft-max 2"), "{err}");
+    let o = exo(&["serve", "-m", SMOLLM2, "--spec", "ngram", "--draft", SMOLLM2]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--draft") && err.contains("--spec"), "{err}");
     let o = exo(&["serve", "-m", SMOLLM2, "--context-policy", "squeeze"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("unknown context policy 'squeeze'"), "{err}");

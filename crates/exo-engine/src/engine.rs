@@ -17,7 +17,8 @@ use exo_tokenizer::TokenizerError;
 use tokio::sync::mpsc;
 
 use crate::context::fit_prompt;
-use crate::scheduler::{ContextPolicy, Job, Scheduler, SchedulerStats};
+use crate::scheduler::{ContextPolicy, DraftModel, Job, Scheduler, SchedulerStats, SpecEngine};
+use crate::speculative::{check_pair, DraftSource, SpecStats, Speculation};
 use crate::{EngineError, GenerateParams, Prompt, StopReason, TokenLogprob};
 
 /// How the engine serves one model.
@@ -38,13 +39,15 @@ pub struct EngineConfig {
     pub kv_memory: Option<u64>,
     /// What happens at the context window when a request does not say.
     pub policy: ContextPolicy,
+    /// Decode speculatively; `None`: plainly.
+    pub speculation: Option<Speculation>,
 }
 
 impl EngineConfig {
     /// A configuration with `ctx` tokens per request, one request at a time, f16 KV, and the
     /// defaults of `exo serve`.
     pub fn new(ctx: usize) -> Self {
-        Self { ctx, parallel: 1, queue: 64, batch: 512, kv_type: KvType::F16, kv_memory: None, policy: ContextPolicy::Error }
+        Self { ctx, parallel: 1, queue: 64, batch: 512, kv_type: KvType::F16, kv_memory: None, policy: ContextPolicy::Error, speculation: None }
     }
 }
 
@@ -112,6 +115,10 @@ pub struct Finished {
     pub usage: Usage,
     /// Where the time went.
     pub timings: Timings,
+    /// Drafted and accepted token counts when the request was decoded speculatively; `None`
+    /// when the engine has no drafter or the request cannot be speculated (log-probabilities or
+    /// a constraint).
+    pub speculation: Option<SpecStats>,
 }
 
 /// Token counts of one request.
@@ -257,36 +264,71 @@ impl Drop for Owner {
 }
 
 impl EngineHandle {
-    /// Allocates the KV cache and starts the engine thread for `model`.
+    /// Allocates the KV cache and starts the engine thread for `model`. With a draft model,
+    /// `kv_memory` holds both models' caches, which have the same number of blocks; the pair
+    /// must pass [`check_pair`].
     pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> Result<Self, EngineError> {
         let parallel = config.parallel.max(1);
         let batch = config.batch.max(parallel);
         let tf = &model.transformer;
         let scratch = tf.new_scratch(batch, config.ctx)?;
         let bytes_per_token = tf.new_kv_cache(config.kv_type, 0)?.bytes_per_token();
-        let block_bytes = (bytes_per_token * BLOCK_TOKENS) as u64;
+        let draft = match &config.speculation {
+            Some(spec) => {
+                spec.config.validate()?;
+                match &spec.source {
+                    DraftSource::Model(d) => {
+                        let shared_vocab = check_pair(&model, d)?;
+                        let cannot = |e: exo_models::ModelError| {
+                            EngineError::Speculation(format!(
+                                "the draft model {} cannot run a context of {} tokens: {e}",
+                                d.info.path.display(),
+                                config.ctx
+                            ))
+                        };
+                        let draft_scratch = d.transformer.new_scratch(batch, config.ctx).map_err(cannot)?;
+                        let draft_bytes = d.transformer.new_kv_cache(config.kv_type, 0).map_err(cannot)?.bytes_per_token();
+                        Some((d.clone(), draft_scratch, draft_bytes, shared_vocab))
+                    }
+                    DraftSource::Ngram => None,
+                }
+            }
+            None => None,
+        };
+        // Both caches index the same block ids, so a block costs a token's rows in each.
+        let cache_bytes_per_token = bytes_per_token + draft.as_ref().map_or(0, |d| d.2);
+        let block_bytes = (cache_bytes_per_token * BLOCK_TOKENS) as u64;
         let min_blocks = config.ctx.div_ceil(BLOCK_TOKENS) + 1;
         let budget = config.kv_memory.unwrap_or_else(|| default_kv_memory().max(min_blocks as u64 * block_bytes));
         let n_blocks = (budget / block_bytes) as usize;
         if n_blocks < min_blocks {
             return Err(EngineError::Internal(format!(
-                "a KV cache of {budget} bytes holds {} tokens ({} bytes per token, {}), less than one context of {} tokens; raise --kv-memory to at least {} or lower --ctx-size",
+                "a KV cache of {budget} bytes holds {} tokens ({} bytes per token{}, {}), less than one context of {} tokens; raise --kv-memory to at least {} or lower --ctx-size",
                 n_blocks * BLOCK_TOKENS,
-                bytes_per_token,
+                cache_bytes_per_token,
+                if draft.is_some() { " for the model and its draft" } else { "" },
                 config.kv_type.name(),
                 config.ctx,
                 min_blocks as u64 * block_bytes
             )));
         }
         let kv = tf.new_kv_cache(config.kv_type, n_blocks)?;
-        let scheduler = Scheduler::new(model.clone(), kv, scratch, parallel);
+        let spec = match (&config.speculation, draft) {
+            (Some(s), Some((d, draft_scratch, _, shared_vocab))) => {
+                let draft_kv = d.transformer.new_kv_cache(config.kv_type, n_blocks)?;
+                Some(SpecEngine::new(s.config, Some(DraftModel::new(d, draft_kv, draft_scratch, shared_vocab))))
+            }
+            (Some(s), None) => Some(SpecEngine::new(s.config, None)),
+            (None, _) => None,
+        };
+        let scheduler = Scheduler::new(model.clone(), kv, scratch, parallel, spec);
         let shared = Arc::new(Shared {
             model,
             config: EngineConfig { parallel, batch, ..config },
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             next_id: AtomicU64::new(0),
-            stats: Mutex::new((scheduler.stats(), bytes_per_token)),
+            stats: Mutex::new((scheduler.stats(), cache_bytes_per_token)),
         });
         let engine = shared.clone();
         std::thread::Builder::new()

@@ -9,8 +9,9 @@
 //! - [`Prompt`]: text as is, or chat messages rendered with the model's chat template.
 //! - [`sampler`]: penalties, top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's
 //!   order.
-//! - [`speculative`]: speculative decoding with a draft model or prompt lookup
-//!   ([`Session::set_drafter`]).
+//! - [`speculative`]: speculative decoding with a draft model or prompt lookup, for one
+//!   session ([`Session::set_drafter`]) or every request of an engine
+//!   ([`EngineConfig::speculation`], verified batch-wide in the scheduler's forward pass).
 //! - [`stop`]: stop strings over streamed text.
 //! - [`constrain`]: JSON and JSON Schema constrained decoding (token masking).
 //! - [`tools`]: tool calls: prompting with tools, parsing calls, forcing them.
@@ -37,7 +38,7 @@ pub use logprobs::TokenLogprob;
 pub use prompt::Prompt;
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Completion, GenerateParams, Session, StopReason};
-pub use speculative::{Drafter, SpecConfig, SpecStats};
+pub use speculative::{DraftSource, Drafter, SpecConfig, SpecStats, Speculation};
 
 /// Errors from generation. Messages name the limit involved.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,14 @@
 //! sequence is preempted: its blocks are released and it waits at the head of the line to be
 //! recomputed (its full blocks usually stay cached, so that costs little). Cancelled sequences
 //! release their blocks before the next step.
+//!
+//! With speculation, a decoding sequence's step feeds its pending token followed by drafts
+//! (from prompt lookup, or from a draft model run over the whole batch first), and the target
+//! verifies them all in the same one forward pass. A draft model keeps its own cache with as
+//! many blocks as the target's and follows the same block tables: a position's rows sit in the
+//! same block id in both, so blocks shared through the prefix cache are valid for both. Rows
+//! written for rejected drafts lie past the sequence's length and are overwritten later;
+//! attention reads only positions up to each query's own.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -20,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::blocks::{chain, BlockPool, PrefixStats, ROOT};
 use crate::decode::Decoder;
+use crate::speculative::{ngram_lookup, propose, verify_drafts, Costs, DraftLength, SpecConfig, SpecStats};
 use crate::{EngineError, Event, Finished, GenerateParams, StopReason, Timings, TokenLogprob, Usage};
 
 /// What happens when a sequence reaches its context window.
@@ -93,6 +102,61 @@ struct Seq {
     admitted: Instant,
     /// When the prompt was first evaluated in full.
     prompt_done: Option<Instant>,
+    /// Speculation for this request; `None` when it decodes plainly.
+    spec: Option<SeqSpec>,
+    /// Leading tokens whose KV the draft model holds.
+    drafted_to: usize,
+    /// The sequence has a token the draft model cannot read (an id past its vocabulary), so
+    /// the draft model no longer follows it.
+    draft_blind: bool,
+}
+
+/// One sequence's speculation.
+struct SeqSpec {
+    length: DraftLength,
+    stats: SpecStats,
+    /// Drafts of the current step, appended to the sequence's tokens from drafting until
+    /// verification.
+    drafts: usize,
+    /// The distributions they were drawn from (`None`: a point mass, prompt lookup).
+    dists: Vec<Option<Vec<(u32, f32)>>>,
+}
+
+/// The scheduler's speculative decoding.
+pub(crate) struct SpecEngine {
+    cfg: SpecConfig,
+    draft: Option<DraftModel>,
+}
+
+impl SpecEngine {
+    /// Speculation with `cfg`, drafting with `draft` or, without one, by prompt lookup.
+    pub(crate) fn new(cfg: SpecConfig, draft: Option<DraftModel>) -> Self {
+        Self { cfg, draft }
+    }
+}
+
+/// A draft model over its own KV cache, whose block ids are the target's.
+pub(crate) struct DraftModel {
+    model: Arc<LoadedModel>,
+    kv: KvCache,
+    scratch: Scratch,
+    /// Token ids both vocabularies share; only those are drafted.
+    shared: usize,
+    masked: Vec<f32>,
+}
+
+impl DraftModel {
+    /// `model` with `kv` (as many blocks as the target's) and `scratch` (the target's batch and
+    /// context), drafting ids below `shared`.
+    pub(crate) fn new(model: Arc<LoadedModel>, kv: KvCache, scratch: Scratch, shared: usize) -> Self {
+        Self { model, kv, scratch, shared, masked: Vec::new() }
+    }
+
+    /// Whether the draft can read every token of `tokens`.
+    fn reads(&self, tokens: &[u32]) -> bool {
+        let rows = self.model.transformer.config().vocab_size;
+        tokens.iter().all(|&t| (t as usize) < rows)
+    }
 }
 
 impl Seq {
@@ -124,14 +188,15 @@ pub(crate) struct Scheduler {
     preempted: VecDeque<Seq>,
     max_seqs: usize,
     preemptions: u64,
+    spec: Option<SpecEngine>,
 }
 
 impl Scheduler {
     /// A scheduler over `kv` running at most `max_seqs` sequences, `scratch.max_tokens()` tokens
-    /// per step.
-    pub(crate) fn new(model: Arc<LoadedModel>, kv: KvCache, scratch: Scratch, max_seqs: usize) -> Self {
+    /// per step, speculating with `spec`.
+    pub(crate) fn new(model: Arc<LoadedModel>, kv: KvCache, scratch: Scratch, max_seqs: usize, spec: Option<SpecEngine>) -> Self {
         let pool = BlockPool::new(kv.n_blocks());
-        Self { model, kv, scratch, pool, running: Vec::new(), preempted: VecDeque::new(), max_seqs, preemptions: 0 }
+        Self { model, kv, scratch, pool, running: Vec::new(), preempted: VecDeque::new(), max_seqs, preemptions: 0, spec }
     }
 
     /// Whether nothing is running or waiting to be resumed.
@@ -171,7 +236,20 @@ impl Scheduler {
             let tok = &self.model.tokenizer;
             let start = Instant::now();
             let dec = Decoder::new(tok, &job.params, job.ids.len(), start);
+            // As in a session, requests for log-probabilities or under a constraint decode
+            // plainly (see `Session::generate`).
+            let plain = job.params.logprobs.is_some() || job.params.constraint.is_some();
+            let spec = self.spec.as_ref().filter(|_| !plain).map(|sp| SeqSpec {
+                length: DraftLength::new(sp.cfg),
+                stats: SpecStats::default(),
+                drafts: 0,
+                dists: Vec::new(),
+            });
+            let draft_blind = self.spec.as_ref().and_then(|sp| sp.draft.as_ref()).is_some_and(|d| !d.reads(&job.ids));
             let seq = Seq {
+                spec,
+                drafted_to: 0,
+                draft_blind,
                 tokens: job.ids.clone(),
                 job,
                 computed: 0,
@@ -232,6 +310,7 @@ impl Scheduler {
         }
         seq.hashes = hashes;
         seq.computed = shared.len() * BLOCK_TOKENS;
+        seq.drafted_to = seq.computed;
         seq.blocks = shared;
         for _ in 0..fresh {
             seq.blocks.push(self.pool.alloc().expect("availability checked above"));
@@ -248,8 +327,8 @@ impl Scheduler {
             return;
         }
         let budget = self.scratch.max_tokens();
-        // Decode tokens first (one per sequence past its prompt), then prompt chunks in arrival
-        // order with what is left of the budget.
+        // Decode tokens first (one per sequence past its prompt, plus its drafts), then prompt
+        // chunks in arrival order with what is left of the budget.
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
         let mut used = 0;
         for (i, s) in self.running.iter().enumerate() {
@@ -257,6 +336,10 @@ impl Scheduler {
                 plan.push((i, 1));
                 used += 1;
             }
+        }
+        let decoding = plan.len();
+        if self.spec.is_some() {
+            self.choose_draft_lengths(&plan, &mut used, budget);
         }
         for (i, s) in self.running.iter().enumerate() {
             let left = s.tokens.len() - s.computed;
@@ -269,16 +352,32 @@ impl Scheduler {
         if plan.is_empty() {
             return;
         }
+        let prompts = plan.len() > decoding;
+        let mut draft_secs = 0.0;
+        if self.spec.is_some() {
+            let t = Instant::now();
+            let (decode_plan, prompt_plan) = plan.split_at_mut(decoding);
+            self.draft(decode_plan, prompt_plan);
+            draft_secs = t.elapsed().as_secs_f64();
+        }
+        let t_verify = Instant::now();
         let segments: Vec<Segment> = plan
             .iter()
             .map(|&(i, n)| {
                 let s = &self.running[i];
                 let ends = s.computed + n == s.tokens.len();
+                let verifies = s.spec.as_ref().is_some_and(|sp| sp.drafts > 0);
                 Segment {
                     tokens: &s.tokens[s.computed..s.computed + n],
                     pos0: s.computed,
                     blocks: &s.blocks,
-                    logits: if ends { Logits::Last } else { Logits::None },
+                    logits: if verifies {
+                        Logits::All
+                    } else if ends {
+                        Logits::Last
+                    } else {
+                        Logits::None
+                    },
                 }
             })
             .collect();
@@ -296,12 +395,37 @@ impl Scheduler {
             }
             return;
         }
+        // Costs are measured only on steps that evaluated no prompt, which would swamp them.
+        // Each sequence is charged its share of the step: of the verification pass in
+        // proportion to the tokens it fed, of the drafting evenly. Its draft length then weighs
+        // its own tokens against what its drafts add to the batch's step, so speculation backs
+        // off as the batch grows and passes stop being cheap per token.
+        let verify_secs = t_verify.elapsed().as_secs_f64();
+        let fed_total: usize = plan.iter().map(|p| p.1).sum();
+        let verifying = plan.iter().filter(|p| self.running[p.0].spec.as_ref().is_some_and(|sp| sp.drafts > 0)).count();
+        let costs = |fed: usize| {
+            (!prompts).then_some(Costs {
+                draft_secs: draft_secs / verifying.max(1) as f64,
+                fed,
+                verify_secs: verify_secs * fed as f64 / fed_total as f64,
+            })
+        };
 
         let mut row = 0;
         let mut done: Vec<(usize, Option<StopReason>)> = Vec::new();
         let mut failed: Vec<(usize, EngineError)> = Vec::new();
         for &(i, n) in &plan {
             let s = &mut self.running[i];
+            if s.spec.as_ref().is_some_and(|sp| sp.drafts > 0) {
+                let scratch = &self.scratch;
+                let ended = accept(s, &self.model, |j| scratch.logits_row(row + j), costs(n));
+                row += n;
+                match ended {
+                    Some(reason) => done.push((i, reason)),
+                    None => self.check_context(i, &mut done),
+                }
+                continue;
+            }
             s.computed += n;
             if s.computed < s.tokens.len() {
                 continue;
@@ -320,13 +444,7 @@ impl Scheduler {
             match stepped {
                 Ok(Some(id)) => {
                     s.tokens.push(id);
-                    if s.tokens.len() > s.job.ctx {
-                        if s.job.policy == ContextPolicy::Shift && s.job.n_keep + 2 < s.job.ctx {
-                            shift(s, &mut self.pool);
-                        } else {
-                            done.push((i, Some(StopReason::ContextFull)));
-                        }
-                    }
+                    self.check_context(i, &mut done);
                 }
                 Ok(None) => done.push((i, None)),
                 Err(e) => failed.push((i, e)),
@@ -348,10 +466,169 @@ impl Scheduler {
         }
     }
 
-    /// Makes every newly computed full block findable by later requests.
+    /// After sequence `i` gained tokens: at its window, shift it or end it.
+    fn check_context(&mut self, i: usize, done: &mut Vec<(usize, Option<StopReason>)>) {
+        let s = &mut self.running[i];
+        if s.tokens.len() > s.job.ctx {
+            if s.job.policy == ContextPolicy::Shift && s.job.n_keep + 2 < s.job.ctx {
+                shift(s, &mut self.pool);
+            } else {
+                done.push((i, Some(StopReason::ContextFull)));
+            }
+        }
+    }
+
+    /// Sets how many tokens each speculating sequence among the `decoding` ones drafts this
+    /// step (`SeqSpec::drafts`, filled in by [`Scheduler::draft`]): what its [`DraftLength`]
+    /// asks, within `max_tokens`, its window, the batch budget (`used` of it taken) and the
+    /// blocks it has or can get without preempting anyone.
+    fn choose_draft_lengths(&mut self, decoding: &[(usize, usize)], used: &mut usize, budget: usize) {
+        let Some(sp) = &self.spec else { return };
+        let free = sp.draft.is_none();
+        for &(i, _) in decoding {
+            let s = &mut self.running[i];
+            let Some(seq_spec) = s.spec.as_mut() else { continue };
+            seq_spec.drafts = 0;
+            if !free && s.draft_blind {
+                continue;
+            }
+            // Drafts take the positions after the pending token; the step emits the accepted
+            // ones plus one more token.
+            let left = s.job.params.max_tokens.saturating_sub(s.dec.out.tokens.len() + 1);
+            let room = s.job.ctx.saturating_sub(s.tokens.len());
+            let mut k = seq_spec.length.next(left.min(room).min(budget - *used), free);
+            while s.blocks.len() * BLOCK_TOKENS < s.tokens.len() + k {
+                match self.pool.alloc() {
+                    Some(b) => s.blocks.push(b),
+                    None => k = s.blocks.len() * BLOCK_TOKENS - s.tokens.len(),
+                }
+            }
+            seq_spec.drafts = k;
+            *used += k;
+        }
+    }
+
+    /// Appends to each speculating sequence among `decoding` the drafts it was given room for,
+    /// setting its plan entry and `SeqSpec::drafts` to what it got. A draft model also
+    /// evaluates the `prompts` chunks, so that its cache follows the target's.
+    fn draft(&mut self, decoding: &mut [(usize, usize)], prompts: &[(usize, usize)]) {
+        let Some(sp) = &mut self.spec else { return };
+        let Some(dm) = &mut sp.draft else {
+            let mut found = Vec::new();
+            for (i, n) in decoding.iter_mut() {
+                let s = &mut self.running[*i];
+                let Some(seq_spec) = s.spec.as_mut() else { continue };
+                found.clear();
+                ngram_lookup(&s.tokens, seq_spec.drafts, &mut found);
+                s.tokens.extend_from_slice(&found);
+                seq_spec.drafts = found.len();
+                seq_spec.dists.clear();
+                seq_spec.dists.resize(found.len(), None);
+                *n = 1 + found.len();
+            }
+            return;
+        };
+        let min = sp.cfg.draft_min;
+        // Round 0: prompt chunks, and each drafting sequence's tokens since the draft last saw
+        // it (its pending token, and the last accepted draft when all were accepted). Each
+        // entry: sequence, first position, tokens, whether its logits are wanted.
+        let mut segs: Vec<(usize, usize, usize, bool)> = Vec::new();
+        let mut room = dm.scratch.max_tokens();
+        for &(i, n) in prompts {
+            let s = &self.running[i];
+            if s.draft_blind || s.drafted_to != s.computed || n > room {
+                continue;
+            }
+            segs.push((i, s.computed, n, false));
+            room -= n;
+        }
+        let mut drafting: Vec<usize> = Vec::new();
+        for &(i, _) in decoding.iter() {
+            let s = &mut self.running[i];
+            let Some(seq_spec) = s.spec.as_mut() else { continue };
+            if seq_spec.drafts == 0 {
+                continue;
+            }
+            seq_spec.dists.clear();
+            let behind = s.tokens.len() - s.drafted_to;
+            let readable = dm.reads(&s.tokens[s.drafted_to..]);
+            if behind > room || !readable {
+                // A token the draft cannot read, or too far behind to catch up within one
+                // pass (it went undrafted for many steps): this step decodes plainly.
+                s.draft_blind |= !readable;
+                seq_spec.drafts = 0;
+                continue;
+            }
+            segs.push((i, s.drafted_to, behind, true));
+            room -= behind;
+            drafting.push(i);
+        }
+        // Round r proposes each drafting sequence's draft r, until it has as many as it asked
+        // for (`SeqSpec::drafts` until the end) or the draft is unsure.
+        let mut round = 0;
+        while !segs.is_empty() {
+            let segments: Vec<Segment> = segs
+                .iter()
+                .map(|&(i, pos0, n, last)| {
+                    let s = &self.running[i];
+                    Segment {
+                        tokens: &s.tokens[pos0..pos0 + n],
+                        pos0,
+                        blocks: &s.blocks,
+                        logits: if last { Logits::Last } else { Logits::None },
+                    }
+                })
+                .collect();
+            let ran = dm.model.transformer.forward_batch(&mut dm.kv, &mut dm.scratch, &segments);
+            drop(segments);
+            if ran.is_err() {
+                // The draft's failure changes nothing the target says: the sequences involved
+                // stop drafting (their rows in the draft's cache are now unknown).
+                for &(i, ..) in &segs {
+                    self.running[i].draft_blind = true;
+                }
+                break;
+            }
+            let mut row = 0;
+            let mut next = Vec::new();
+            for &(i, pos0, n, last) in &segs {
+                let s = &mut self.running[i];
+                s.drafted_to = pos0 + n;
+                if !last {
+                    continue;
+                }
+                let logits = dm.scratch.logits_row(row);
+                row += 1;
+                let Some(seq_spec) = s.spec.as_mut() else { continue };
+                let proposed = propose(logits, dm.shared, &mut dm.masked, round >= min, &s.tokens, s.dec.sampler_mut());
+                let Some((d, q)) = proposed else { continue };
+                s.tokens.push(d);
+                seq_spec.dists.push(Some(q));
+                if seq_spec.dists.len() < seq_spec.drafts {
+                    next.push((i, s.tokens.len() - 1, 1, true));
+                }
+            }
+            segs = next;
+            round += 1;
+        }
+        for &i in &drafting {
+            if let Some(seq_spec) = self.running[i].spec.as_mut() {
+                seq_spec.drafts = seq_spec.dists.len();
+            }
+        }
+        for (i, n) in decoding.iter_mut() {
+            *n = 1 + self.running[*i].spec.as_ref().map_or(0, |sp| sp.drafts);
+        }
+    }
+
+    /// Makes every newly computed full block findable by later requests. With a draft model,
+    /// only blocks whose rows both models hold: a later request reusing the block skips them in
+    /// both.
     fn register_full_blocks(&mut self) {
+        let with_draft = self.spec.as_ref().is_some_and(|sp| sp.draft.is_some());
         for s in &mut self.running {
-            while s.hashes.len() < s.computed / BLOCK_TOKENS {
+            let valid = if with_draft { s.computed.min(s.drafted_to) } else { s.computed };
+            while s.hashes.len() < valid / BLOCK_TOKENS {
                 let i = s.hashes.len();
                 let parent = if i == 0 { ROOT } else { s.hashes[i - 1] };
                 let h = self.pool.register(s.blocks[i], parent, &s.tokens[i * BLOCK_TOKENS..(i + 1) * BLOCK_TOKENS]);
@@ -390,6 +667,7 @@ impl Scheduler {
         self.release(&seq);
         seq.blocks.clear();
         seq.computed = 0;
+        seq.drafted_to = 0;
         // Keep arrival order among preempted sequences.
         let at = self.preempted.partition_point(|s| s.job.id < seq.job.id);
         self.preempted.insert(at, seq);
@@ -422,7 +700,7 @@ impl Scheduler {
     /// Releases `seq`'s blocks and sends its final event.
     fn finish(&mut self, seq: Seq, reason: Option<StopReason>) {
         self.release(&seq);
-        let Seq { job, dec, admitted, .. } = seq;
+        let Seq { job, dec, admitted, spec, .. } = seq;
         let events = &job.events;
         let done = dec.finish(reason, &mut chunks_to(events));
         let finished = Finished {
@@ -434,6 +712,7 @@ impl Scheduler {
                 first_token: done.time_to_first_token,
                 generation: done.gen_time,
             },
+            speculation: spec.map(|sp| sp.stats),
         };
         let _ = events.send(Event::Done(finished));
     }
@@ -446,6 +725,44 @@ impl Scheduler {
         }
         self.pool = BlockPool::new(self.kv.n_blocks());
     }
+}
+
+/// Verifies the drafts at the end of `s.tokens` against the target's logits `row(j)` for each
+/// token fed after the pending one, then emits the accepted drafts and the target's own next
+/// token one by one through the same end checks as plain decoding (EOS, stop strings,
+/// `max_tokens`), so the output ends where it would have. Returns how the sequence ended, if
+/// it did (`Some(None)`: the decoder holds the reason).
+fn accept<'a>(s: &mut Seq, model: &LoadedModel, row: impl Fn(usize) -> &'a [f32], costs: Option<Costs>) -> Option<Option<StopReason>> {
+    let sp = s.spec.as_mut().expect("only speculating sequences have drafts");
+    let m = std::mem::take(&mut sp.drafts);
+    let kept = s.tokens.len() - m;
+    let drafts = s.tokens.split_off(kept);
+    let next = verify_drafts(row, &drafts, &sp.dists, &mut s.tokens, s.dec.sampler_mut());
+    let accepted = s.tokens.len() - kept;
+    sp.stats.drafted += m;
+    sp.stats.accepted += accepted;
+    sp.stats.steps += 1;
+    sp.length.record(m, accepted, costs);
+    // The pending token and the accepted drafts have their rows now; the draft model's rows of
+    // rejected drafts are stale.
+    s.computed = s.tokens.len();
+    s.drafted_to = s.drafted_to.min(s.computed);
+    let emitted: Vec<u32> = s.tokens[kept..].iter().copied().chain([next]).collect();
+    let mut on_text = chunks_to(&s.job.events);
+    for (j, &id) in emitted.iter().enumerate() {
+        let ended = if !s.job.params.ignore_eos && model.tokenizer.is_eog(id) {
+            Some(Some(StopReason::Eog))
+        } else {
+            s.dec.push(id, None, &mut on_text).is_none().then_some(None)
+        };
+        if ended.is_some() {
+            s.tokens.truncate(kept + j);
+            s.computed = s.computed.min(s.tokens.len());
+            return ended;
+        }
+    }
+    s.tokens.push(next);
+    None
 }
 
 /// A text callback that sends each piece as a [`Event::Chunk`] and stops the generation once
@@ -472,4 +789,5 @@ fn shift(s: &mut Seq, pool: &mut BlockPool) {
     s.blocks.truncate(valid_blocks);
     s.hashes.truncate(valid_blocks);
     s.computed = valid_blocks * BLOCK_TOKENS;
+    s.drafted_to = s.drafted_to.min(s.computed);
 }

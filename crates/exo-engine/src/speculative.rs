@@ -55,6 +55,37 @@ impl SpecConfig {
     }
 }
 
+/// Speculative decoding for an engine ([`crate::EngineConfig::speculation`]): every request
+/// without log-probabilities or a constraint is decoded speculatively, its drafts verified for
+/// the whole batch in the scheduler's one forward pass per step.
+#[derive(Clone, Debug)]
+pub struct Speculation {
+    /// Where drafts come from.
+    pub source: DraftSource,
+    /// How many tokens a step may draft.
+    pub config: SpecConfig,
+}
+
+/// Where an engine's drafts come from.
+#[derive(Clone)]
+pub enum DraftSource {
+    /// A smaller model sharing the target's vocabulary (checked by [`check_pair`] at start).
+    /// It keeps its own paged KV cache with as many blocks as the target's, indexed by the
+    /// same block ids.
+    Model(Arc<LoadedModel>),
+    /// Prompt lookup (see [`Drafter::ngram`]).
+    Ngram,
+}
+
+impl std::fmt::Debug for DraftSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Model(m) => write!(f, "Model({})", m.info.path.display()),
+            Self::Ngram => f.write_str("Ngram"),
+        }
+    }
+}
+
 /// What speculation did for one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpecStats {
@@ -231,34 +262,21 @@ impl Drafter {
 
         let vocab = target.transformer.config().vocab_size;
         let logits = state.logits();
-        let mut p = Vec::new();
-        let mut accepted = 0;
-        let mut replaced = None;
-        for (i, &d) in self.tokens.iter().enumerate() {
-            p.clear();
-            p.extend_from_slice(sampler.distribution(&logits[i * vocab..(i + 1) * vocab], &history));
-            if let Some(x) = verify(&p, self.dists[i].as_deref(), d, sampler) {
-                replaced = Some(x);
-                break;
-            }
-            accepted += 1;
-            out.push(d);
-            history.push(d);
-        }
-        match replaced {
-            Some(x) => {
-                out.push(x);
-                state.truncate(base + 1 + accepted);
-                cached.truncate(base + 1 + accepted);
-            }
-            None => out.push(sampler.sample(&logits[n * vocab..(n + 1) * vocab], &history)),
+        let kept = history.len();
+        let next = verify_drafts(|i| &logits[i * vocab..(i + 1) * vocab], &self.tokens, &self.dists, &mut history, sampler);
+        let accepted = history.len() - kept;
+        out.extend_from_slice(&history[kept..]);
+        out.push(next);
+        if accepted < n {
+            state.truncate(base + 1 + accepted);
+            cached.truncate(base + 1 + accepted);
         }
         if n > 0 {
             stats.drafted += n;
             stats.accepted += accepted;
             stats.steps += 1;
         }
-        self.length.record(n, accepted, draft_secs, n + 1, verify_secs);
+        self.length.record(n, accepted, Some(Costs { draft_secs, fed: n + 1, verify_secs }));
         Ok(())
     }
 }
@@ -301,20 +319,9 @@ impl ModelDrafter {
         }
         let len = history.len();
         for i in 0..k {
-            let logits = self.state.last_logits();
-            let logits = if logits.len() > self.shared {
-                // Ids past the shared vocabulary mean nothing to the target: never draft them.
-                self.masked.clear();
-                self.masked.extend_from_slice(&logits[..self.shared]);
-                &self.masked[..]
-            } else {
-                logits
-            };
-            if i >= min && top_probability(logits) < DRAFT_P_MIN {
+            let Some((d, q)) = propose(self.state.last_logits(), self.shared, &mut self.masked, i >= min, history, sampler) else {
                 break;
-            }
-            let q = sampler.distribution(logits, history).to_vec();
-            let d = if q.len() == 1 { q[0].0 } else { draw(&q, sampler.uniform()) };
+            };
             tokens.push(d);
             dists.push(Some(q));
             history.push(d);
@@ -335,6 +342,58 @@ impl ModelDrafter {
         self.cached.extend_from_slice(tokens);
         Ok(())
     }
+}
+
+/// Chooses a draft model's next token from its `logits` after `history`: ids past the `shared`
+/// vocabulary are never proposed (they mean nothing to the target; `masked` is scratch for
+/// cutting them off). `may_stop`: past the minimum draft length, no token is proposed where the
+/// draft is unsure (see [`DRAFT_P_MIN`]). Returns the token and the distribution it was drawn
+/// from, which verification needs.
+pub(crate) fn propose(
+    logits: &[f32],
+    shared: usize,
+    masked: &mut Vec<f32>,
+    may_stop: bool,
+    history: &[u32],
+    sampler: &mut Sampler,
+) -> Option<(u32, Vec<(u32, f32)>)> {
+    let logits = if logits.len() > shared {
+        masked.clear();
+        masked.extend_from_slice(&logits[..shared]);
+        &masked[..]
+    } else {
+        logits
+    };
+    if may_stop && top_probability(logits) < DRAFT_P_MIN {
+        return None;
+    }
+    let q = sampler.distribution(logits, history).to_vec();
+    let d = if q.len() == 1 { q[0].0 } else { draw(&q, sampler.uniform()) };
+    Some((d, q))
+}
+
+/// Verifies `drafts` (drawn from `dists`, `None` for a point mass) against the target's logits
+/// `row(i)` for the position of draft `i`, where `history` ends with the token before the
+/// first draft. Accepted drafts are appended to `history`; returns the token the target adds
+/// after them: a rejected draft's replacement, or one sampled from `row(drafts.len())` when
+/// every draft was accepted.
+pub(crate) fn verify_drafts<'a>(
+    row: impl Fn(usize) -> &'a [f32],
+    drafts: &[u32],
+    dists: &[Option<Vec<(u32, f32)>>],
+    history: &mut Vec<u32>,
+    sampler: &mut Sampler,
+) -> u32 {
+    let mut p = Vec::new();
+    for (i, &d) in drafts.iter().enumerate() {
+        p.clear();
+        p.extend_from_slice(sampler.distribution(row(i), history));
+        if let Some(x) = verify(&p, dists[i].as_deref(), d, sampler) {
+            return x;
+        }
+        history.push(d);
+    }
+    sampler.sample(row(drafts.len()), history)
 }
 
 /// A model draft stops before a token its own softmax gives less than this: such tokens are
@@ -384,7 +443,7 @@ fn verify(p: &[(u32, f32)], q: Option<&[(u32, f32)]>, d: u32, sampler: &mut Samp
 
 /// Appends to `out` up to `k` tokens that followed the latest earlier occurrence of the last
 /// n tokens of `context`, trying n from [`NGRAM_MAX`] down to [`NGRAM_MIN`].
-fn ngram_lookup(context: &[u32], k: usize, out: &mut Vec<u32>) {
+pub(crate) fn ngram_lookup(context: &[u32], k: usize, out: &mut Vec<u32>) {
     let len = context.len();
     for n in (NGRAM_MIN..=NGRAM_MAX).rev() {
         if len <= n {
@@ -412,8 +471,8 @@ fn ngram_lookup(context: &[u32], k: usize, out: &mut Vec<u32>) {
 /// verification passes: on a CPU a pass over 16 tokens costs several single-token passes, so
 /// verifying is not free. Older steps weigh less (a decay of [`DECAY`] per step), so the
 /// length follows the text (code repeats more than prose).
-struct DraftLength {
-    cfg: SpecConfig,
+pub(crate) struct DraftLength {
+    pub(crate) cfg: SpecConfig,
     /// Decayed counts of accepted drafts and of rejections.
     accepted: f64,
     rejected: f64,
@@ -428,7 +487,7 @@ struct DraftLength {
 const DECAY: f64 = 0.9;
 
 impl DraftLength {
-    fn new(cfg: SpecConfig) -> Self {
+    pub(crate) fn new(cfg: SpecConfig) -> Self {
         // Prior: as if 3 of 4 drafted tokens had been accepted (same-family pairs and prompt
         // lookup on code accept 60-90%), forgotten within a few steps.
         Self { cfg, accepted: 3.0, rejected: 1.0, draft_secs: 0.0, drafted: 0.0, fit: [0.0; 5] }
@@ -437,7 +496,7 @@ impl DraftLength {
     /// Tokens to draft next, at most `limit` (the room left before max_tokens or the context
     /// end). `free_draft`: drafts cost nothing to make (prompt lookup), so only the
     /// verification cost bounds the length.
-    fn next(&self, limit: usize, free_draft: bool) -> usize {
+    pub(crate) fn next(&self, limit: usize, free_draft: bool) -> usize {
         let hi = self.cfg.draft_max.min(limit);
         let lo = self.cfg.draft_min.min(hi);
         if self.fit[0] == 0.0 {
@@ -466,12 +525,16 @@ impl DraftLength {
         (((sy - v1 * sx) / n).max(0.0), v1)
     }
 
-    /// Records a step: `drafted` tokens of which the first `accepted` were kept, and the
-    /// seconds spent drafting and verifying `fed` tokens.
-    fn record(&mut self, drafted: usize, accepted: usize, draft_secs: f64, fed: usize, verify_secs: f64) {
+    /// Records a step: `drafted` tokens of which the first `accepted` were kept, and what the
+    /// step cost where that was measured apart from other work (a batch that also evaluated
+    /// prompts says nothing about the cost of drafting).
+    pub(crate) fn record(&mut self, drafted: usize, accepted: usize, costs: Option<Costs>) {
         if drafted > 0 {
             self.accepted = self.accepted * DECAY + accepted as f64;
             self.rejected = self.rejected * DECAY + f64::from(u8::from(accepted < drafted));
+        }
+        let Some(Costs { draft_secs, fed, verify_secs }) = costs else { return };
+        if drafted > 0 {
             self.draft_secs = self.draft_secs * DECAY + draft_secs;
             self.drafted = self.drafted * DECAY + drafted as f64;
         }
@@ -480,6 +543,17 @@ impl DraftLength {
             *s = *s * DECAY + v;
         }
     }
+}
+
+/// What one speculative step cost.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Costs {
+    /// Seconds spent drafting.
+    pub(crate) draft_secs: f64,
+    /// Tokens the verification pass fed per sequence.
+    pub(crate) fed: usize,
+    /// Seconds the verification pass took.
+    pub(crate) verify_secs: f64,
 }
 
 #[cfg(test)]
@@ -594,8 +668,8 @@ mod tests {
         assert_eq!(good.next(100, false), 4);
         // Verification: 10 ms plus 1 ms per token; drafting 2 ms per token.
         for k in [4usize, 6, 8, 5, 7, 9, 4, 6, 8, 10] {
-            good.record(k, k, 0.002 * k as f64, k + 1, 0.010 + 0.001 * (k + 1) as f64);
-            bad.record(k, 0, 0.002 * k as f64, k + 1, 0.010 + 0.001 * (k + 1) as f64);
+            good.record(k, k, Some(Costs { draft_secs: 0.002 * k as f64, fed: k + 1, verify_secs: 0.010 + 0.001 * (k + 1) as f64 }));
+            bad.record(k, 0, Some(Costs { draft_secs: 0.002 * k as f64, fed: k + 1, verify_secs: 0.010 + 0.001 * (k + 1) as f64 }));
         }
         let (v0, v1) = good.verify_line();
         assert!((v0 - 0.010).abs() < 1e-6 && (v1 - 0.001).abs() < 1e-6, "fit {v0} + {v1} t");

@@ -162,9 +162,23 @@ pub(crate) async fn messages(State(state): State<AppState>, JsonBody(req): JsonB
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "usage": { "input_tokens": out.finished.usage.prompt_tokens, "output_tokens": out.finished.usage.completion_tokens },
+        "usage": usage(&out.finished, true),
     }))
     .into_response())
+}
+
+/// Anthropic's `usage` (`input_tokens` too unless in a stream's `message_delta`, which has
+/// only the output count), plus exo's `speculation` object (as in OpenAI's usage) when the
+/// request was decoded speculatively.
+fn usage(f: &exo_engine::Finished, input: bool) -> Value {
+    let mut u = json!({ "output_tokens": f.usage.completion_tokens });
+    if input {
+        u["input_tokens"] = json!(f.usage.prompt_tokens);
+    }
+    if let Some(s) = &f.speculation {
+        u["speculation"] = crate::openai::speculation(s);
+    }
+    u
 }
 
 /// Appends `m` to `out` as OpenAI messages: `tool_use` blocks become the assistant's
@@ -275,7 +289,7 @@ fn stream(id: String, mut generation: Generation, mut calls: CallReader) -> Sse<
                     yield event("message_delta", json!({
                         "type": "message_delta",
                         "delta": { "stop_reason": stop_reason, "stop_sequence": stop_sequence },
-                        "usage": { "output_tokens": f.usage.completion_tokens },
+                        "usage": usage(&f, false),
                     }));
                     yield event("message_stop", json!({ "type": "message_stop" }));
                     break;

@@ -38,7 +38,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use exo_engine::{EngineConfig, EngineHandle};
+use exo_engine::{DraftSource, EngineConfig, EngineHandle, Speculation};
 use tokio::net::TcpListener;
 
 use crate::embedding::EmbeddingRunner;
@@ -71,6 +71,18 @@ pub struct ServerConfig {
     pub queue: usize,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// Decode speculatively; `None`: plainly.
+    pub speculation: Option<SpeculationSpec>,
+}
+
+/// Speculative decoding for every generator served.
+#[derive(Clone, Debug)]
+pub struct SpeculationSpec {
+    /// A draft model (a `.gguf` file or Hugging Face directory) loaded once and shared by
+    /// every generator, each of which it must be able to draft for; `None`: prompt lookup.
+    pub draft: Option<PathBuf>,
+    /// How many tokens a step may draft.
+    pub config: exo_engine::SpecConfig,
 }
 
 /// One model to serve: the name clients ask for, and where it is.
@@ -99,6 +111,14 @@ pub enum ServerError {
     Load {
         /// Its name.
         name: String,
+        /// Its path.
+        path: PathBuf,
+        /// The cause.
+        source: Box<exo_models::ModelError>,
+    },
+    /// The draft model failed to load.
+    #[error("loading the draft model {path}: {source}")]
+    Draft {
         /// Its path.
         path: PathBuf,
         /// The cause.
@@ -172,6 +192,15 @@ impl Server {
 }
 
 fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerError> {
+    let options = exo_models::LoadOptions { device: config.device, ..Default::default() };
+    let speculation = match &config.speculation {
+        None => None,
+        Some(SpeculationSpec { draft: None, config }) => Some(Speculation { source: DraftSource::Ngram, config: *config }),
+        Some(SpeculationSpec { draft: Some(path), config }) => {
+            let draft = exo_models::load(path, &options).map_err(|e| ServerError::Draft { path: path.clone(), source: Box::new(e) })?;
+            Some(Speculation { source: DraftSource::Model(Arc::new(draft)), config: *config })
+        }
+    };
     let mut out = Vec::new();
     for spec in &config.models {
         let load_error = |source| ServerError::Load { name: spec.name.clone(), path: spec.path.clone(), source: Box::new(source) };
@@ -179,7 +208,7 @@ fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerErr
             let embedder = exo_models::Embedder::load(&spec.path).map_err(load_error)?;
             Runner::Embedder(EmbeddingRunner::new(embedder, config.parallel, config.queue))
         } else {
-            let model = exo_models::load(&spec.path, &exo_models::LoadOptions { device: config.device, ..Default::default() }).map_err(load_error)?;
+            let model = exo_models::load(&spec.path, &options).map_err(load_error)?;
             let ctx = config.ctx_size.unwrap_or(model.transformer.config().train_ctx.min(4096));
             let engine_config = EngineConfig {
                 parallel: config.parallel,
@@ -188,6 +217,7 @@ fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerErr
                 kv_type: config.kv_type,
                 kv_memory: config.kv_memory,
                 policy: config.context_policy,
+                speculation: speculation.clone(),
                 ..EngineConfig::new(ctx)
             };
             let engine = EngineHandle::start(Arc::new(model), engine_config)

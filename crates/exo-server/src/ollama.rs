@@ -468,6 +468,12 @@ impl Kind {
         o["prompt_eval_duration"] = json!(ns(t.prompt));
         o["eval_count"] = json!(f.usage.completion_tokens);
         o["eval_duration"] = json!(ns(t.first_token.saturating_sub(t.prompt) + t.generation));
+        // exo's own fields, present only for a speculatively decoded request.
+        if let Some(s) = f.speculation {
+            o["draft_tokens"] = json!(s.drafted);
+            o["draft_accepted"] = json!(s.accepted);
+            o["draft_acceptance_rate"] = json!(s.acceptance_rate());
+        }
         o
     }
 }

@@ -447,14 +447,25 @@ fn finish_reason(reason: &StopReason) -> &'static str {
     }
 }
 
+/// OpenAI's `usage`, plus exo's `speculation` object when the request was decoded
+/// speculatively: `{drafted, accepted, acceptance_rate, steps}`.
 fn usage(f: &Finished) -> Value {
     let u = &f.usage;
-    json!({
+    let mut o = json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
         "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
-    })
+    });
+    if let Some(s) = f.speculation {
+        o["speculation"] = speculation(&s);
+    }
+    o
+}
+
+/// The counts of a speculatively decoded request, as the APIs report them.
+pub(crate) fn speculation(s: &exo_engine::SpecStats) -> Value {
+    json!({ "drafted": s.drafted, "accepted": s.accepted, "acceptance_rate": s.acceptance_rate(), "steps": s.steps })
 }
 
 /// A token's text (invalid UTF-8 replaced) and its bytes.

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Speculative decoding in `exo serve`: aggregate tokens/s of concurrent greedy requests with and
+without speculation, and the acceptance the server reports.
+
+Three servers run one after the other on the same machine and threads: plain, `--draft DRAFT`
+and `--spec ngram`, each with --parallel equal to the most clients measured. For each number of
+concurrent clients C, C clients each send the prompts below (code, a code edit, prose; chat
+format, greedy, --max-tokens each) one after another as non-streamed `/v1/chat/completions`
+requests; a warm-up request comes first and is not counted.
+- aggregate tokens/s: completion tokens of all requests / wall time from the first request sent
+  to the last answer received (prompts included, as serving benchmarks report throughput);
+- acceptance: accepted / drafted summed over the answers' `usage.speculation`.
+Greedy speculation must answer exactly as the plain server; the script checks that too.
+
+Usage: bench/spec_serve.py [--threads 2] [--concurrency 1,4] [--max-tokens 128] [--exo PATH]
+       [--target qwen2.5-coder-1.5b-instruct] [--draft qwen2.5-coder-0.5b-instruct] [--out FILE]
+Prints a Markdown table and writes the raw numbers as JSON to --out.
+"""
+import argparse
+import datetime
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from _machine import cpu_name
+
+PROMPTS = {
+    "code": "Write a Python function that parses a CSV file into a list of dicts, with a docstring.",
+    "code-edit": "Rename the variable `total` to `sum_of_values` in this code and show the whole result:\n"
+                 "def add_all(values):\n    total = 0\n    for v in values:\n        total += v\n"
+                 "    if total > 100:\n        print('big total', total)\n    return total\n",
+    "prose": "Write a short paragraph about the history of the printing press.",
+}
+
+
+def start(exo, target, threads, parallel, extra):
+    """Starts `exo serve` on a free port and waits until /health answers 200."""
+    cmd = [exo, "serve", "-m", target, "--port", "0", "-t", str(threads), "--parallel", str(parallel),
+           "--ctx-size", "2048", *extra]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if line.startswith("exo serve: listening on http://"):
+            addr = line.strip().rsplit("/", 1)[1]
+            break
+    else:
+        sys.exit(f"{' '.join(cmd)} exited before listening")
+    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+    host, port = addr.split(":")
+    for _ in range(1200):
+        if p.poll() is not None:
+            sys.exit(f"{' '.join(cmd)} exited with {p.returncode}")
+        try:
+            c = http.client.HTTPConnection(host, int(port), timeout=5)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return p, (host, int(port))
+        except OSError:
+            pass
+        time.sleep(0.1)
+    p.kill()
+    sys.exit("the server did not become ready")
+
+
+def ask(addr, model, prompt, max_tokens):
+    c = http.client.HTTPConnection(*addr, timeout=3600)
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": max_tokens}
+    c.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = json.loads(r.read())
+    if r.status != 200:
+        sys.exit(f"HTTP {r.status}: {data}")
+    return data["choices"][0]["message"]["content"], data["usage"]
+
+
+def measure(addr, model, clients, max_tokens):
+    """Answers per (client, prompt), completion tokens, seconds, drafted and accepted."""
+    answers = {}
+    lock = threading.Lock()
+
+    def client(i):
+        for name, prompt in PROMPTS.items():
+            text, usage = ask(addr, model, prompt, max_tokens)
+            with lock:
+                answers[(i, name)] = (text, usage)
+
+    ask(addr, model, "Hello!", 8)
+    t = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    secs = time.perf_counter() - t
+    tokens = sum(u["completion_tokens"] for _, u in answers.values())
+    spec = [u.get("speculation") or {} for _, u in answers.values()]
+    return answers, tokens, secs, sum(s.get("drafted", 0) for s in spec), sum(s.get("accepted", 0) for s in spec)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--target", default="qwen2.5-coder-1.5b-instruct")
+    ap.add_argument("--draft", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--exo", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "exo"))
+    ap.add_argument("--out", default="bench/results/spec_serve.json")
+    a = ap.parse_args()
+    levels = [int(c) for c in a.concurrency.split(",")]
+    modes = [("plain", []), ("draft", ["--draft", a.draft]), ("ngram", ["--spec", "ngram"])]
+    results = {}
+    for mode, extra in modes:
+        server, addr = start(a.exo, a.target, a.threads, max(levels), extra)
+        try:
+            for c in levels:
+                results[(mode, c)] = measure(addr, a.target, c, a.max_tokens)
+        finally:
+            server.kill()
+            server.wait()
+    rows = []
+    for c in levels:
+        plain_answers, plain_tokens, plain_secs, _, _ = results[("plain", c)]
+        for mode, _ in modes:
+            answers, tokens, secs, drafted, accepted = results[(mode, c)]
+            for key, (text, _) in answers.items():
+                if text != plain_answers[key][0]:
+                    sys.exit(f"{mode}, {c} clients, {key}: the answer differs from the plain server's")
+            rows.append({
+                "mode": mode, "clients": c, "tokens": tokens, "seconds": secs, "tps": tokens / secs,
+                "speedup": (tokens / secs) / (plain_tokens / plain_secs), "drafted": drafted, "accepted": accepted,
+                "acceptance": accepted / drafted if drafted else None,
+            })
+    print(f"machine: {cpu_name()}, threads {a.threads}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"target {a.target}, draft {a.draft}, {a.max_tokens} greedy tokens max per request, {len(PROMPTS)} prompts per client")
+    print("| clients | mode | tokens | seconds | aggregate t/s | vs plain | drafted | accepted | acceptance |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        acc = f"{r['acceptance']:.2f}" if r["acceptance"] is not None else "-"
+        print(f"| {r['clients']} | {r['mode']} | {r['tokens']} | {r['seconds']:.1f} | {r['tps']:.2f} | {r['speedup']:.2f}x | "
+              f"{r['drafted']} | {r['accepted']} | {acc} |")
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"machine": cpu_name(), "threads": a.threads, "date": str(datetime.date.today()), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
