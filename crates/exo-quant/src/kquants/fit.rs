@@ -41,12 +41,11 @@ impl<const N: usize> Block<N> {
     /// Weighted squared error with codes `(x + min)·inv` rounded into `lo..=hi`, dequantized
     /// as `scale·q − min`.
     fn error(&self, inv: f32, scale: f32, min: f32, lo: f32, hi: f32) -> f32 {
-        let mut e = [0f32; N];
-        for i in 0..N {
+        let e: [f32; N] = std::array::from_fn(|i| {
             let q = ((self.x[i] + min) * inv).round_ties_even().clamp(lo, hi);
             let d = scale * q - min - self.x[i];
-            e[i] = self.w[i] * d * d;
-        }
+            self.w[i] * d * d
+        });
         e.iter().sum()
     }
 
