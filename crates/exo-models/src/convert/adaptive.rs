@@ -7,7 +7,8 @@
 //! 2. Every matrix is packed in every candidate type (Q4_K, Q5_K, Q6_K, Q8_0; Q4_0, Q5_0, Q8_0
 //!    for rows that are not whole 256-value super-blocks), with scales chosen for that importance
 //!    ([`exo_quant::quantize_weighted`]), and the importance-weighted error of each is measured
-//!    ([`exo_quant::plan::weighted_error`]).
+//!    ([`exo_quant::plan::weighted_error`]) on up to 256 evenly spaced rows: only the smallest
+//!    candidate, which step 3 runs, is packed whole.
 //! 3. The effect on the output: the KL divergence of the next-token distributions on a sample of
 //!    the calibration text with that one matrix in its smallest candidate type from the base's.
 //!    Both sides run the quantized kernels, which round the activations the same way, so only the
@@ -52,6 +53,10 @@ const CALIBRATION_CTX: usize = 512;
 /// Tokens of the sample each matrix's KL divergence is measured on (one forward pass per
 /// matrix).
 const KL_SAMPLE: usize = 64;
+/// Rows of a matrix its candidates' weighted errors are compared on: evenly spaced rows, enough
+/// for the ratio of two types' errors, so that only the smallest candidate (which runs in the KL
+/// probe) is packed whole.
+const ERROR_ROWS: usize = 256;
 
 /// Candidate types for rows of `cols` values, smallest first.
 fn candidate_types(cols: usize) -> &'static [GgmlType] {
@@ -140,17 +145,20 @@ fn measure(g: &GgufFile, stats: &ActivationStats, t: &mut Transformer, sample: &
         let values = Matrix::new(&info.name, info.ggml_type, rows, cols, g.tensor_bytes(info))?.to_f32();
         let importance = stats.importance(&info.name, tied).unwrap_or_else(|| vec![1.0; cols]);
         let weights: Vec<f64> = importance.iter().map(|&v| f64::from(v)).collect();
+        let step = rows.div_ceil(ERROR_ROWS).max(1);
+        let sample: Vec<f32> = values.chunks_exact(cols).step_by(step).flatten().copied().collect();
+        let quant_err = |e| exo_kernels::KernelError::Quant { name: info.name.clone(), source: Box::new(e) };
         let mut candidates = Vec::new();
         let mut smallest = None;
         for &ty in candidate_types(cols) {
             let f = QuantFormat::Ggml(ty);
-            let quant_err = |e| exo_kernels::KernelError::Quant { name: info.name.clone(), source: Box::new(e) };
-            let packed = exo_quant::quantize_weighted(f, &values, cols, &importance).map_err(quant_err)?;
+            let packed = exo_quant::quantize_weighted(f, &sample, cols, &importance).map_err(quant_err)?;
             let deq = exo_quant::dequantize(f, &packed, cols).map_err(quant_err)?;
-            let (error, _) = plan::weighted_error(&values, &deq, cols, &weights);
-            let bytes = packed.len() as u64;
+            let (error, _) = plan::weighted_error(&sample, &deq, cols, &weights);
+            let bytes = (ty.row_bytes(cols).unwrap_or(0) * rows) as u64;
             if smallest.is_none() {
-                smallest = Some(Matrix::from_bytes(&info.name, ty, rows, cols, &packed)?);
+                let whole = exo_quant::quantize_weighted(f, &values, cols, &importance).map_err(quant_err)?;
+                smallest = Some(Matrix::from_bytes(&info.name, ty, rows, cols, &whole)?);
             }
             candidates.push(Candidate { format: f, bytes, error });
         }
