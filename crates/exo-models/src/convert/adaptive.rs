@@ -90,13 +90,6 @@ pub fn quantize_adaptive(
     calibration: &str,
 ) -> Result<(QuantizeReport, QuantPlan), ModelError> {
     with_gguf(input, output, |g| {
-        let (stats, options) = {
-            let mut m = load_base(g.path())?;
-            let tokens = m.tokenizer.encode(calibration, true, false)?;
-            let stats = calibration::collect(&m.transformer, &tokens, CALIBRATION_CTX)?;
-            let options = measure(g, &stats, &mut m.transformer, &tokens[..tokens.len().min(KL_SAMPLE)])?;
-            (stats, options)
-        };
         let n_weights: u64 = g.tensors().iter().map(|t| t.n_elements() as u64).sum();
         let total = match budget {
             Budget::BitsPerWeight(b) => (b * n_weights as f64 / 8.0) as u64,
@@ -108,6 +101,32 @@ pub fn quantize_adaptive(
         let input_data: u64 = g.tensors().iter().map(|t| t.ggml_type.row_bytes(t.dims[0]).unwrap_or(0) as u64 * (t.n_elements() / t.dims[0].max(1)) as u64).sum();
         let header = std::fs::metadata(g.path()).map(|m| m.len()).unwrap_or(0).saturating_sub(input_data);
         let fixed = vectors + header;
+        // Refused before the analysis (minutes on a large model) when even the smallest types
+        // do not fit.
+        let smallest: u64 = g
+            .tensors()
+            .iter()
+            .filter(|t| is_matrix(t))
+            .map(|t| (candidate_types(t.dims[0])[0].row_bytes(t.dims[0]).unwrap_or(0) * (t.n_elements() / t.dims[0])) as u64)
+            .sum();
+        if smallest + fixed > total {
+            return Err(ModelError::Unconvertible {
+                file: output.display().to_string(),
+                what: format!(
+                    "a budget of {total} bytes ({:.3} bits per weight) is below the smallest mix exo can write, {} bytes ({:.3} bits per weight)",
+                    total as f64 * 8.0 / n_weights as f64,
+                    smallest + fixed,
+                    (smallest + fixed) as f64 * 8.0 / n_weights as f64
+                ),
+            });
+        }
+        let (stats, options) = {
+            let mut m = load_base(g.path())?;
+            let tokens = m.tokenizer.encode(calibration, true, false)?;
+            let stats = calibration::collect(&m.transformer, &tokens, CALIBRATION_CTX)?;
+            let options = measure(g, &stats, &mut m.transformer, &tokens[..tokens.len().min(KL_SAMPLE)])?;
+            (stats, options)
+        };
         let chosen = plan::choose(&options, total.saturating_sub(fixed)).map_err(|e| ModelError::Unconvertible {
             file: output.display().to_string(),
             what: format!("{e} (the rest of the file takes {fixed} bytes of the {total} allowed)"),
