@@ -14,6 +14,10 @@ Every file is scored by `exo perplexity FILE -f TEXT --ctx N --kld-base BASE`. B
 issue 7's: file bits over the number of weights in the file (embeddings and output included).
 
 Usage: bench/quant_quality.py [--models a,b] [--text FILE] [--ctx 128] [--work DIR] [--exo PATH]
+                              [--bpw 3.5 4.5 6] [--files NAME,...] [--base-type f16] [--delete]
+--files keeps only the named files (their names without .gguf: llama-Q3_K_M, llama-Q4_K_M,
+llama-Q6_K, llama-Q4_K.pure, exo-q4_K, exo-q4_K-imatrix, exo-q6_K, exo-adaptive-q4km,
+exo-adaptive-BPW), for a large model on a slow machine.
 Prints a Markdown table per model and writes the raw figures as JSON to --out. Run with the
 reference venv's Python (~/.cache/exo-dev/venv: llama-cpp-python, gguf).
 """
@@ -74,46 +78,52 @@ def bench_model(exo, name, args):
     work = os.path.join(args.work, name)
     os.makedirs(work, exist_ok=True)
     f = lambda n: os.path.join(work, n)
-    base = f("base-f32.gguf")
+    base = f(f"base-{args.base_type}.gguf")
     if not os.path.exists(base):
-        run([exo, "quantize", src, base, "--type", "f32"])
+        run([exo, "quantize", src, base, "--type", args.base_type])
     weights = n_weights(base)
-    files = []  # (label, path, seconds to make or None)
-
-    def exo_file(label, fname, extra):
-        path = f(fname)
-        secs = None
-        if not os.path.exists(path):
-            _, secs = run([exo, "quantize", base, path] + extra)
-        files.append((label, path, secs))
-
-    for label, ftype in LLAMA_FTYPES.items():
-        path = f("llama-" + label.split()[0] + (".pure" if "pure" in label else "") + ".gguf")
-        if not os.path.exists(path):
-            llama_quantize(base, path, ftype, "pure" in label)
-        files.append(("llama.cpp " + label, path, None))
-    exo_file("exo uniform Q4_K", "exo-q4_K.gguf", ["--type", "q4_K"])
-    exo_file("exo uniform Q4_K --imatrix", "exo-q4_K-imatrix.gguf", ["--type", "q4_K", "--imatrix"])
-    exo_file("exo uniform Q6_K", "exo-q6_K.gguf", ["--type", "q6_K"])
-    q4km = os.path.getsize(f("llama-Q4_K_M.gguf"))
-    exo_file(f"exo adaptive, --max-size {q4km} (llama.cpp Q4_K_M's size)", "exo-adaptive-q4km.gguf", ["--max-size", str(q4km)])
-    for bpw in args.bpw:
-        smallest = None
-        try:
-            exo_file(f"exo adaptive, --target-bpw {bpw}", f"exo-adaptive-{bpw}.gguf", ["--target-bpw", str(bpw)])
-        except SystemExit as e:
-            smallest = str(e).strip().splitlines()[-1]
-            files.append((f"exo adaptive, --target-bpw {bpw}: not reachable ({smallest})", None, None))
-
     rows = []
-    for label, path, secs in files:
-        if path is None:
-            rows.append({"file": label})
-            continue
+    wanted = lambda fname: args.files is None or fname[: -len(".gguf")] in args.files
+
+    def add(label, path, secs):
+        """Scores the file at `path` (then removes it with --delete)."""
         r = score(exo, path, base, args.text, args.ctx)
         r.update(file=label, bpw=os.path.getsize(path) * 8 / weights, seconds=secs)
         rows.append(r)
         print(f"  {label}: {r}", file=sys.stderr, flush=True)
+        if args.delete:
+            os.remove(path)
+
+    def exo_file(label, fname, extra):
+        if not wanted(fname):
+            return
+        path = f(fname)
+        secs = None
+        if not os.path.exists(path):
+            _, secs = run([exo, "quantize", base, path] + extra)
+        add(label, path, secs)
+
+    q4km = None
+    for label, ftype in LLAMA_FTYPES.items():
+        path = f("llama-" + label.split()[0] + (".pure" if "pure" in label else "") + ".gguf")
+        if not wanted(os.path.basename(path)) and label != "Q4_K_M":
+            continue
+        if not os.path.exists(path):
+            llama_quantize(base, path, ftype, "pure" in label)
+        if label == "Q4_K_M":
+            q4km = os.path.getsize(path)
+        if wanted(os.path.basename(path)):
+            add("llama.cpp " + label, path, None)
+    exo_file("exo uniform Q4_K", "exo-q4_K.gguf", ["--type", "q4_K"])
+    exo_file(f"exo adaptive, --max-size {q4km} (llama.cpp Q4_K_M's size)", "exo-adaptive-q4km.gguf", ["--max-size", str(q4km)])
+    exo_file("exo uniform Q4_K --imatrix", "exo-q4_K-imatrix.gguf", ["--type", "q4_K", "--imatrix"])
+    exo_file("exo uniform Q6_K", "exo-q6_K.gguf", ["--type", "q6_K"])
+    for bpw in args.bpw:
+        try:
+            exo_file(f"exo adaptive, --target-bpw {bpw}", f"exo-adaptive-{bpw}.gguf", ["--target-bpw", str(bpw)])
+        except SystemExit as e:
+            reason = str(e).strip().splitlines()[-1]
+            rows.append({"file": f"exo adaptive, --target-bpw {bpw}: not reachable ({reason})"})
     return rows
 
 
@@ -126,6 +136,10 @@ def main():
     ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "exo-quant-quality"))
     ap.add_argument("--exo", default=os.path.join(HERE, "../target/release/exo"))
     ap.add_argument("--out", default="quant_quality.json")
+    ap.add_argument("--files", type=lambda v: v.split(","), default=None)
+    ap.add_argument("--base-type", default="f32", choices=["f32", "f16"],
+                    help="the float base's storage (f16 halves a large model's disk use)")
+    ap.add_argument("--delete", action="store_true", help="remove each quantized file once scored")
     args = ap.parse_args()
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"), "machine": cpu_name(),
               "text": args.text, "ctx": args.ctx, "models": {}}
