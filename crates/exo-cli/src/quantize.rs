@@ -15,7 +15,7 @@ pub struct QuantizeArgs {
     input: String,
     /// The .gguf file to write (must not exist).
     output: std::path::PathBuf,
-    /// One type for every matrix: q4_K, q5_K, q6_K, q8_0, q4_0, q4_1, q5_0, q5_1 (or f16, bf16,
+    /// One type for every matrix: q3_K, q4_K, q5_K, q6_K, q8_0, q4_0, q4_1, q5_0, q5_1 (or f16, bf16,
     /// f32). Rows that do not fit a k-quant's 256-value blocks get llama.cpp's fallback type.
     #[arg(long = "type", short = 't', conflicts_with_all = ["target_bpw", "max_size"])]
     ty: Option<String>,

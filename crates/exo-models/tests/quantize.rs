@@ -86,6 +86,11 @@ fn importance_weighted_q4_k_file_decodes_like_llama_cpp() {
 }
 
 #[test]
+fn q3_k_file_decodes_like_llama_cpp() {
+    check("q3_K");
+}
+
+#[test]
 fn q8_0_file_decodes_like_llama_cpp() {
     check("q8_0");
 }

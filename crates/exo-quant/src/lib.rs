@@ -2,7 +2,7 @@
 //!
 //! - ggml's formats with its exact bit layouts, so llama.cpp loads the files exo writes:
 //!   [`legacy`] (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: the same bytes as ggml's reference quantizer) and
-//!   [`kquants`] (Q4_K, Q5_K, Q6_K: exo's own least-squares scale search, measured against
+//!   [`kquants`] (Q3_K, Q4_K, Q5_K, Q6_K: exo's own least-squares scale search, measured against
 //!   ggml's reference quantizer in `tests/ggml_reference.rs`).
 //! - Formats llama.cpp does not have, in layouts defined here: [`nf4`] (QLoRA's 4-bit
 //!   normal-float), [`fp8`] (E4M3 with one scale per output channel) and [`int`] (symmetric INT8
@@ -77,7 +77,7 @@ pub enum QuantError {
 }
 
 /// The format names [`QuantFormat::from_name`] accepts for packing.
-pub const QUANTIZABLE: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K, nf4, fp8 (fp8_e4m3), int8, int4";
+pub const QUANTIZABLE: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q3_K, q4_K, q5_K, q6_K, nf4, fp8 (fp8_e4m3), int8, int4";
 
 impl QuantFormat {
     /// Parses a format name: a ggml type name (`q4_K`, `Q8_0`, `f16`) or `nf4`, `fp8`/`fp8_e4m3`,
@@ -107,7 +107,7 @@ impl QuantFormat {
     pub fn can_quantize(self) -> bool {
         use GgmlType as G;
         match self {
-            Self::Ggml(t) => matches!(t, G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q4K | G::Q5K | G::Q6K),
+            Self::Ggml(t) => matches!(t, G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q3K | G::Q4K | G::Q5K | G::Q6K),
             _ => true,
         }
     }
@@ -243,6 +243,7 @@ fn quantize_row(format: QuantFormat, src: &[f32], w: &[f32], weighted: bool, dst
         QuantFormat::Ggml(G::Q5_0) => legacy::quantize_q5_0(src, dst),
         QuantFormat::Ggml(G::Q5_1) => legacy::quantize_q5_1(src, dst),
         QuantFormat::Ggml(G::Q8_0) => legacy::quantize_q8_0(src, dst),
+        QuantFormat::Ggml(G::Q3K) => kquants::quantize_q3_k(src, w, dst),
         QuantFormat::Ggml(G::Q4K) => kquants::quantize_q4_k(src, w, dst),
         QuantFormat::Ggml(G::Q5K) => kquants::quantize_q5_k(src, w, dst),
         QuantFormat::Ggml(G::Q6K) => kquants::quantize_q6_k(src, w, dst),
@@ -263,6 +264,7 @@ fn dequantize_row(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
         QuantFormat::Ggml(G::Q5_0) => legacy::dequantize_q5_0(src, dst),
         QuantFormat::Ggml(G::Q5_1) => legacy::dequantize_q5_1(src, dst),
         QuantFormat::Ggml(G::Q8_0) => legacy::dequantize_q8_0(src, dst),
+        QuantFormat::Ggml(G::Q3K) => kquants::dequantize_q3_k(src, dst),
         QuantFormat::Ggml(G::Q4K) => kquants::dequantize_q4_k(src, dst),
         QuantFormat::Ggml(G::Q5K) => kquants::dequantize_q5_k(src, dst),
         QuantFormat::Ggml(G::Q6K) => kquants::dequantize_q6_k(src, dst),

@@ -31,7 +31,7 @@ fn rmse(x: &[f32], y: &[f32], cols: usize) -> (Vec<f64>, f64) {
     (rows, (sq(x, y) / x.len() as f64).sqrt())
 }
 
-const GGML: [&str; 8] = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K"];
+const GGML: [&str; 9] = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q3_K", "q4_K", "q5_K", "q6_K"];
 const OURS: [&str; 4] = ["nf4", "fp8_e4m3", "int8", "int4"];
 
 #[test]
@@ -68,7 +68,7 @@ fn k_quants_are_at_least_as_accurate_as_ggml() {
     let m = manifest();
     let cols = m["cols"].as_u64().unwrap() as usize;
     let x = floats("input.f32");
-    for name in ["q4_K", "q5_K", "q6_K"] {
+    for name in ["q3_K", "q4_K", "q5_K", "q6_K"] {
         let f = QuantFormat::from_name(name).unwrap();
         let packed = quantize(f, &x, cols).unwrap();
         assert_eq!(packed.len() as u64, m["types"][name]["bytes"].as_u64().unwrap(), "{name}");
@@ -93,7 +93,7 @@ fn weighted_sse(x: &[f32], y: &[f32], w: &[f32]) -> f64 {
 fn importance_weighted_quantization_beats_ggml_with_the_same_importance_matrix() {
     let cols = manifest()["cols"].as_u64().unwrap() as usize;
     let (x, imatrix) = (floats("input.f32"), floats("imatrix.f32"));
-    for name in ["q4_0", "q5_0", "q4_K", "q5_K", "q6_K"] {
+    for name in ["q4_0", "q5_0", "q3_K", "q4_K", "q5_K", "q6_K"] {
         let f = QuantFormat::from_name(name).unwrap();
         let weighted = quantize_weighted(f, &x, cols, &imatrix).unwrap();
         let plain = quantize(f, &x, cols).unwrap();

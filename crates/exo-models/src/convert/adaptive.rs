@@ -4,7 +4,7 @@
 //! 1. The base (the input's values re-quantized to Q8_0, nearly lossless) runs the calibration
 //!    text and records the mean square of every input column of every matrix
 //!    ([`crate::calibration`]): the importance that weighs each column's weight errors.
-//! 2. Every matrix is packed in every candidate type (Q4_K, Q5_K, Q6_K, Q8_0; Q4_0, Q5_0, Q8_0
+//! 2. Every matrix is packed in every candidate type (Q3_K, Q4_K, Q5_K, Q6_K, Q8_0; Q4_0, Q5_0, Q8_0
 //!    for rows that are not whole 256-value super-blocks), with scales chosen for that importance
 //!    ([`exo_quant::quantize_weighted`]), and the importance-weighted error of each is measured
 //!    ([`exo_quant::plan::weighted_error`]) on up to 256 evenly spaced rows: only the smallest
@@ -61,7 +61,7 @@ const ERROR_ROWS: usize = 256;
 /// Candidate types for rows of `cols` values, smallest first.
 fn candidate_types(cols: usize) -> &'static [GgmlType] {
     if cols.is_multiple_of(256) {
-        &[GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q8_0]
+        &[GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q8_0]
     } else {
         &[GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0]
     }

@@ -6,7 +6,7 @@
 //! already in the target type is copied unchanged, since re-quantizing its own values could only
 //! add error. Rows that are not a whole number of the target's blocks get llama.cpp's fallback
 //! type for that target (`tensor_type_fallback` in llama-quant.cpp: Q4_K → Q5_0, Q5_K → Q5_1,
-//! Q6_K → Q8_0), so files load in llama.cpp with the types it would have chosen.
+//! Q6_K → Q8_0; Q3_K → Q4_0, as the llama.cpp of llama-cpp-python 0.3.36 writes it), so files load in llama.cpp with the types it would have chosen.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -51,7 +51,7 @@ impl QuantizeReport {
 }
 
 /// The ggml types `exo quantize` writes.
-pub const GGUF_TARGETS: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K, f16, bf16, f32";
+pub const GGUF_TARGETS: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q3_K, q4_K, q5_K, q6_K, f16, bf16, f32";
 
 /// Writes the model at `input` (a GGUF file or a Hugging Face directory) to the GGUF file
 /// `output` (which must not exist) with its matrices in `target`.
@@ -151,6 +151,7 @@ pub(super) fn is_matrix(info: &TensorInfo) -> bool {
 /// The type a matrix with rows of `cols` values gets for `target`.
 fn matrix_type(target: GgmlType, cols: usize) -> Option<GgmlType> {
     let fallback = match target {
+        GgmlType::Q3K => GgmlType::Q4_0,
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q5K => GgmlType::Q5_1,
         GgmlType::Q6K => GgmlType::Q8_0,
@@ -170,6 +171,7 @@ fn file_type(ty: GgmlType) -> u32 {
         GgmlType::Q5_0 => 8,
         GgmlType::Q5_1 => 9,
         // Uniform k-quant files are llama.cpp's "_S" mixes, the closest it names.
+        GgmlType::Q3K => 11,
         GgmlType::Q4K => 14,
         GgmlType::Q5K => 16,
         GgmlType::Q6K => 18,
