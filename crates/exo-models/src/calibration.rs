@@ -73,6 +73,12 @@ impl ActivationStats {
         Some(sum.iter().map(|s| s / (*n).max(1) as f64).collect())
     }
 
+    /// [`ActivationStats::column_weights`] in f32, the importance
+    /// [`exo_quant::quantize_weighted`] takes.
+    pub fn importance(&self, name: &str, tied_embeddings: bool) -> Option<Vec<f32>> {
+        self.column_weights(name, tied_embeddings).map(|w| w.iter().map(|&v| v as f32).collect())
+    }
+
     /// Tokens seen at the first layer's input.
     pub fn tokens(&self) -> u64 {
         self.sums.get(&(0, Site::AttnIn)).map_or(0, |s| s.1)

@@ -1,10 +1,12 @@
 //! `exo quantize` against llama.cpp (fixtures from tests/reference/gen_quantize.py): the files
-//! exo writes are the ones llama.cpp loaded, and exo's greedy decoding of them equals llama.cpp's.
+//! exo writes are the ones llama.cpp loaded, and exo's greedy decoding of them equals llama.cpp's
+//! (uniform types, and Q4_K with scales chosen by an importance matrix).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use exo_models::convert::quantize;
+use exo_models::calibration::DEFAULT_TEXT;
+use exo_models::convert::{quantize, quantize_with_importance};
 use exo_models::{load, LoadOptions};
 use exo_quant::QuantFormat;
 use serde_json::Value;
@@ -27,7 +29,10 @@ fn check(ty: &str) {
     assert!(src.is_file(), "{} is missing: run scripts/fetch-models.sh all", src.display());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join(format!("{ty}.gguf"));
-    let report = quantize(&src, &out, QuantFormat::from_name(ty).unwrap()).unwrap();
+    let report = match ty.strip_suffix("+imatrix") {
+        Some(t) => quantize_with_importance(&src, &out, QuantFormat::from_name(t).unwrap(), DEFAULT_TEXT).unwrap(),
+        None => quantize(&src, &out, QuantFormat::from_name(ty).unwrap()).unwrap(),
+    };
     let bytes = std::fs::read(&out).unwrap();
     assert_eq!(bytes.len() as u64, report.file_bytes);
     let mut crc = crc32fast::Hasher::new();
@@ -73,6 +78,16 @@ fn q5_k_file_decodes_like_llama_cpp() {
 #[test]
 fn q6_k_file_decodes_like_llama_cpp() {
     check("q6_K");
+}
+
+#[test]
+fn importance_weighted_q4_k_file_decodes_like_llama_cpp() {
+    check("q4_K+imatrix");
+}
+
+#[test]
+fn q3_k_file_decodes_like_llama_cpp() {
+    check("q3_K");
 }
 
 #[test]

@@ -78,6 +78,32 @@ pub fn quantize_q4_0(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// Packs a row into Q4_0 blocks whose scales minimise the error weighted by `w` (so not ggml's
+/// bytes: ggml's reference derives the scale from the block's extremes).
+pub fn quantize_q4_0_weighted(src: &[f32], w: &[f32], dst: &mut [u8]) {
+    for ((x, w), b) in src.chunks_exact(QK).zip(w.chunks_exact(QK)).zip(dst.chunks_exact_mut(18)) {
+        let q = weighted_symmetric_codes(x, w, 8, b);
+        pack_codes(&q, &mut b[2..], None);
+    }
+}
+
+/// Packs a row into Q5_0 blocks whose scales minimise the error weighted by `w`.
+pub fn quantize_q5_0_weighted(src: &[f32], w: &[f32], dst: &mut [u8]) {
+    for ((x, w), b) in src.chunks_exact(QK).zip(w.chunks_exact(QK)).zip(dst.chunks_exact_mut(22)) {
+        let q = weighted_symmetric_codes(x, w, 16, b);
+        let (qh, qs) = b[2..].split_at_mut(4);
+        pack_codes(&q, qs, Some(qh));
+    }
+}
+
+/// Codes `q + half` in `0..2·half` for the weighted best scale of `x`, whose f16 value is stored
+/// at `b[0..2]` (the codes are rounded with the stored scale, as the dequantizer will read it).
+fn weighted_symmetric_codes(x: &[f32], w: &[f32], half: i32, b: &mut [u8]) -> [u8; QK] {
+    let d = put_f16(b, crate::kquants::fit::symmetric(x, w, -half, half - 1));
+    let id = inverse(d);
+    std::array::from_fn(|i| (crate::kquants::fit::symmetric_code(x[i], id, -half, half - 1) + half) as u8)
+}
+
 /// Packs a row into Q4_1 blocks (20 bytes per 32 values).
 pub fn quantize_q4_1(src: &[f32], dst: &mut [u8]) {
     for (x, b) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(20)) {

@@ -2,7 +2,7 @@
 //!
 //! - ggml's formats with its exact bit layouts, so llama.cpp loads the files exo writes:
 //!   [`legacy`] (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: the same bytes as ggml's reference quantizer) and
-//!   [`kquants`] (Q4_K, Q5_K, Q6_K: exo's own least-squares scale search, measured against
+//!   [`kquants`] (Q3_K, Q4_K, Q5_K, Q6_K: exo's own least-squares scale search, measured against
 //!   ggml's reference quantizer in `tests/ggml_reference.rs`).
 //! - Formats llama.cpp does not have, in layouts defined here: [`nf4`] (QLoRA's 4-bit
 //!   normal-float), [`fp8`] (E4M3 with one scale per output channel) and [`int`] (symmetric INT8
@@ -77,7 +77,7 @@ pub enum QuantError {
 }
 
 /// The format names [`QuantFormat::from_name`] accepts for packing.
-pub const QUANTIZABLE: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K, nf4, fp8 (fp8_e4m3), int8, int4";
+pub const QUANTIZABLE: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q3_K, q4_K, q5_K, q6_K, nf4, fp8 (fp8_e4m3), int8, int4";
 
 impl QuantFormat {
     /// Parses a format name: a ggml type name (`q4_K`, `Q8_0`, `f16`) or `nf4`, `fp8`/`fp8_e4m3`,
@@ -107,7 +107,7 @@ impl QuantFormat {
     pub fn can_quantize(self) -> bool {
         use GgmlType as G;
         match self {
-            Self::Ggml(t) => matches!(t, G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q4K | G::Q5K | G::Q6K),
+            Self::Ggml(t) => matches!(t, G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q3K | G::Q4K | G::Q5K | G::Q6K),
             _ => true,
         }
     }
@@ -150,6 +150,29 @@ impl std::fmt::Display for QuantFormat {
 /// Packs `values` (whole rows of `cols` values, row-major) into `format`, rows in parallel on
 /// all cores.
 pub fn quantize(format: QuantFormat, values: &[f32], cols: usize) -> Result<Vec<u8>, QuantError> {
+    pack(format, values, cols, None)
+}
+
+/// Like [`quantize`], with the scales of Q4_0, Q5_0 and the k-quants chosen to minimise the
+/// squared error weighted by column: `importance[c]` is the mean square of the activation that
+/// multiplies column `c` (an importance matrix, as llama.cpp's `--imatrix` calls it), so the
+/// search minimises the error of the matrix's outputs rather than of its weights. The other
+/// formats have no scale search and pack as [`quantize`] does; Q4_0 and Q5_0 then differ from
+/// ggml's reference bytes but not in layout.
+pub fn quantize_weighted(format: QuantFormat, values: &[f32], cols: usize, importance: &[f32]) -> Result<Vec<u8>, QuantError> {
+    if importance.len() != cols {
+        let format = format.name().to_string();
+        return Err(QuantError::Length { format, what: "importance", have: importance.len(), unit: "values", row: cols });
+    }
+    // A column that never saw activation still holds weights that matter for other inputs; a
+    // floor keeps every value's error in the objective.
+    let mean = importance.iter().map(|&v| f64::from(v)).sum::<f64>() / cols.max(1) as f64;
+    let floor = (1e-3 * mean) as f32;
+    let w: Vec<f32> = importance.iter().map(|&v| if v.is_finite() { v.max(0.0) + floor } else { floor }).collect();
+    pack(format, values, cols, Some(&w))
+}
+
+fn pack(format: QuantFormat, values: &[f32], cols: usize, weights: Option<&[f32]>) -> Result<Vec<u8>, QuantError> {
     if !format.can_quantize() {
         return Err(QuantError::Unsupported { format: format.name().to_string(), supported: QUANTIZABLE });
     }
@@ -158,8 +181,17 @@ pub fn quantize(format: QuantFormat, values: &[f32], cols: usize) -> Result<Vec<
         let format = format.name().to_string();
         return Err(QuantError::Length { format, what: "input", have: values.len(), unit: "values", row: cols });
     }
+    let ones;
+    let w = match weights {
+        Some(w) => w,
+        None => {
+            ones = vec![1.0; cols];
+            &ones
+        }
+    };
+    let weighted = weights.is_some();
     let mut out = vec![0u8; values.len() / cols * row_bytes];
-    rows::parallel_rows(values, cols, &mut out, row_bytes, |src, dst| quantize_row(format, src, dst));
+    rows::parallel_rows(values, cols, &mut out, row_bytes, |src, dst| quantize_row(format, src, w, weighted, dst));
     Ok(out)
 }
 
@@ -198,18 +230,23 @@ fn check_row(format: QuantFormat, cols: usize) -> Result<usize, QuantError> {
     }
 }
 
-/// Packs one row (`dst` is exactly the row's bytes).
-fn quantize_row(format: QuantFormat, src: &[f32], dst: &mut [u8]) {
+/// Packs one row (`dst` is exactly the row's bytes); `w` weighs each value's error, and
+/// `weighted` says whether those weights are more than ones (the legacy formats then leave
+/// ggml's scale rule for a search).
+fn quantize_row(format: QuantFormat, src: &[f32], w: &[f32], weighted: bool, dst: &mut [u8]) {
     use GgmlType as G;
     match format {
+        QuantFormat::Ggml(G::Q4_0) if weighted => legacy::quantize_q4_0_weighted(src, w, dst),
+        QuantFormat::Ggml(G::Q5_0) if weighted => legacy::quantize_q5_0_weighted(src, w, dst),
         QuantFormat::Ggml(G::Q4_0) => legacy::quantize_q4_0(src, dst),
         QuantFormat::Ggml(G::Q4_1) => legacy::quantize_q4_1(src, dst),
         QuantFormat::Ggml(G::Q5_0) => legacy::quantize_q5_0(src, dst),
         QuantFormat::Ggml(G::Q5_1) => legacy::quantize_q5_1(src, dst),
         QuantFormat::Ggml(G::Q8_0) => legacy::quantize_q8_0(src, dst),
-        QuantFormat::Ggml(G::Q4K) => kquants::quantize_q4_k(src, dst),
-        QuantFormat::Ggml(G::Q5K) => kquants::quantize_q5_k(src, dst),
-        QuantFormat::Ggml(G::Q6K) => kquants::quantize_q6_k(src, dst),
+        QuantFormat::Ggml(G::Q3K) => kquants::quantize_q3_k(src, w, dst),
+        QuantFormat::Ggml(G::Q4K) => kquants::quantize_q4_k(src, w, dst),
+        QuantFormat::Ggml(G::Q5K) => kquants::quantize_q5_k(src, w, dst),
+        QuantFormat::Ggml(G::Q6K) => kquants::quantize_q6_k(src, w, dst),
         QuantFormat::Ggml(_) => unreachable!("quantize checks can_quantize"),
         QuantFormat::Nf4 => nf4::quantize(src, dst),
         QuantFormat::Fp8E4M3 => fp8::quantize(src, dst),
@@ -227,6 +264,7 @@ fn dequantize_row(format: QuantFormat, src: &[u8], dst: &mut [f32]) {
         QuantFormat::Ggml(G::Q5_0) => legacy::dequantize_q5_0(src, dst),
         QuantFormat::Ggml(G::Q5_1) => legacy::dequantize_q5_1(src, dst),
         QuantFormat::Ggml(G::Q8_0) => legacy::dequantize_q8_0(src, dst),
+        QuantFormat::Ggml(G::Q3K) => kquants::dequantize_q3_k(src, dst),
         QuantFormat::Ggml(G::Q4K) => kquants::dequantize_q4_k(src, dst),
         QuantFormat::Ggml(G::Q5K) => kquants::dequantize_q5_k(src, dst),
         QuantFormat::Ggml(G::Q6K) => kquants::dequantize_q6_k(src, dst),

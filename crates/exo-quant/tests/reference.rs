@@ -1,10 +1,10 @@
 //! exo-quant against references no one here wrote (fixtures from tests/reference/gen_quant.py):
 //! ggml's quantizer and the `gguf` package's dequantizer for ggml's types, NumPy and torch for
-//! NF4, FP8, INT8 and INT4.
+//! NF4, FP8, INT8 and INT4; ggml's quantizer with an importance matrix for the weighted packing.
 
 use std::path::PathBuf;
 
-use exo_quant::{dequantize, quantize, QuantFormat};
+use exo_quant::{dequantize, quantize, quantize_weighted, QuantFormat};
 use serde_json::Value;
 
 fn dir() -> PathBuf {
@@ -31,7 +31,7 @@ fn rmse(x: &[f32], y: &[f32], cols: usize) -> (Vec<f64>, f64) {
     (rows, (sq(x, y) / x.len() as f64).sqrt())
 }
 
-const GGML: [&str; 8] = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_K", "q5_K", "q6_K"];
+const GGML: [&str; 9] = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q3_K", "q4_K", "q5_K", "q6_K"];
 const OURS: [&str; 4] = ["nf4", "fp8_e4m3", "int8", "int4"];
 
 #[test]
@@ -68,7 +68,7 @@ fn k_quants_are_at_least_as_accurate_as_ggml() {
     let m = manifest();
     let cols = m["cols"].as_u64().unwrap() as usize;
     let x = floats("input.f32");
-    for name in ["q4_K", "q5_K", "q6_K"] {
+    for name in ["q3_K", "q4_K", "q5_K", "q6_K"] {
         let f = QuantFormat::from_name(name).unwrap();
         let packed = quantize(f, &x, cols).unwrap();
         assert_eq!(packed.len() as u64, m["types"][name]["bytes"].as_u64().unwrap(), "{name}");
@@ -82,6 +82,31 @@ fn k_quants_are_at_least_as_accurate_as_ggml() {
             assert!(*o <= g * 1.01 + 1e-9, "{name}: row {r}: rmse {o} above ggml's {g}");
         }
     }
+}
+
+/// `Σ w_c·(x − y)²` over the whole matrix, `w_c` the weight of column `c`.
+fn weighted_sse(x: &[f32], y: &[f32], w: &[f32]) -> f64 {
+    x.iter().zip(y).zip(w.iter().cycle()).map(|((&a, &b), &w)| f64::from(w) * (f64::from(a) - f64::from(b)).powi(2)).sum()
+}
+
+#[test]
+fn importance_weighted_quantization_beats_ggml_with_the_same_importance_matrix() {
+    let cols = manifest()["cols"].as_u64().unwrap() as usize;
+    let (x, imatrix) = (floats("input.f32"), floats("imatrix.f32"));
+    for name in ["q4_0", "q5_0", "q3_K", "q4_K", "q5_K", "q6_K"] {
+        let f = QuantFormat::from_name(name).unwrap();
+        let weighted = quantize_weighted(f, &x, cols, &imatrix).unwrap();
+        let plain = quantize(f, &x, cols).unwrap();
+        assert_eq!(weighted.len(), plain.len(), "{name}: the layout does not change");
+        let ours = weighted_sse(&x, &dequantize(f, &weighted, cols).unwrap(), &imatrix);
+        let unweighted = weighted_sse(&x, &dequantize(f, &plain, cols).unwrap(), &imatrix);
+        let ggml = weighted_sse(&x, &floats(&format!("{name}.imatrix.dequant.f32")), &imatrix);
+        eprintln!("{name}: weighted error ours {ours:.5}, ggml with imatrix {ggml:.5} ({:.3}), ours unweighted {unweighted:.5}", ours / ggml);
+        assert!(ours <= ggml, "{name}: weighted error {ours} above ggml's {ggml} with the same importance matrix");
+        assert!(ours < 0.97 * unweighted, "{name}: weighting gains too little ({ours} vs {unweighted})");
+    }
+    let e = quantize_weighted(QuantFormat::from_name("q4_K").unwrap(), &x, cols, &imatrix[..100]).unwrap_err().to_string();
+    assert!(e.contains("importance") && e.contains("100") && e.contains("1024"), "{e}");
 }
 
 #[test]

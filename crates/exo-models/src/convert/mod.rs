@@ -28,7 +28,7 @@ use crate::config::Arch;
 use crate::ModelError;
 
 pub use adaptive::{quantize_adaptive, Budget};
-pub use quantize::{quantize, QuantizeReport, GGUF_TARGETS};
+pub use quantize::{quantize, quantize_with_importance, QuantizeReport, GGUF_TARGETS};
 pub use to_gguf::hf_to_gguf;
 pub use to_hf::gguf_to_hf;
 

@@ -6,7 +6,7 @@
 //! already in the target type is copied unchanged, since re-quantizing its own values could only
 //! add error. Rows that are not a whole number of the target's blocks get llama.cpp's fallback
 //! type for that target (`tensor_type_fallback` in llama-quant.cpp: Q4_K → Q5_0, Q5_K → Q5_1,
-//! Q6_K → Q8_0), so files load in llama.cpp with the types it would have chosen.
+//! Q6_K → Q8_0; Q3_K → Q4_0, as the llama.cpp of llama-cpp-python 0.3.36 writes it), so files load in llama.cpp with the types it would have chosen.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ use exo_kernels::Matrix;
 use exo_quant::QuantFormat;
 
 use super::DType;
+use crate::calibration::ActivationStats;
 use crate::ModelError;
 
 /// What a quantization wrote.
@@ -50,15 +51,34 @@ impl QuantizeReport {
 }
 
 /// The ggml types `exo quantize` writes.
-pub const GGUF_TARGETS: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K, f16, bf16, f32";
+pub const GGUF_TARGETS: &str = "q4_0, q4_1, q5_0, q5_1, q8_0, q3_K, q4_K, q5_K, q6_K, f16, bf16, f32";
 
 /// Writes the model at `input` (a GGUF file or a Hugging Face directory) to the GGUF file
 /// `output` (which must not exist) with its matrices in `target`.
 pub fn quantize(input: &Path, output: &Path, target: QuantFormat) -> Result<QuantizeReport, ModelError> {
-    quantize_uniform(input, output, target).map(|(report, ())| report)
+    quantize_uniform(input, output, target, None).map(|(report, ())| report)
 }
 
-fn quantize_uniform(input: &Path, output: &Path, target: QuantFormat) -> Result<(QuantizeReport, ()), ModelError> {
+/// [`quantize`] with every matrix's scales chosen to minimise the error of its outputs on the
+/// `calibration` text (`exo quantize --imatrix`): the mean squared activation of each input
+/// column weighs its weights' errors ([`exo_quant::quantize_weighted`]), as llama.cpp's
+/// importance matrix does. Types, sizes and layouts are those of [`quantize`].
+pub fn quantize_with_importance(input: &Path, output: &Path, target: QuantFormat, calibration: &str) -> Result<QuantizeReport, ModelError> {
+    let stats = with_gguf_path(input, output, |path| super::adaptive::activation_stats(path, calibration))?;
+    quantize_uniform(input, output, target, Some(&stats)).map(|(report, ())| report)
+}
+
+/// Whether `g`'s LM head is its token embedding.
+pub(super) fn tied(g: &GgufFile) -> bool {
+    g.tensor("output.weight").is_none()
+}
+
+fn quantize_uniform(
+    input: &Path,
+    output: &Path,
+    target: QuantFormat,
+    importance: Option<&ActivationStats>,
+) -> Result<(QuantizeReport, ()), ModelError> {
     let ty = match target {
         QuantFormat::Ggml(t) if target.can_quantize() || matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => t,
         _ => {
@@ -74,10 +94,11 @@ fn quantize_uniform(input: &Path, output: &Path, target: QuantFormat) -> Result<
     with_gguf(input, output, |g| {
         let source = g.path().display().to_string();
         write_gguf(g, output, ty, |info| {
-            matrix_type(ty, info.dims[0]).ok_or_else(|| ModelError::Unconvertible {
+            let to = matrix_type(ty, info.dims[0]).ok_or_else(|| ModelError::Unconvertible {
                 file: source.clone(),
                 what: format!("tensor '{}' has rows of {} values, not a whole number of {ty} blocks", info.name, info.dims[0]),
-            })
+            })?;
+            Ok((to, importance.and_then(|s| s.importance(&info.name, tied(g)))))
         })
     })
 }
@@ -111,6 +132,17 @@ pub(super) fn with_gguf<T>(
     f(&GgufFile::open(input)?)
 }
 
+/// Calls `f` with the path of `input` as a GGUF file ([`with_gguf`]'s staging for a Hugging Face
+/// directory), for the analyses that load the model.
+fn with_gguf_path<T>(input: &Path, output: &Path, f: impl FnOnce(&Path) -> Result<T, ModelError>) -> Result<T, ModelError> {
+    let mut out = None;
+    with_gguf(input, output, |g| {
+        out = Some(f(g.path())?);
+        Ok((QuantizeReport::default(), ()))
+    })?;
+    Ok(out.expect("with_gguf calls f or fails"))
+}
+
 /// Whether llama.cpp would quantize this tensor: a `*.weight` of at least two non-unit dims.
 pub(super) fn is_matrix(info: &TensorInfo) -> bool {
     info.dims.iter().filter(|&&d| d > 1).count() >= 2 && info.name.ends_with(".weight")
@@ -119,6 +151,7 @@ pub(super) fn is_matrix(info: &TensorInfo) -> bool {
 /// The type a matrix with rows of `cols` values gets for `target`.
 fn matrix_type(target: GgmlType, cols: usize) -> Option<GgmlType> {
     let fallback = match target {
+        GgmlType::Q3K => GgmlType::Q4_0,
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q5K => GgmlType::Q5_1,
         GgmlType::Q6K => GgmlType::Q8_0,
@@ -138,6 +171,7 @@ fn file_type(ty: GgmlType) -> u32 {
         GgmlType::Q5_0 => 8,
         GgmlType::Q5_1 => 9,
         // Uniform k-quant files are llama.cpp's "_S" mixes, the closest it names.
+        GgmlType::Q3K => 11,
         GgmlType::Q4K => 14,
         GgmlType::Q5K => 16,
         GgmlType::Q6K => 18,
@@ -146,13 +180,14 @@ fn file_type(ty: GgmlType) -> u32 {
     }
 }
 
-/// Writes `g` to `output` with matrices in the types `matrix_type` gives and vectors in f32;
-/// `target` names the file's main type in its metadata.
+/// Writes `g` to `output` with matrices in the types `matrix_type` gives (packed weighted by the
+/// importance it gives with them, if any) and vectors in f32; `target` names the file's main type
+/// in its metadata.
 pub(super) fn write_gguf<T: Default>(
     g: &GgufFile,
     output: &Path,
     target: GgmlType,
-    mut matrix_type: impl FnMut(&TensorInfo) -> Result<GgmlType, ModelError>,
+    mut matrix_type: impl FnMut(&TensorInfo) -> Result<(GgmlType, Option<Vec<f32>>), ModelError>,
 ) -> Result<(QuantizeReport, T), ModelError> {
     let source = g.path().display().to_string();
     let mut w = GgufWriter::new();
@@ -167,14 +202,18 @@ pub(super) fn write_gguf<T: Default>(
     for info in g.tensors() {
         let cols = info.dims[0];
         let rows = info.n_elements() / cols.max(1);
-        let to = if is_matrix(info) { matrix_type(info)? } else { GgmlType::F32 };
+        let (to, importance) = if is_matrix(info) { matrix_type(info)? } else { (GgmlType::F32, None) };
         let (from, name, bytes) = (info.ggml_type, info.name.clone(), g.tensor_bytes(info));
         let src = Box::new(move || -> Result<Cow<'_, [u8]>, SourceError> {
             if from == to {
                 return Ok(Cow::Owned(bytes.to_vec()));
             }
             let values = Matrix::new(&name, from, rows, cols, bytes)?.to_f32();
-            Ok(Cow::Owned(encode(to, &values, cols).map_err(|e| format!("tensor '{name}': {e}"))?))
+            let packed = match (&importance, to) {
+                (Some(w), t) if QuantFormat::Ggml(t).can_quantize() => exo_quant::quantize_weighted(QuantFormat::Ggml(t), &values, cols, w),
+                _ => encode(to, &values, cols),
+            };
+            Ok(Cow::Owned(packed.map_err(|e| format!("tensor '{name}': {e}"))?))
         });
         w.add_tensor(info.name.clone(), info.dims.clone(), to, src)
             .map_err(|what| ModelError::Unconvertible { file: source.clone(), what })?;
