@@ -134,7 +134,7 @@ def main():
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--bpw", type=float, nargs="*", default=[3.5, 4.5, 6.0])
     ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "exo-quant-quality"))
-    ap.add_argument("--exo", default=os.path.join(HERE, "../target/release/exo"))
+    ap.add_argument("--exo", default=os.path.join(HERE, "..", "exo"))
     ap.add_argument("--out", default="quant_quality.json")
     ap.add_argument("--files", type=lambda v: v.split(","), default=None)
     ap.add_argument("--base-type", default="f32", choices=["f32", "f16"],
