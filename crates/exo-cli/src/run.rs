@@ -78,17 +78,17 @@ pub struct RunArgs {
     quantize: Option<String>,
     /// Decode speculatively with this draft model (a path or a cache name), which must share
     /// the model's vocabulary; the output is what the model alone would produce.
-    #[arg(long, conflicts_with = "spec")]
+    #[arg(long, conflicts_with = "spec", group = "speculation")]
     draft: Option<String>,
     /// Decode speculatively without a draft model: `ngram` drafts the tokens that followed the
     /// last few tokens where they occurred earlier in the prompt or answer.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, group = "speculation")]
     spec: Option<SpecKind>,
     /// Most tokens drafted per speculative step.
-    #[arg(long, default_value_t = SpecConfig::default().draft_max)]
+    #[arg(long, default_value_t = SpecConfig::default().draft_max, requires = "speculation")]
     draft_max: usize,
     /// Fewest tokens a draft model drafts per step.
-    #[arg(long, default_value_t = SpecConfig::default().draft_min)]
+    #[arg(long, default_value_t = SpecConfig::default().draft_min, requires = "speculation")]
     draft_min: usize,
 }
 

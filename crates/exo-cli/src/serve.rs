@@ -56,17 +56,17 @@ pub struct ServeArgs {
     /// every served model's vocabulary (checked at start); answers are what the model alone
     /// would say. Requests asking for logprobs or a JSON format decode plainly. --kv-memory
     /// then holds both models' caches.
-    #[arg(long, conflicts_with = "spec")]
+    #[arg(long, conflicts_with = "spec", group = "speculation")]
     draft: Option<String>,
     /// Decode speculatively without a draft model: `ngram` drafts the tokens that followed the
     /// last few tokens where they occurred earlier in the prompt or answer.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, group = "speculation")]
     spec: Option<crate::run::SpecKind>,
     /// Most tokens drafted per speculative step (the number adapts to the acceptance rate).
-    #[arg(long, default_value_t = SpecConfig::default().draft_max)]
+    #[arg(long, default_value_t = SpecConfig::default().draft_max, requires = "speculation")]
     draft_max: usize,
     /// Fewest tokens a draft model drafts per step.
-    #[arg(long, default_value_t = SpecConfig::default().draft_min)]
+    #[arg(long, default_value_t = SpecConfig::default().draft_min, requires = "speculation")]
     draft_min: usize,
     /// Where to run: auto or cpu. The batching scheduler has no GPU path yet, so `auto` means
     /// the CPU here and `cuda` is refused (`exo run` and `exo bench` run on the GPU).

@@ -197,6 +197,9 @@ fn absurd_context_sizes_are_refused() {
     fails_with(&["bench", p, "-p", "64", "-n", "1", "-r", "1", "--ctx-size", "32"], &["--ctx-size 32", "need 64"]);
     fails_with(&["bench", p, "-p", "8", "-n", "1", "-r", "1", "--ctx-size", "100000"], &["context size 100000", "8192"]);
     fails_with(&["run", p, "hi", "--raw", "--gpu-layers", "lots"], &["--gpu-layers 'lots'", "auto or a number of layers"]);
+    // Draft lengths without a way to draft would be silently ignored.
+    fails_with(&["run", p, "hi", "--raw", "--draft-max", "4"], &["--draft-max", "--draft", "--spec"]);
+    fails_with(&["serve", "-m", p, "--draft-min", "2"], &["--draft-min", "--draft", "--spec"]);
 }
 
 #[test]
