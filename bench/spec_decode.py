@@ -28,14 +28,8 @@ import subprocess
 import sys
 
 from _machine import cpu_name
+from _spec_prompts import PROMPTS
 
-PROMPTS = {
-    "code": "Write a Python function that parses a CSV file into a list of dicts, with a docstring.",
-    "code-edit": "Rename the variable `total` to `sum_of_values` in this code and show the whole result:\n"
-                 "def add_all(values):\n    total = 0\n    for v in values:\n        total += v\n"
-                 "    if total > 100:\n        print('big total', total)\n    return total\n",
-    "prose": "Write a short paragraph about the history of the printing press.",
-}
 
 GEN = re.compile(r"generated (\d+) tokens ([\d.]+) tok/s")
 SPEC = re.compile(r"\[speculation: drafted (\d+) tokens, accepted (\d+) \([\d.]+%\) in (\d+) verification passes\]")
