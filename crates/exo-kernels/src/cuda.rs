@@ -353,19 +353,20 @@ impl Gpu {
     /// Bias, per-head norm and rotary position for the q and k heads of `t` rows of `qkv`, and
     /// the k/v rows written to the f16 caches at positions `io[0]..io[0]+t`.
     pub fn rope_kv(&self, r: &RopeArgs, t: usize) -> Result<()> {
-        let heads = (r.n_heads + r.n_kv_heads) as u32;
+        let h = r.heads;
+        let heads = (h.n_heads + h.n_kv_heads) as u32;
         self.launch(
             "rope_kv",
             (heads, t as u32, 1),
-            (r.head_dim / 2) as u32,
+            (h.head_dim / 2) as u32,
             0,
             &[
-                Arg::P(r.qkv),
-                Arg::I(r.stride as i32),
-                Arg::P(r.io),
-                Arg::I(r.n_heads as i32),
-                Arg::I(r.n_kv_heads as i32),
-                Arg::I(r.head_dim as i32),
+                Arg::P(h.qkv),
+                Arg::I(h.stride as i32),
+                Arg::P(h.io),
+                Arg::I(h.n_heads as i32),
+                Arg::I(h.n_kv_heads as i32),
+                Arg::I(h.head_dim as i32),
                 Arg::P(r.cos),
                 Arg::P(r.sin),
                 Arg::I(r.neox as i32),
@@ -373,8 +374,8 @@ impl Gpu {
                 Arg::P(r.q_norm),
                 Arg::P(r.k_norm),
                 Arg::F(r.eps),
-                Arg::P(r.k_cache),
-                Arg::P(r.v_cache),
+                Arg::P(h.k_cache),
+                Arg::P(h.v_cache),
             ],
         )
     }
@@ -382,35 +383,36 @@ impl Gpu {
     /// Causal attention of `t` queries (rows of `a.qkv`) over the cache, split into `nsplit`
     /// chunks of `chunk` keys, merged into `out` (plus int8 groups when set).
     pub fn attention(&self, a: &AttnArgs, t: usize, chunk: usize, nsplit: usize, out: Act) -> Result<()> {
-        let smem = ((a.head_dim * (1 + ATTN_THREADS as usize / 32) + chunk) * 4) as u32;
+        let h = a.heads;
+        let smem = ((h.head_dim * (1 + ATTN_THREADS as usize / 32) + chunk) * 4) as u32;
         self.launch(
             "attn_partial",
-            (nsplit as u32, a.n_heads as u32, t as u32),
+            (nsplit as u32, h.n_heads as u32, t as u32),
             ATTN_THREADS,
             smem,
             &[
-                Arg::P(a.qkv),
-                Arg::I(a.stride as i32),
-                Arg::P(a.io),
-                Arg::I(a.n_heads as i32),
-                Arg::I(a.n_kv_heads as i32),
-                Arg::I(a.head_dim as i32),
+                Arg::P(h.qkv),
+                Arg::I(h.stride as i32),
+                Arg::P(h.io),
+                Arg::I(h.n_heads as i32),
+                Arg::I(h.n_kv_heads as i32),
+                Arg::I(h.head_dim as i32),
                 Arg::F(a.scale),
                 Arg::I(a.window as i32),
                 Arg::I(chunk as i32),
                 Arg::I(nsplit as i32),
-                Arg::P(a.k_cache),
-                Arg::P(a.v_cache),
+                Arg::P(h.k_cache),
+                Arg::P(h.v_cache),
                 Arg::P(a.part),
                 Arg::P(a.ml),
             ],
         )?;
         self.launch(
             "attn_combine",
-            (a.n_heads as u32, t as u32, 1),
-            a.head_dim as u32,
+            (h.n_heads as u32, t as u32, 1),
+            h.head_dim as u32,
             0,
-            &[Arg::P(a.part), Arg::P(a.ml), Arg::I(nsplit as i32), Arg::I(a.n_heads as i32), Arg::I(a.head_dim as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)],
+            &[Arg::P(a.part), Arg::P(a.ml), Arg::I(nsplit as i32), Arg::I(h.n_heads as i32), Arg::I(h.head_dim as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)],
         )
     }
 
@@ -441,8 +443,9 @@ impl Gpu {
     }
 }
 
-/// Arguments of [`Gpu::rope_kv`]; pointers of 0 mean "absent".
-pub struct RopeArgs {
+/// One layer's `[q | k | v]` rows and KV cache: what [`Gpu::rope_kv`] writes and
+/// [`Gpu::attention`] reads.
+pub struct LayerHeads {
     /// `t` rows `[q | k | v]`, `stride` floats apart.
     pub qkv: u64,
     /// Row stride of `qkv` in floats.
@@ -455,6 +458,16 @@ pub struct RopeArgs {
     pub n_kv_heads: usize,
     /// Dimensions per head.
     pub head_dim: usize,
+    /// This layer's f16 key cache (`ctx × kv_dim`).
+    pub k_cache: u64,
+    /// This layer's f16 value cache.
+    pub v_cache: u64,
+}
+
+/// Arguments of [`Gpu::rope_kv`]; pointers of 0 mean "absent".
+pub struct RopeArgs<'a> {
+    /// The rows to rotate and the cache to write.
+    pub heads: &'a LayerHeads,
     /// Cosine table, `head_dim / 2` values per position.
     pub cos: u64,
     /// Sine table, same shape.
@@ -469,34 +482,16 @@ pub struct RopeArgs {
     pub k_norm: u64,
     /// RMSNorm epsilon.
     pub eps: f32,
-    /// This layer's f16 key cache (`ctx × kv_dim`).
-    pub k_cache: u64,
-    /// This layer's f16 value cache.
-    pub v_cache: u64,
 }
 
 /// Arguments of [`Gpu::attention`].
-pub struct AttnArgs {
-    /// Rows `[q | k | v]` with rotated queries.
-    pub qkv: u64,
-    /// Row stride of `qkv` in floats.
-    pub stride: usize,
-    /// `i32` position of the first token at `io[0]`.
-    pub io: u64,
-    /// Query heads.
-    pub n_heads: usize,
-    /// Key/value heads.
-    pub n_kv_heads: usize,
-    /// Dimensions per head.
-    pub head_dim: usize,
+pub struct AttnArgs<'a> {
+    /// Rows with rotated queries, and the cache to attend over.
+    pub heads: &'a LayerHeads,
     /// Multiplier of q·k.
     pub scale: f32,
     /// Sliding window in tokens (0: none).
     pub window: usize,
-    /// f16 key cache.
-    pub k_cache: u64,
-    /// f16 value cache.
-    pub v_cache: u64,
     /// Partial outputs: `t × n_heads × nsplit × head_dim` f32.
     pub part: u64,
     /// Partial (max, sum) pairs: `t × n_heads × nsplit` float2.

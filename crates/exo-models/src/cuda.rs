@@ -14,7 +14,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use exo_kernels::cuda::{Act, AttnArgs, DeviceBuf, Gpu, GpuGraph, GpuMatrix, RopeArgs};
+use exo_kernels::cuda::{Act, AttnArgs, DeviceBuf, Gpu, GpuGraph, GpuMatrix, LayerHeads, RopeArgs};
 use exo_kernels::ops::RopeTable;
 
 use crate::config::{Activation, ModelConfig};
@@ -246,15 +246,19 @@ impl CudaModel {
             self.project(s, &l.qkv, act(&s.xn), t, s.qkv.ptr(), stride, false)?;
             let sliding = c.sliding_layers[li];
             let (cos, sin) = if sliding { (&s.cos_local, &s.sin_local) } else { (&s.cos, &s.sin) };
-            let (kc, vc) = (s.k_cache[i].ptr(), s.v_cache[i].ptr());
+            let heads = LayerHeads {
+                qkv: s.qkv.ptr(),
+                stride,
+                io: s.io.ptr(),
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                k_cache: s.k_cache[i].ptr(),
+                v_cache: s.v_cache[i].ptr(),
+            };
             g.rope_kv(
                 &RopeArgs {
-                    qkv: s.qkv.ptr(),
-                    stride,
-                    io: s.io.ptr(),
-                    n_heads: c.n_heads,
-                    n_kv_heads: c.n_kv_heads,
-                    head_dim: c.head_dim,
+                    heads: &heads,
                     cos: cos.ptr(),
                     sin: sin.ptr(),
                     neox: s.neox,
@@ -262,8 +266,6 @@ impl CudaModel {
                     q_norm: l.q_norm.as_ref().map_or(0, DeviceBuf::ptr),
                     k_norm: l.k_norm.as_ref().map_or(0, DeviceBuf::ptr),
                     eps: c.rms_eps,
-                    k_cache: kc,
-                    v_cache: vc,
                 },
                 t,
             )?;
@@ -272,16 +274,9 @@ impl CudaModel {
             let window = if sliding { c.sliding_window.unwrap_or(0) } else { 0 };
             let (chunk, nsplit) = s.attention_split(t);
             let attn = AttnArgs {
-                qkv: s.qkv.ptr(),
-                stride,
-                io: s.io.ptr(),
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
+                heads: &heads,
                 scale: c.attn_scale,
                 window,
-                k_cache: kc,
-                v_cache: vc,
                 part: s.part.ptr(),
                 ml: s.ml.ptr(),
             };
