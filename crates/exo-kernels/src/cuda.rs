@@ -38,6 +38,8 @@ const MV_ROWS: u32 = 2;
 const MV_THREADS: u32 = 128;
 /// Threads of one attention split.
 const ATTN_THREADS: u32 = 128;
+/// Queries per block of the prefill attention kernel (`FA_Q` in layer.cu).
+const PREFILL_QUERIES: usize = 64;
 
 /// Number of CUDA devices; 0 when no driver is installed.
 pub fn device_count() -> usize {
@@ -199,7 +201,7 @@ impl Gpu {
         let mut named = Vec::new();
         for (src, names) in [
             (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_float", "dequant_f16", "f32_to_f16"][..]),
-            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "glu", "softcap", "argmax"][..]),
+            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "glu", "softcap", "argmax"][..]),
         ] {
             let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
             for &name in names {
@@ -413,6 +415,41 @@ impl Gpu {
             h.head_dim as u32,
             0,
             &[Arg::P(a.part), Arg::P(a.ml), Arg::I(nsplit as i32), Arg::I(h.n_heads as i32), Arg::I(h.head_dim as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)],
+        )
+    }
+
+    /// Whether [`Gpu::attention_prefill`] takes heads of `head_dim` dimensions.
+    pub fn has_prefill_attention(head_dim: usize) -> bool {
+        matches!(head_dim, 64 | 128)
+    }
+
+    /// Causal attention of `t` queries over the cache on the tensor cores, for a prompt (no
+    /// sliding window; head sizes per [`Gpu::has_prefill_attention`]), into `out` (`t` rows of
+    /// `n_heads · head_dim` f32).
+    pub fn attention_prefill(&self, a: &AttnArgs, t: usize, out: u64) -> Result<()> {
+        let h = a.heads;
+        let name = match h.head_dim {
+            64 => "attn_prefill_64",
+            128 => "attn_prefill_128",
+            d => return Err(GpuError(format!("prefill attention has no kernel for {d}-dimensional heads"))),
+        };
+        self.launch(
+            name,
+            (t.div_ceil(PREFILL_QUERIES) as u32, h.n_heads as u32, 1),
+            128,
+            0,
+            &[
+                Arg::P(h.qkv),
+                Arg::I(h.stride as i32),
+                Arg::P(h.io),
+                Arg::I(t as i32),
+                Arg::I(h.n_heads as i32),
+                Arg::I(h.n_kv_heads as i32),
+                Arg::F(a.scale),
+                Arg::P(h.k_cache),
+                Arg::P(h.v_cache),
+                Arg::P(out),
+            ],
         )
     }
 

@@ -30,6 +30,9 @@ const PREFILL_CHUNK: usize = 8192;
 /// Most weights a prefill GEMM widens to f16 at once (64 MiB of scratch): bigger matrices go
 /// through in row chunks, so the scratch does not grow with the LM head of a large vocabulary.
 const W16_MAX: usize = 32 << 20;
+/// Fewest tokens of a call that take the tiled prefill attention: below it a query tile would be
+/// mostly empty and its one block per head would walk the whole cache alone.
+const PREFILL_ATTN_MIN: usize = 16;
 /// The context `--gpu-layers auto` keeps KV room for when the caller names none.
 const AUTO_CTX: usize = 4096;
 /// Tokens per prefill call that `--gpu-layers auto` budgets working buffers for.
@@ -270,9 +273,9 @@ impl CudaModel {
                 t,
             )?;
 
-            // Attention over the cache so far.
+            // Attention over the cache so far: a prompt's queries in tiles on the tensor cores,
+            // a token or a few (a draft to verify) split over the keys instead.
             let window = if sliding { c.sliding_window.unwrap_or(0) } else { 0 };
-            let (chunk, nsplit) = s.attention_split(t);
             let attn = AttnArgs {
                 heads: &heads,
                 scale: c.attn_scale,
@@ -280,7 +283,12 @@ impl CudaModel {
                 part: s.part.ptr(),
                 ml: s.ml.ptr(),
             };
-            g.attention(&attn, t, chunk, nsplit, act(&s.att))?;
+            if t >= PREFILL_ATTN_MIN && window == 0 && Gpu::has_prefill_attention(c.head_dim) {
+                g.attention_prefill(&attn, t, s.att.ptr())?;
+            } else {
+                let (chunk, nsplit) = s.attention_split(t);
+                g.attention(&attn, t, chunk, nsplit, act(&s.att))?;
+            }
 
             // Output projection and residual (accumulated straight into x without a post-norm).
             self.residual(s, &l.wo, act(&s.att), t, l.post_attn_norm.as_ref())?;

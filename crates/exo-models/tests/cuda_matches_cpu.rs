@@ -23,6 +23,16 @@ const PROMPTS: &[&str] = &[
     "The capital of France is",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    // Long enough (~190 tokens) to go through the tiled prefill attention in several 64-token
+    // chunks, each attending over the cache the earlier ones wrote, and end on a short one.
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg, a goldsmith \
+     from Mainz, combined movable metal type, an oil-based ink and a wooden screw press adapted from those used \
+     to make wine and paper. Before his workshop produced its first Bible, books in Europe were copied by hand, \
+     mostly in monasteries, and a single volume could take a scribe many months. Within fifty years of the first \
+     printed pages, presses were running in more than two hundred cities, and millions of books had been made. \
+     The price of a book fell, literacy spread beyond the clergy and the nobility, and scholars could compare \
+     identical copies of the same text for the first time. Historians still argue about how much of the \
+     Reformation, the scientific revolution and the rise of newspapers the press caused, but few doubt that",
 ];
 const STEPS: usize = 32;
 const MAX_REL_ERR: f64 = 0.03;
@@ -75,6 +85,13 @@ fn gpu_forward_matches_cpu() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Runs the prompt through `m` in chunks of the state's batch size, as the engine does.
+fn prefill(m: &LoadedModel, s: &mut State, tokens: &[u32], what: &str) {
+    for chunk in tokens.chunks(s.max_batch()) {
+        m.transformer.forward(s, chunk, false).unwrap_or_else(|e| panic!("{what} forward: {e}"));
+    }
+}
+
 /// Prefill and greedy decoding of `prompt` on the three loads, with the findings printed and
 /// any over-tolerance ones added to `failures`.
 fn compare(name: &str, prompt: &str, cpu: &LoadedModel, gpu: &LoadedModel, reference: &LoadedModel, failures: &mut Vec<String>) {
@@ -85,9 +102,9 @@ fn compare(name: &str, prompt: &str, cpu: &LoadedModel, gpu: &LoadedModel, refer
     tokens.retain(|&t| (t as usize) < vocab);
     let ctx = tokens.len() + STEPS + 1;
     let (mut sc, mut sg, mut sr) = (state(cpu, ctx), state(gpu, ctx), state(reference, ctx));
-    cpu.transformer.forward(&mut sc, &tokens, false).expect("CPU forward");
-    gpu.transformer.forward(&mut sg, &tokens, false).expect("GPU forward");
-    reference.transformer.forward(&mut sr, &tokens, false).expect("reference forward");
+    prefill(cpu, &mut sc, &tokens, "CPU");
+    prefill(gpu, &mut sg, &tokens, "GPU");
+    prefill(reference, &mut sr, &tokens, "reference");
     let errs =
         |sg: &State, sc: &State, sr: &State| (rel_err(sg.last_logits(), sr.last_logits()), rel_err(sc.last_logits(), sr.last_logits()));
     let (prefill_gpu, prefill_cpu) = errs(&sg, &sc, &sr);

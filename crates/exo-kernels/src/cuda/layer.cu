@@ -232,3 +232,160 @@ extern "C" __global__ void argmax(const float* x, int n, int* out) {
     }
     if (threadIdx.x == 0) out[0] = bi[0];
 }
+
+// Prefill attention on the tensor cores (flash attention): block (query tile, head) holds 64
+// queries of the call, four warps of 16 rows each, and walks the keys in tiles of 64 with an
+// online softmax, so scores never leave registers. Keys and values come from the f16 cache,
+// which rope_kv has filled up to the call's last position. S = Q·Kᵀ and O += P·V are
+// m16n8k16 f16 MMAs with f32 accumulators; V is stored transposed in shared memory so both
+// products read their B operands as 32-bit pairs. No sliding window (those take attn_partial).
+#define FA_Q 64
+#define FA_K 64
+
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *(uint32_t*)&h;
+}
+
+template <int D>
+__device__ void attn_prefill(const float* qkv, int stride, const int* io, int t, int n_heads, int n_kv_heads,
+                             float scale, const __half* kc, const __half* vc, float* out) {
+    constexpr int KS = D + 8;     // K row stride in halves (padding spreads a warp's rows over banks)
+    constexpr int VS = FA_K + 8;  // V row stride in halves: V is stored transposed, one row per dim
+    __shared__ __align__(16) __half ks[FA_K * KS];
+    __shared__ __align__(16) __half vs[D * VS];
+    int q0 = blockIdx.x * FA_Q, h = blockIdx.y;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+    int pos0 = io[0];
+    int kv_dim = n_kv_heads * D, kvh = h / (n_heads / n_kv_heads);
+    // This warp's 16 query rows as A fragments, pre-scaled; rows past the call read as zero.
+    uint32_t qf[D / 16][4];
+    int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int r = (i & 1) ? r1 : r0, c = kk * 16 + 2 * tig + ((i & 2) ? 8 : 0);
+            float a = 0.f, b = 0.f;
+            if (r < t) {
+                const float* q = qkv + (size_t)r * stride + h * D + c;
+                a = q[0] * scale;
+                b = q[1] * scale;
+            }
+            qf[kk][i] = pack_half2(a, b);
+        }
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    int qp0 = pos0 + r0, qp1 = pos0 + r1;
+    // Keys up to the tile's last query (and never past the call's last token).
+    int kend = pos0 + min(q0 + FA_Q, t);
+    for (int k0 = 0; k0 < kend; k0 += FA_K) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < FA_K * D / 8; e += blockDim.x) {
+            int r = e / (D / 8), c = (e % (D / 8)) * 8;
+            uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+            if (k0 + r < kend) {
+                size_t off = (size_t)(k0 + r) * kv_dim + kvh * D + c;
+                kv4 = *(const uint4*)(kc + off);
+                vv4 = *(const uint4*)(vc + off);
+            }
+            *(uint4*)(ks + r * KS + c) = kv4;
+            const __half* v8 = (const __half*)&vv4;
+#pragma unroll
+            for (int i = 0; i < 8; i++) vs[(c + i) * VS + r] = v8[i];
+        }
+        __syncthreads();
+        float s[FA_K / 8][4];
+#pragma unroll
+        for (int n = 0; n < FA_K / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            const __half* kr = ks + (n * 8 + g) * KS + 2 * tig;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                mma16816(s[n], qf[kk], *(const uint32_t*)(kr + kk * 16), *(const uint32_t*)(kr + kk * 16 + 8));
+        }
+        // Causal mask, then the online softmax of rows r0 (s[.][0..1]) and r1 (s[.][2..3]).
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < FA_K / 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int kp = k0 + n * 8 + 2 * tig + (i & 1);
+                if (kp > ((i & 2) ? qp1 : qp0)) s[n][i] = -INFINITY;
+                mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
+            }
+        float corr[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
+            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
+            // A row with every key masked so far keeps m = -inf: exponents against 0 give 0.
+            float base = mx[j] == -INFINITY ? 0.f : mx[j];
+            corr[j] = __expf(m[j] - base);
+            m[j] = mx[j];
+            mx[j] = base;
+        }
+        uint32_t pf[FA_K / 16][4];
+#pragma unroll
+        for (int n = 0; n < FA_K / 8; n++) {
+            float p0 = __expf(s[n][0] - mx[0]), p1 = __expf(s[n][1] - mx[0]);
+            float p2 = __expf(s[n][2] - mx[1]), p3 = __expf(s[n][3] - mx[1]);
+            sum[0] += p0 + p1;
+            sum[1] += p2 + p3;
+            // C fragments of key tiles 2c and 2c+1 are the A fragment of key chunk c.
+            pf[n >> 1][(n & 1) * 2 + 0] = pack_half2(p0, p1);
+            pf[n >> 1][(n & 1) * 2 + 1] = pack_half2(p2, p3);
+        }
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 1);
+            sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 2);
+            l[j] = l[j] * corr[j] + sum[j];
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+            const __half* vr = vs + (n * 8 + g) * VS + 2 * tig;
+#pragma unroll
+            for (int c = 0; c < FA_K / 16; c++)
+                mma16816(o[n], pf[c], *(const uint32_t*)(vr + c * 16), *(const uint32_t*)(vr + c * 16 + 8));
+        }
+    }
+    int q_dim = n_heads * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        int c = h * D + n * 8 + 2 * tig;
+        if (r0 < t) {
+            out[(size_t)r0 * q_dim + c] = o[n][0] / l[0];
+            out[(size_t)r0 * q_dim + c + 1] = o[n][1] / l[0];
+        }
+        if (r1 < t) {
+            out[(size_t)r1 * q_dim + c] = o[n][2] / l[1];
+            out[(size_t)r1 * q_dim + c + 1] = o[n][3] / l[1];
+        }
+    }
+}
+
+#define ATTN_PREFILL(D)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128) attn_prefill_##D(                                         \
+        const float* qkv, int stride, const int* io, int t, int n_heads, int n_kv_heads, float scale,          \
+        const __half* kc, const __half* vc, float* out) {                                                      \
+        attn_prefill<D>(qkv, stride, io, t, n_heads, n_kv_heads, scale, kc, vc, out);                          \
+    }
+
+ATTN_PREFILL(64)
+ATTN_PREFILL(128)

@@ -76,28 +76,98 @@ extern "C" __global__ void mv_float(int type, const uint8_t* w, const float* x, 
     if (lane == 0) y[row] = accumulate ? y[row] + s : s;
 }
 
-// The whole rows × cols matrix to f16 (row-major), for a cuBLAS GEMM. One thread per 32
-// consecutive values (cols is a multiple of 32): the index arithmetic is done once per group and
-// the 64 bytes go out as four 16-byte stores.
-extern "C" __global__ void dequant_f16(int type, const uint8_t* w, int rows, int cols, __half* out) {
-    BlockInfo bi = block_info(type);
+// Values c0..c0+31 of a row (c0 a multiple of 32) widened to f32, the storage type known at
+// compile time so that the block's scales are decoded once per group, not once per value.
+template <int TYPE>
+__device__ __forceinline__ void group32(const uint8_t* row, int c0, float* v) {
+    if constexpr (TYPE == T_Q4_K || TYPE == T_Q5_K) {
+        constexpr int BYTES = TYPE == T_Q4_K ? 144 : 176;
+        const uint8_t* b = row + (size_t)(c0 / 256) * BYTES;
+        int sub = (c0 % 256) / 32, j = sub >> 1, shift = 4 * (sub & 1);
+        int sc, m;
+        scale_min_k4(sub, b + 4, &sc, &m);
+        float d = f16_at(b) * sc, mn = f16_at(b + 2) * m;
+        // Both block sizes are multiples of 16 bytes, so the nibbles (and Q5_K's fifth bits)
+        // load as 16-byte vectors.
+        __align__(16) uint8_t qs[32], qh[32];
+        const uint4* src = (const uint4*)(b + (TYPE == T_Q4_K ? 16 : 48) + 32 * j);
+        ((uint4*)qs)[0] = src[0];
+        ((uint4*)qs)[1] = src[1];
+        if (TYPE == T_Q5_K) {
+            ((uint4*)qh)[0] = ((const uint4*)(b + 16))[0];
+            ((uint4*)qh)[1] = ((const uint4*)(b + 16))[1];
+        }
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            int q = (qs[i] >> shift) & 0xF;
+            if (TYPE == T_Q5_K) q |= ((qh[i] >> sub) & 1) << 4;
+            v[i] = d * q - mn;
+        }
+    } else if constexpr (TYPE == T_Q6_K) {
+        const uint8_t* b = row + (size_t)(c0 / 256) * 210;
+        int n = (c0 % 256) >> 7, g = (c0 % 128) >> 5;
+        float d = f16_at(b + 208);
+        float s0 = d * (int8_t)b[192 + 8 * n + 2 * g], s1 = d * (int8_t)b[192 + 8 * n + 1 + 2 * g];
+        const uint8_t* ql = b + 64 * n + (g & 1) * 32;
+        const uint8_t* qh = b + 128 + 32 * n;
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            int q = ((ql[l] >> ((g >> 1) * 4)) & 0xF) | (((qh[l] >> (2 * g)) & 3) << 4);
+            v[l] = (l < 16 ? s0 : s1) * (float)(q - 32);
+        }
+    } else if constexpr (TYPE == T_Q8_0) {
+        const uint8_t* b = row + (size_t)(c0 / 32) * 34;
+        float d = f16_at(b);
+#pragma unroll
+        for (int i = 0; i < 32; i++) v[i] = d * (float)(int8_t)b[2 + i];
+    } else {
+        BlockInfo bi = block_info(TYPE);
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            int c = c0 + i;
+            v[i] = deq(TYPE, row + (size_t)(c / bi.qk) * bi.bytes, c % bi.qk);
+        }
+    }
+}
+
+// One thread per 32 consecutive values (cols is a multiple of 32); the 64 bytes go out as four
+// 16-byte stores.
+template <int TYPE>
+__device__ void dequant_rows(const uint8_t* w, int rows, int cols, __half* out) {
+    BlockInfo bi = block_info(TYPE);
     size_t row_bytes = (size_t)(cols / bi.qk) * bi.bytes;
     int per_row = cols / 32;
     size_t groups = (size_t)rows * per_row;
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
         size_t row = g / per_row;
         int c0 = (int)(g - row * per_row) * 32;
-        const uint8_t* rp = w + row * row_bytes;
+        float v[32];
+        group32<TYPE>(w + row * row_bytes, c0, v);
         uint4* dst = (uint4*)(out + row * cols + c0);
+#pragma unroll
         for (int k = 0; k < 4; k++) {
             __align__(16) __half h[8];
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                int c = c0 + 8 * k + i;
-                h[i] = __float2half(deq(type, rp + (size_t)(c / bi.qk) * bi.bytes, c % bi.qk));
-            }
+            for (int i = 0; i < 8; i++) h[i] = __float2half(v[8 * k + i]);
             dst[k] = *(const uint4*)h;
         }
+    }
+}
+
+// The whole rows × cols matrix to f16 (row-major), for a cuBLAS GEMM.
+extern "C" __global__ void dequant_f16(int type, const uint8_t* w, int rows, int cols, __half* out) {
+    switch (type) {
+        case T_F32: dequant_rows<T_F32>(w, rows, cols, out); break;
+        case T_F16: dequant_rows<T_F16>(w, rows, cols, out); break;
+        case T_BF16: dequant_rows<T_BF16>(w, rows, cols, out); break;
+        case T_Q4_0: dequant_rows<T_Q4_0>(w, rows, cols, out); break;
+        case T_Q4_1: dequant_rows<T_Q4_1>(w, rows, cols, out); break;
+        case T_Q5_0: dequant_rows<T_Q5_0>(w, rows, cols, out); break;
+        case T_Q5_1: dequant_rows<T_Q5_1>(w, rows, cols, out); break;
+        case T_Q8_0: dequant_rows<T_Q8_0>(w, rows, cols, out); break;
+        case T_Q4_K: dequant_rows<T_Q4_K>(w, rows, cols, out); break;
+        case T_Q5_K: dequant_rows<T_Q5_K>(w, rows, cols, out); break;
+        default: dequant_rows<T_Q6_K>(w, rows, cols, out); break;
     }
 }
 
