@@ -136,6 +136,13 @@ pub struct Act {
     pub ds: u64,
 }
 
+impl Act {
+    /// Values at `f32` with their int8 groups at `q8`/`ds` (0 for none).
+    pub fn new(f32: u64, q8: u64, ds: u64) -> Self {
+        Act { f32, q8, ds }
+    }
+}
+
 /// A captured sequence of launches, replayed with [`GpuGraph::launch`].
 pub struct GpuGraph(cudarc::driver::CudaGraph);
 
@@ -201,7 +208,7 @@ impl Gpu {
         let mut named = Vec::new();
         for (src, names) in [
             (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_float", "dequant_f16", "f32_to_f16"][..]),
-            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "glu", "softcap", "argmax"][..]),
+            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap", "argmax"][..]),
         ] {
             let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
             for &name in names {
@@ -415,6 +422,46 @@ impl Gpu {
             h.head_dim as u32,
             0,
             &[Arg::P(a.part), Arg::P(a.ml), Arg::I(nsplit as i32), Arg::I(h.n_heads as i32), Arg::I(h.head_dim as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)],
+        )
+    }
+
+    /// The attention of one decoded token in one launch: what [`Gpu::rope_kv`] and
+    /// [`Gpu::attention`] do for it, the merge done by each head's last split block. `cnt`
+    /// holds one zeroed `i32` per query head; it is left zeroed.
+    pub fn attention_decode(&self, r: &RopeArgs, a: &AttnArgs, chunk: usize, nsplit: usize, cnt: u64, out: Act) -> Result<()> {
+        let h = r.heads;
+        let smem = ((7 * h.head_dim + chunk) * 4) as u32;
+        self.launch(
+            "attn_decode",
+            (nsplit as u32, h.n_heads as u32, 1),
+            ATTN_THREADS,
+            smem,
+            &[
+                Arg::P(h.qkv),
+                Arg::P(h.io),
+                Arg::I(h.n_heads as i32),
+                Arg::I(h.n_kv_heads as i32),
+                Arg::I(h.head_dim as i32),
+                Arg::P(r.cos),
+                Arg::P(r.sin),
+                Arg::I(r.neox as i32),
+                Arg::P(r.bias),
+                Arg::P(r.q_norm),
+                Arg::P(r.k_norm),
+                Arg::F(r.eps),
+                Arg::F(a.scale),
+                Arg::I(a.window as i32),
+                Arg::I(chunk as i32),
+                Arg::I(nsplit as i32),
+                Arg::P(h.k_cache),
+                Arg::P(h.v_cache),
+                Arg::P(a.part),
+                Arg::P(a.ml),
+                Arg::P(cnt),
+                Arg::P(out.f32),
+                Arg::P(out.q8),
+                Arg::P(out.ds),
+            ],
         )
     }
 

@@ -238,56 +238,28 @@ impl CudaModel {
         let stride = qd + 2 * kvd;
         let x = s.x.ptr();
         // One token: activations also go to int8 groups for the quantized mat-vecs.
-        let act =
-            |buf: &DeviceBuf| Act { f32: buf.ptr(), q8: if t == 1 { s.q8.ptr() } else { 0 }, ds: if t == 1 { s.ds.ptr() } else { 0 } };
+        let act = |buf: &DeviceBuf| if t == 1 { Act::new(buf.ptr(), s.q8.ptr(), s.ds.ptr()) } else { Act::new(buf.ptr(), 0, 0) };
 
         for (i, l) in self.layers.iter().enumerate() {
             let li = self.first_layer + i;
-            // Attention: norm, q/k/v projections, then bias, per-head norms, rotary positions
-            // and the cache write in one kernel.
+            // Attention: norm and q/k/v projections.
             g.rms_norm(x, l.attn_norm.ptr(), act(&s.xn), t, h, c.rms_eps)?;
             self.project(s, &l.qkv, act(&s.xn), t, s.qkv.ptr(), stride, false)?;
-            let sliding = c.sliding_layers[li];
-            let (cos, sin) = if sliding { (&s.cos_local, &s.sin_local) } else { (&s.cos, &s.sin) };
-            let heads = LayerHeads {
-                qkv: s.qkv.ptr(),
-                stride,
-                io: s.io.ptr(),
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
-                k_cache: s.k_cache[i].ptr(),
-                v_cache: s.v_cache[i].ptr(),
-            };
-            g.rope_kv(
-                &RopeArgs {
-                    heads: &heads,
-                    cos: cos.ptr(),
-                    sin: sin.ptr(),
-                    neox: s.neox,
-                    bias: l.qkv_bias.as_ref().map_or(0, DeviceBuf::ptr),
-                    q_norm: l.q_norm.as_ref().map_or(0, DeviceBuf::ptr),
-                    k_norm: l.k_norm.as_ref().map_or(0, DeviceBuf::ptr),
-                    eps: c.rms_eps,
-                },
-                t,
-            )?;
-
-            // Attention over the cache so far: a prompt's queries in tiles on the tensor cores,
-            // a token or a few (a draft to verify) split over the keys instead.
-            let window = if sliding { c.sliding_window.unwrap_or(0) } else { 0 };
-            let attn = AttnArgs {
-                heads: &heads,
-                scale: c.attn_scale,
-                window,
-                part: s.part.ptr(),
-                ml: s.ml.ptr(),
-            };
-            if t >= PREFILL_ATTN_MIN && window == 0 && Gpu::has_prefill_attention(c.head_dim) {
-                g.attention_prefill(&attn, t, s.att.ptr())?;
+            // Rotary positions, the cache write and attention over the cache so far: for one
+            // token all in one launch, split over the keys; a prompt's queries in tiles on the
+            // tensor cores; a few tokens (a draft to verify) split over the keys.
+            let heads = s.heads(c, i, stride);
+            let (rope, attn) = (self.rope_args(s, l, li, &heads), self.attn_args(s, li, &heads));
+            let (chunk, nsplit) = s.attention_split(t);
+            if t == 1 {
+                g.attention_decode(&rope, &attn, chunk, nsplit, s.counters.ptr(), act(&s.att))?;
             } else {
-                let (chunk, nsplit) = s.attention_split(t);
-                g.attention(&attn, t, chunk, nsplit, act(&s.att))?;
+                g.rope_kv(&rope, t)?;
+                if t >= PREFILL_ATTN_MIN && attn.window == 0 && Gpu::has_prefill_attention(c.head_dim) {
+                    g.attention_prefill(&attn, t, s.att.ptr())?;
+                } else {
+                    g.attention(&attn, t, chunk, nsplit, act(&s.att))?;
+                }
             }
 
             // Output projection and residual (accumulated straight into x without a post-norm).
@@ -303,13 +275,35 @@ impl CudaModel {
         // Final norm and LM head, for the last token unless every position is wanted.
         let first = if all_logits { 0 } else { t - 1 };
         let n_out = t - first;
-        let last = Act { f32: s.xn.ptr(), q8: if n_out == 1 { s.q8.ptr() } else { 0 }, ds: if n_out == 1 { s.ds.ptr() } else { 0 } };
+        let last = if n_out == 1 { Act::new(s.xn.ptr(), s.q8.ptr(), s.ds.ptr()) } else { Act::new(s.xn.ptr(), 0, 0) };
         g.rms_norm(s.x.at(first * h * 4), self.output_norm.ptr(), last, n_out, h, c.rms_eps)?;
         self.project(s, &Projection(vec![(self.output.share(), 0)]), last, n_out, s.logits.ptr(), c.vocab_size, false)?;
         if let Some(cap) = c.final_logit_softcap {
             g.softcap(s.logits.ptr(), n_out * c.vocab_size, cap)?;
         }
         Ok(())
+    }
+
+    /// What [`Gpu::rope_kv`] needs for layer `li` (the state's `i`-th).
+    fn rope_args<'a>(&self, s: &CudaState, l: &GpuLayer, li: usize, heads: &'a LayerHeads) -> RopeArgs<'a> {
+        let (cos, sin) = if self.config.sliding_layers[li] { (&s.cos_local, &s.sin_local) } else { (&s.cos, &s.sin) };
+        RopeArgs {
+            heads,
+            cos: cos.ptr(),
+            sin: sin.ptr(),
+            neox: s.neox,
+            bias: l.qkv_bias.as_ref().map_or(0, DeviceBuf::ptr),
+            q_norm: l.q_norm.as_ref().map_or(0, DeviceBuf::ptr),
+            k_norm: l.k_norm.as_ref().map_or(0, DeviceBuf::ptr),
+            eps: self.config.rms_eps,
+        }
+    }
+
+    /// What [`Gpu::attention`] needs for layer `li`.
+    fn attn_args<'a>(&self, s: &CudaState, li: usize, heads: &'a LayerHeads) -> AttnArgs<'a> {
+        let c = &self.config;
+        let window = if c.sliding_layers[li] { c.sliding_window.unwrap_or(0) } else { 0 };
+        AttnArgs { heads, scale: c.attn_scale, window, part: s.part.ptr(), ml: s.ml.ptr() }
     }
 
     /// `y (+)= x · Wᵀ` for each part of `p`, into columns starting at the part's offset of rows
@@ -425,6 +419,8 @@ pub struct CudaState {
     xn: DeviceBuf,
     q8: DeviceBuf,
     ds: DeviceBuf,
+    /// One zeroed `i32` per query head for [`Gpu::attention_decode`] (which leaves them zeroed).
+    counters: DeviceBuf,
     qkv: DeviceBuf,
     att: DeviceBuf,
     gu: DeviceBuf,
@@ -472,6 +468,7 @@ impl CudaState {
             xn: f32s(max_batch * widest, "normed activations")?,
             q8: g.alloc(max_batch * widest, "int8 activations")?,
             ds: g.alloc(max_batch * widest / 32 * 8, "activation scales")?,
+            counters: g.alloc(4 * c.n_heads, "attention counters")?,
             qkv: f32s(max_batch * (qd + 2 * kvd), "q/k/v")?,
             att: f32s(max_batch * qd, "attention output")?,
             gu: f32s(max_batch * 2 * ffn, "gate/up")?,
@@ -486,6 +483,20 @@ impl CudaState {
             graph: None,
             host_logits: OnceLock::new(),
         })
+    }
+
+    /// The `i`-th device layer's q/k/v rows (`stride` floats apart) and KV cache.
+    fn heads(&self, c: &ModelConfig, i: usize, stride: usize) -> LayerHeads {
+        LayerHeads {
+            qkv: self.qkv.ptr(),
+            stride,
+            io: self.io.ptr(),
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            k_cache: self.k_cache[i].ptr(),
+            v_cache: self.v_cache[i].ptr(),
+        }
     }
 
     /// (keys per split, splits) for a call of `t` tokens. Decoding uses a fixed split count over

@@ -389,3 +389,166 @@ __device__ void attn_prefill(const float* qkv, int stride, const int* io, int t,
 
 ATTN_PREFILL(64)
 ATTN_PREFILL(128)
+
+// One head's rotated pair i (of head_dim / 2) from the head at `off` in a [q | k | v] row:
+// projection bias, the per-head RMSNorm when nw is set, then the rotation, times mul, into
+// out[0..head_dim). Every thread of the block calls it (the norm is a block sum); threads with
+// i >= head_dim / 2 only take part in that sum.
+__device__ __forceinline__ void rotate_head(const float* row, int off, int i, int head_dim, int neox, const float* bias,
+                                            const float* nw, float eps, const float* cos_row, const float* sin_row,
+                                            float mul, float* out) {
+    int half_d = head_dim / 2;
+    bool active = i < half_d;
+    int ia = neox ? i : 2 * i, ib = neox ? i + half_d : 2 * i + 1;
+    float a = 0.f, b = 0.f;
+    if (active) {
+        a = row[off + ia];
+        b = row[off + ib];
+        if (bias) {
+            a += bias[off + ia];
+            b += bias[off + ib];
+        }
+    }
+    if (nw) {
+        float scale = rsqrtf(block_sum(a * a + b * b) / head_dim + eps);
+        if (active) {
+            a *= scale * nw[ia];
+            b *= scale * nw[ib];
+        }
+    }
+    if (active) {
+        float c = cos_row[i], s = sin_row[i];
+        out[ia] = (a * c - b * s) * mul;
+        out[ib] = (a * s + b * c) * mul;
+    }
+}
+
+// The whole attention of one decoded token, in one launch: block (split, head) rotates its query
+// (bias, per-head norm, rotary position), attends over its split of the cache like attn_partial
+// and counts itself done; the last of a head's splits merges them like attn_combine, with the
+// int8 groups for the output projection. The split holding the token itself computes the token's
+// key and value (rounded to f16 as the cache holds them) instead of reading them, and the first
+// query head of each KV group writes them to the cache for later tokens. This replaces rope_kv,
+// attn_partial and attn_combine in the captured decode step. cnt: one int per head, at 0.
+// Shared memory: (7 · head_dim + chunk) floats.
+extern "C" __global__ void attn_decode(const float* qkv, const int* io, int n_heads, int n_kv_heads, int head_dim,
+                                       const float* cos_t, const float* sin_t, int neox, const float* bias,
+                                       const float* q_norm, const float* k_norm, float eps, float scale, int window,
+                                       int chunk, int nsplit, __half* kc, __half* vc, float* part, float2* ml,
+                                       int* cnt, float* out, int8_t* q8, float2* ds) {
+    extern __shared__ float sm[];
+    int s = blockIdx.x, h = blockIdx.y, D = head_dim, tid = threadIdx.x;
+    int pos = io[0];
+    int first = window > 0 ? max(0, pos - window + 1) : 0;
+    int k0 = max(first, s * chunk), k1 = min(pos + 1, (s + 1) * chunk);
+    size_t idx = (size_t)h * nsplit + s;
+    int nw = blockDim.x >> 5, lane = tid & 31, warp = tid >> 5;
+    if (k0 < k1) {
+        float* qs = sm;
+        float* kcur = sm + D;
+        float* vcur = kcur + D;
+        float* sc = vcur + D;
+        float* red = sc + chunk;
+        int q_dim = n_heads * D, kv_dim = n_kv_heads * D, kvh = h / (n_heads / n_kv_heads);
+        bool own = k1 == pos + 1;
+        const float* cr = cos_t + (size_t)pos * (D / 2);
+        const float* sr = sin_t + (size_t)pos * (D / 2);
+        rotate_head(qkv, h * D, tid, D, neox, bias, q_norm, eps, cr, sr, scale, qs);
+        if (own) {
+            rotate_head(qkv, q_dim + kvh * D, tid, D, neox, bias, k_norm, eps, cr, sr, 1.f, kcur);
+            __syncthreads();
+            bool writer = h % (n_heads / n_kv_heads) == 0;
+            size_t dst = (size_t)pos * kv_dim + kvh * D;
+            for (int d = tid; d < D; d += blockDim.x) {
+                int vo = q_dim + kv_dim + kvh * D + d;
+                __half kh = __float2half(kcur[d]), vh = __float2half(qkv[vo] + (bias ? bias[vo] : 0.f));
+                kcur[d] = __half2float(kh);
+                vcur[d] = __half2float(vh);
+                if (writer) {
+                    kc[dst + d] = kh;
+                    vc[dst + d] = vh;
+                }
+            }
+        }
+        __syncthreads();
+        int n = k1 - k0;
+        const __half* kbase = kc + (size_t)k0 * kv_dim + kvh * D;
+        float m = -INFINITY;
+        for (int j = tid; j < n; j += blockDim.x) {
+            float dot = 0.f;
+            if (own && j == n - 1) {
+                for (int d = 0; d < D; d++) dot += qs[d] * kcur[d];
+            } else {
+                const half2* kr = (const half2*)(kbase + (size_t)j * kv_dim);
+#pragma unroll 8
+                for (int d = 0; d < D / 2; d++) {
+                    float2 k2 = __half22float2(kr[d]);
+                    dot += qs[2 * d] * k2.x + qs[2 * d + 1] * k2.y;
+                }
+            }
+            sc[j] = dot;
+            m = fmaxf(m, dot);
+        }
+        m = block_max(m);
+        float l = 0.f;
+        for (int j = tid; j < n; j += blockDim.x) {
+            float p = __expf(sc[j] - m);
+            sc[j] = p;
+            l += p;
+        }
+        l = block_sum(l);
+        int per = D / 32;
+        float acc[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] = 0.f;
+        const __half* vbase = vc + (size_t)k0 * kv_dim + kvh * D + lane * per;
+#pragma unroll 4
+        for (int j = warp; j < n; j += nw) {
+            float p = sc[j];
+            if (own && j == n - 1) {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    if (i < per) acc[i] += p * vcur[lane * per + i];
+            } else {
+                const __half* vr = vbase + (size_t)j * kv_dim;
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    if (i < per) acc[i] += p * __half2float(vr[i]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            if (i < per) red[warp * D + lane * per + i] = acc[i];
+        __syncthreads();
+        float* po = part + idx * D;
+        for (int d = tid; d < D; d += blockDim.x) {
+            float a = 0.f;
+            for (int w = 0; w < nw; w++) a += red[w * D + d];
+            po[d] = a;
+        }
+        if (tid == 0) ml[idx] = make_float2(m, l);
+    } else if (tid == 0) {
+        ml[idx] = make_float2(-INFINITY, 0.f);
+    }
+
+    // The last split block of this head to finish merges all of them.
+    if (!block_finishes(cnt + h, nsplit)) return;
+    size_t base = (size_t)h * nsplit;
+    float mx = -INFINITY;
+    for (int i = 0; i < nsplit; i++) mx = fmaxf(mx, __ldcg(&ml[base + i]).x);
+    for (int d = tid; d < D; d += blockDim.x) {
+        float l = 0.f, a = 0.f;
+        for (int i = 0; i < nsplit; i++) {
+            float2 r = __ldcg(&ml[base + i]);
+            if (r.y > 0.f) {
+                float f = __expf(r.x - mx);
+                l += r.y * f;
+                a += __ldcg(&part[(base + i) * D + d]) * f;
+            }
+        }
+        float v = a / l;
+        int e = h * D + d;
+        out[e] = v;
+        quantize_group(v, q8 + (e & ~31), ds + e / 32);
+    }
+}

@@ -50,3 +50,23 @@ __device__ __forceinline__ void quantize_group(float v, int8_t* q, float2* ds) {
     q[lane] = (int8_t)qi;
     if (lane == 0) *ds = make_float2(d, d * s);
 }
+
+// Called by every thread of a block once its outputs are written: counts the block in *cnt and
+// tells whether it is the last of the `total` blocks counted there (that one resets *cnt to 0 and
+// can then read, through L2, everything the others wrote). Only thread 0 synchronizes with the
+// device: its acquire-release add, after the barrier, orders the block's writes before it (a
+// release is cumulative over what the barrier made visible to it), and the barrier after it
+// hands the acquired view to the rest of the block. A __threadfence in every thread would do
+// the same at many times the cost in these short blocks.
+__device__ __forceinline__ bool block_finishes(int* cnt, int total) {
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int old;
+        asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(cnt) : "memory");
+        last = old == total - 1;
+        if (last) *cnt = 0;
+    }
+    __syncthreads();
+    return last;
+}
