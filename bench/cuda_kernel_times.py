@@ -5,10 +5,11 @@ On the GPU machine (ncu replays each kernel of ~one decode step; clocks left as 
 
   ncu --clock-control none --launch-skip 2000 --launch-count 400 --csv \\
       --metrics gpu__time_duration.sum exo bench MODEL --device cuda -p 0 -n 16 -r 1 > ncu.csv
-  python3 cuda_kernel_times.py ncu.csv [WEIGHT_BYTES]
+  python3 cuda_kernel_times.py ncu.csv [WEIGHT_BYTES LAYERS]
 
 Prints, per kernel name, launches, total and mean microseconds and share of the time; with the
-model's weight bytes, also the bandwidth the mat-vec kernels reach.
+model's weight bytes and layer count, also the mat-vec time per token (tokens counted by the
+one attention launch per layer of a decode step) and the bandwidth it reaches.
 """
 import csv
 import sys
@@ -35,9 +36,9 @@ def main():
     print("|---|---:|---:|---:|---:|")
     for name, (n, ns) in sorted(per.items(), key=lambda kv: -kv[1][1]):
         print(f"| {name} | {n} | {ns / 1e3:.0f} | {ns / n / 1e3:.2f} | {100 * ns / total:.1f}% |")
-    if len(sys.argv) > 2 and rows:
+    if len(sys.argv) > 3 and rows:
         mv = sum(ns for name, ns in rows if name.startswith("mv_"))
-        steps = sum(1 for name, _ in rows if name == "embed_rows") or 1
+        steps = sum(1 for name, _ in rows if name == "attn_decode") / int(sys.argv[3]) or 1
         print(f"mat-vec kernels: {mv / steps / 1e3:.0f} us per token; {float(sys.argv[2]) / (mv / steps) :.0f} GB/s over the weights")
 
 
