@@ -35,7 +35,7 @@ const LAYER_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer.ptx"));
 /// Rows per block and threads per block of the quantized mat-vec kernels (`MV_ROWS`,
 /// `MV_THREADS` in matvec.cu).
 const MV_ROWS: u32 = 2;
-const MV_THREADS: u32 = 128;
+const MV_THREADS: u32 = 64;
 /// Threads of one attention split.
 const ATTN_THREADS: u32 = 128;
 /// Queries per block of the prefill attention kernel (`FA_Q` in layer.cu).

@@ -6,7 +6,7 @@
 // Rows per thread block in the quantized mat-vec: each thread's activation slice is read once
 // and used against this many weight rows.
 #define MV_ROWS 2
-#define MV_THREADS 128
+#define MV_THREADS 64
 
 // y[row] (+)= W[row] · x for the MV_ROWS rows of this block. Thread slices walk the row block by
 // block, so a warp reads consecutive bytes of a row; partial sums meet in shared memory.
