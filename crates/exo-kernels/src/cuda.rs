@@ -208,7 +208,7 @@ impl Gpu {
         let mut named = Vec::new();
         for (src, names) in [
             (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_float", "dequant_f16", "f32_to_f16"][..]),
-            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap", "argmax"][..]),
+            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap"][..]),
         ] {
             let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
             for &name in names {
@@ -508,11 +508,6 @@ impl Gpu {
     /// `x = tanh(x / cap) · cap` over `n` values.
     pub fn softcap(&self, x: u64, n: usize, cap: f32) -> Result<()> {
         self.launch("softcap", (n.div_ceil(256).min(4096) as u32, 1, 1), 256, 0, &[Arg::P(x), Arg::U(n as u64), Arg::F(cap)])
-    }
-
-    /// Index of the largest of `n` values at `x`, written as an `i32` at `out`.
-    pub fn argmax(&self, x: u64, n: usize, out: u64) -> Result<()> {
-        self.launch("argmax", (1, 1, 1), 1024, 0, &[Arg::P(x), Arg::I(n as i32), Arg::P(out)])
     }
 
     /// Starts recording the stream's launches into a graph instead of running them.

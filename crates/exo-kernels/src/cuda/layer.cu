@@ -1,5 +1,6 @@
 // Activation-side kernels of a decoder layer: norms, rotary positions with the KV-cache write,
-// split-sequence attention, gated activations, logit soft-capping and greedy argmax.
+// split-sequence attention for decoding, tiled flash attention for prompts, gated activations and
+// logit soft-capping.
 //
 // Positions come from device memory (`io[0]` is the position of the batch's first token), so a
 // decode step captured once as a CUDA graph replays for every position without re-capture.
@@ -203,34 +204,6 @@ extern "C" __global__ void glu(const float* gu, int ffn, int act, float* out, in
 extern "C" __global__ void softcap(float* x, size_t n, float cap) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         x[i] = tanhf(x[i] / cap) * cap;
-}
-
-// out[0] = index of the largest of x[0..n) (the lowest such index on ties); one block.
-extern "C" __global__ void argmax(const float* x, int n, int* out) {
-    __shared__ float bv[1024];
-    __shared__ int bi[1024];
-    float v = -INFINITY;
-    int idx = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        if (x[i] > v) {
-            v = x[i];
-            idx = i;
-        }
-    bv[threadIdx.x] = v;
-    bi[threadIdx.x] = idx;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            float ov = bv[threadIdx.x + s];
-            int oi = bi[threadIdx.x + s];
-            if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x])) {
-                bv[threadIdx.x] = ov;
-                bi[threadIdx.x] = oi;
-            }
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[0] = bi[0];
 }
 
 // Prefill attention on the tensor cores (flash attention): block (query tile, head) holds 64
