@@ -12,8 +12,8 @@
 //! speculation, and picks the cheaper mode. The other mode is probed for a few steps now and
 //! then, since the answer moves with the text (acceptance) and the load; each probe that
 //! confirms the choice doubles the wait before the next one, so a mode that keeps losing costs
-//! little. A batch size not measured yet starts with the choice of the nearest smaller one
-//! measured (speculation's relative gain only shrinks as the batch grows), or speculates.
+//! little. A batch size not measured yet follows the sizes measured around it (speculation's
+//! relative gain only shrinks as the batch grows), or speculates when there are none.
 //!
 //! Either mode emits tokens from the target's own distribution (verification preserves it), so
 //! switching between them changes speed only, never what a request may answer.
@@ -95,17 +95,33 @@ impl SpecGate {
             // The batch changed under the probe: it measured nothing comparable.
             self.probe = None;
         }
-        let inherited = (1..b).rev().find_map(|s| Self::best(&self.sizes[s]));
+        let inherited = self.inherited(b);
         let size = &mut self.sizes[b];
-        let best = Self::best(size).or(inherited).unwrap_or(true);
+        let own = Self::best(size);
+        let best = own.or(inherited).unwrap_or(true);
         size.since_probe += 1;
-        let other_unknown = size.cost[usize::from(!best)].is_none() && size.cost[usize::from(best)].is_some();
-        if other_unknown || size.since_probe >= size.period {
+        // A size on its own is compared as soon as it has measured one mode; one that follows
+        // its neighbours waits for the periodic probe.
+        let first_comparison = inherited.is_none() && own.is_some() && size.cost[usize::from(!best)].is_none();
+        if first_comparison || size.since_probe >= size.period {
             size.since_probe = 0;
             self.probe = Some(Probe { size: b, speculate: !best, steps: 1, sum: 0.0, samples: 0 });
             return self.chose(!best);
         }
         self.chose(best)
+    }
+
+    /// The choice an unmeasured size `b` takes from the measured ones: plain if plain already
+    /// wins with fewer sequences, speculative if speculation still wins with more, else the
+    /// nearest smaller measured size's choice (or the nearest larger one's).
+    fn inherited(&self, b: usize) -> Option<bool> {
+        let below = (1..b).rev().find_map(|s| Self::best(&self.sizes[s]));
+        let above = (b + 1..self.sizes.len()).find_map(|s| Self::best(&self.sizes[s]));
+        match (below, above) {
+            (Some(false), _) => Some(false),
+            (_, Some(true)) => Some(true),
+            (below, above) => below.or(above),
+        }
     }
 
     fn chose(&mut self, speculate: bool) -> bool {
