@@ -2,17 +2,23 @@
 """Speculative decoding in `exo serve`: aggregate tokens/s of concurrent greedy requests with and
 without speculation, and the acceptance the server reports.
 
-Three servers run one after the other on the same machine and threads: plain, `--draft DRAFT`
-and `--spec ngram`, each with --parallel equal to the most clients measured. For each number of
+Five servers run on the same machine and threads: plain, `--draft DRAFT` and `--spec ngram`
+(speculating where the server measures it faster, the default), and both again with
+`--spec-always` (every step speculates), each with --parallel equal to the most clients
+measured. All five are up at once and measured in turn, --reps rounds of every (clients, server)
+pair, so that a change in the machine's load falls on every server alike; each figure sums the
+rounds. For each number of
 concurrent clients C, C clients each send the prompts below (code, a code edit, prose; chat
 format, greedy, --max-tokens each) one after another as non-streamed `/v1/chat/completions`
 requests; a warm-up request comes first and is not counted.
 - aggregate tokens/s: completion tokens of all requests / wall time from the first request sent
   to the last answer received (prompts included, as serving benchmarks report throughput);
-- acceptance: accepted / drafted summed over the answers' `usage.speculation`.
+- acceptance: accepted / drafted summed over the answers' `usage.speculation`;
+- spec steps: the share of decode steps the server ran speculatively (from /metrics,
+  `exo_spec_gate_*_steps_total`, counted over that number of clients' run).
 Greedy speculation must answer exactly as the plain server; the script checks that too.
 
-Usage: bench/spec_serve.py [--threads 2] [--concurrency 1,4] [--max-tokens 128] [--exo PATH]
+Usage: bench/spec_serve.py [--threads 2] [--concurrency 1,4] [--max-tokens 128] [--reps 1] [--exo PATH]
        [--target qwen2.5-coder-1.5b-instruct] [--draft qwen2.5-coder-0.5b-instruct] [--out FILE]
 Prints a Markdown table and writes the raw numbers as JSON to --out.
 """
@@ -93,48 +99,78 @@ def measure(addr, model, clients, max_tokens):
     return answers, tokens, secs, sum(s.get("drafted", 0) for s in spec), sum(s.get("accepted", 0) for s in spec)
 
 
+def gate_steps(addr):
+    """(speculative, plain) decode steps the server's speculation gate has run so far."""
+    c = http.client.HTTPConnection(*addr, timeout=60)
+    c.request("GET", "/metrics")
+    steps = {"speculative": 0.0, "plain": 0.0}
+    for line in c.getresponse().read().decode().splitlines():
+        for kind in steps:
+            if line.startswith(f"exo_spec_gate_{kind}_steps_total{{"):
+                steps[kind] += float(line.rsplit(" ", 1)[1])
+    return steps["speculative"], steps["plain"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--concurrency", default="1,4")
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--target", default="qwen2.5-coder-1.5b-instruct")
     ap.add_argument("--draft", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--exo", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "exo"))
     ap.add_argument("--out", default="bench/results/spec_serve.json")
     a = ap.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
-    modes = [("plain", []), ("draft", ["--draft", a.draft]), ("ngram", ["--spec", "ngram"])]
-    results = {}
-    for mode, extra in modes:
-        server, addr = start(a.exo, a.target, a.threads, max(levels), extra)
-        try:
+    modes = [("plain", []), ("draft", ["--draft", a.draft]), ("ngram", ["--spec", "ngram"]),
+             ("draft, always", ["--draft", a.draft, "--spec-always"]), ("ngram, always", ["--spec", "ngram", "--spec-always"])]
+    servers = {}
+    try:
+        for mode, extra in modes:
+            servers[mode] = start(a.exo, a.target, a.threads, max(levels), extra)
+        # Per (mode, clients): tokens, seconds, drafted, accepted, speculative and plain steps.
+        totals = {(mode, c): [0, 0.0, 0, 0, 0.0, 0.0] for mode, _ in modes for c in levels}
+        plain_answers = {}
+        for _ in range(a.reps):
             for c in levels:
-                results[(mode, c)] = measure(addr, a.target, c, a.max_tokens)
-        finally:
+                for mode, _ in modes:
+                    addr = servers[mode][1]
+                    before = gate_steps(addr)
+                    answers, tokens, secs, drafted, accepted = measure(addr, a.target, c, a.max_tokens)
+                    after = gate_steps(addr)
+                    if mode == "plain":
+                        plain_answers[c] = answers
+                    for key, (text, _) in answers.items():
+                        if text != plain_answers[c][key][0]:
+                            sys.exit(f"{mode}, {c} clients, {key}: the answer differs from the plain server's")
+                    t = totals[(mode, c)]
+                    for i, v in enumerate([tokens, secs, drafted, accepted, after[0] - before[0], after[1] - before[1]]):
+                        t[i] += v
+    finally:
+        for server, _ in servers.values():
             server.kill()
             server.wait()
     rows = []
     for c in levels:
-        plain_answers, plain_tokens, plain_secs, _, _ = results[("plain", c)]
+        plain_tokens, plain_secs = totals[("plain", c)][:2]
         for mode, _ in modes:
-            answers, tokens, secs, drafted, accepted = results[(mode, c)]
-            for key, (text, _) in answers.items():
-                if text != plain_answers[key][0]:
-                    sys.exit(f"{mode}, {c} clients, {key}: the answer differs from the plain server's")
+            tokens, secs, drafted, accepted, spec, plain = totals[(mode, c)]
             rows.append({
                 "mode": mode, "clients": c, "tokens": tokens, "seconds": secs, "tps": tokens / secs,
                 "speedup": (tokens / secs) / (plain_tokens / plain_secs), "drafted": drafted, "accepted": accepted,
-                "acceptance": accepted / drafted if drafted else None,
+                "acceptance": accepted / drafted if drafted else None, "spec_steps": spec / (spec + plain) if spec + plain else None,
             })
     print(f"machine: {cpu_name()}, threads {a.threads}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"target {a.target}, draft {a.draft}, {a.max_tokens} greedy tokens max per request, {len(PROMPTS)} prompts per client")
-    print("| clients | mode | tokens | seconds | aggregate t/s | vs plain | drafted | accepted | acceptance |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"target {a.target}, draft {a.draft}, {a.max_tokens} greedy tokens max per request, {len(PROMPTS)} prompts per client, "
+          f"{a.reps} round(s)")
+    print("| clients | mode | tokens | seconds | aggregate t/s | vs plain | drafted | accepted | acceptance | spec steps |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         acc = f"{r['acceptance']:.2f}" if r["acceptance"] is not None else "-"
+        share = f"{100 * r['spec_steps']:.0f}%" if r["spec_steps"] is not None else "-"
         print(f"| {r['clients']} | {r['mode']} | {r['tokens']} | {r['seconds']:.1f} | {r['tps']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['drafted']} | {r['accepted']} | {acc} |")
+              f"{r['drafted']} | {r['accepted']} | {acc} | {share} |")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"machine": cpu_name(), "threads": a.threads, "date": str(datetime.date.today()), "rows": rows}, f, indent=1)

@@ -134,7 +134,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
     };
     params.sampler.validate().map_err(anyhow::Error::msg)?;
     let mut session = Session::with_kv_type(&model, ctx, BATCH, a.kv_type).context("--ctx-size")?;
-    let spec = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min };
+    let spec = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min, ..SpecConfig::default() };
     if let Some(draft) = &a.draft {
         let draft = Arc::new(crate::model_path::load(draft).context("--draft")?);
         session.set_drafter(Some(Drafter::model(&model, draft, ctx, BATCH, spec)?));

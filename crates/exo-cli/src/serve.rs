@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Fewest tokens a draft model drafts per step.
     #[arg(long, default_value_t = SpecConfig::default().draft_min, requires = "speculation")]
     draft_min: usize,
+    /// Speculate on every step. By default the server measures both ways per batch size and
+    /// decodes plainly where speculation is slower (on a CPU, from a few concurrent requests).
+    #[arg(long, requires = "speculation")]
+    spec_always: bool,
     /// Where to run: auto or cpu. The batching scheduler has no GPU path yet, so `auto` means
     /// the CPU here and `cuda` is refused (`exo run` and `exo bench` run on the GPU).
     #[arg(long, default_value = "auto")]
@@ -77,7 +81,7 @@ pub struct ServeArgs {
 pub fn main(a: ServeArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
     let models = model_specs(&a.models)?;
-    let spec_config = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min };
+    let spec_config = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min, gate: !a.spec_always };
     let speculation = match (&a.draft, a.spec) {
         (Some(d), _) => Some(SpeculationSpec { draft: Some(crate::model_path::resolve(d).context("--draft")?), config: spec_config }),
         (None, Some(crate::run::SpecKind::Ngram)) => Some(SpeculationSpec { draft: None, config: spec_config }),

@@ -157,8 +157,10 @@ fn greedy_answers_equal_exo_run() {
 fn speculation_answers_as_plain_serving_and_reports_its_counts() {
     let common = ["-m", SMOLLM2, "--parallel", "4", "--ctx-size", "1024"];
     let plain = Served::start(&common, None);
-    let ngram = Served::start(&[&common[..], &["--spec", "ngram"]].concat(), None);
-    let mut draft = Served::start(&[&common[..], &["--draft", SMOLLM2, "--draft-max", "6"]].concat(), None);
+    // Every step speculates, so every answer has counts to check: by default the server would
+    // soon decode plainly, SmolLM2 drafting for itself costing as much as it saves.
+    let ngram = Served::start(&[&common[..], &["--spec", "ngram", "--spec-always"]].concat(), None);
+    let mut draft = Served::start(&[&common[..], &["--draft", SMOLLM2, "--draft-max", "6", "--spec-always"]].concat(), None);
     draft.run_clients_with("test_speculation.py", &[("EXO_PLAIN_URL", &plain.url), ("EXO_NGRAM_URL", &ngram.url)]);
 }
 

@@ -215,6 +215,11 @@ pub struct EngineLoad {
     pub prefix_hit_tokens: u64,
     /// Times a running request gave up its KV blocks to make room, to be recomputed later.
     pub preemptions: u64,
+    /// Decode steps the speculation gate ran plainly, because speculation measured slower at
+    /// their batch size (0 without speculation or with `--spec-always`).
+    pub spec_plain_steps: u64,
+    /// Decode steps the speculation gate ran speculatively.
+    pub spec_steps: u64,
 }
 
 /// A running engine for one model. Cloning is cheap; the engine thread stops once the last
@@ -396,6 +401,8 @@ impl EngineHandle {
             prefix_lookup_tokens: s.prefix.lookup_tokens,
             prefix_hit_tokens: s.prefix.hit_tokens,
             preemptions: s.preemptions,
+            spec_plain_steps: s.spec_gate_steps[0],
+            spec_steps: s.spec_gate_steps[1],
         }
     }
 }

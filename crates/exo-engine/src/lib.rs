@@ -28,6 +28,7 @@ mod prompt;
 pub mod sampler;
 mod scheduler;
 mod session;
+mod spec_gate;
 pub mod speculative;
 pub mod stop;
 pub mod tools;

@@ -13,9 +13,15 @@
 //! (from prompt lookup, or from a draft model run over the whole batch first), and the target
 //! verifies them all in the same one forward pass. A draft model keeps its own cache with as
 //! many blocks as the target's and follows the same block tables: a position's rows sit in the
-//! same block id in both, so blocks shared through the prefix cache are valid for both. Rows
-//! written for rejected drafts lie past the sequence's length and are overwritten later;
-//! attention reads only positions up to each query's own.
+//! same block id in both. Rows written for rejected drafts lie past the sequence's length and
+//! are overwritten later; attention reads only positions up to each query's own.
+//!
+//! Speculation is turned off for steps whose batch size it measurably slows down (see
+//! [`crate::spec_gate`]). The draft model is then not run at all, and neither for requests that
+//! decode plainly (log-probabilities, constraints): it falls behind and catches up on the
+//! tokens it missed, in batched chunks, when the sequence next drafts. A full block joins the
+//! prefix cache as soon as the target holds it; the draft records which blocks it holds rows
+//! for, so a request reusing a block the draft missed has the draft catch up from there.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -28,6 +34,7 @@ use tokio::sync::mpsc;
 
 use crate::blocks::{chain, BlockPool, PrefixStats, ROOT};
 use crate::decode::Decoder;
+use crate::spec_gate::SpecGate;
 use crate::speculative::{ngram_lookup, propose, verify_drafts, Costs, DraftLength, SpecConfig, SpecStats};
 use crate::{EngineError, Event, Finished, GenerateParams, StopReason, Timings, TokenLogprob, Usage};
 
@@ -126,12 +133,14 @@ struct SeqSpec {
 pub(crate) struct SpecEngine {
     cfg: SpecConfig,
     draft: Option<DraftModel>,
+    /// Chooses per step whether to speculate (`None`: always, `--spec-always`).
+    gate: Option<SpecGate>,
 }
 
 impl SpecEngine {
     /// Speculation with `cfg`, drafting with `draft` or, without one, by prompt lookup.
     pub(crate) fn new(cfg: SpecConfig, draft: Option<DraftModel>) -> Self {
-        Self { cfg, draft }
+        Self { cfg, draft, gate: None }
     }
 }
 
@@ -143,13 +152,17 @@ pub(crate) struct DraftModel {
     /// Token ids both vocabularies share; only those are drafted.
     shared: usize,
     masked: Vec<f32>,
+    /// Per block id, the hash-chain name of the full block whose rows this cache holds there
+    /// (`ROOT`: none known), so a reused block is known to be valid for the draft too.
+    holds: Vec<u64>,
 }
 
 impl DraftModel {
     /// `model` with `kv` (as many blocks as the target's) and `scratch` (the target's batch and
     /// context), drafting ids below `shared`.
     pub(crate) fn new(model: Arc<LoadedModel>, kv: KvCache, scratch: Scratch, shared: usize) -> Self {
-        Self { model, kv, scratch, shared, masked: Vec::new() }
+        let holds = vec![ROOT; kv.n_blocks()];
+        Self { model, kv, scratch, shared, masked: Vec::new(), holds }
     }
 
     /// Whether the draft can read every token of `tokens`.
@@ -176,6 +189,8 @@ pub(crate) struct SchedulerStats {
     pub(crate) kv_blocks_free: usize,
     pub(crate) prefix: PrefixStats,
     pub(crate) preemptions: u64,
+    /// Decode steps run with and without speculation (`[plain, speculative]`) by the gate.
+    pub(crate) spec_gate_steps: [u64; 2],
 }
 
 /// The continuous-batching loop's state: one model, its KV cache and the sequences in it.
@@ -194,8 +209,11 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     /// A scheduler over `kv` running at most `max_seqs` sequences, `scratch.max_tokens()` tokens
     /// per step, speculating with `spec`.
-    pub(crate) fn new(model: Arc<LoadedModel>, kv: KvCache, scratch: Scratch, max_seqs: usize, spec: Option<SpecEngine>) -> Self {
+    pub(crate) fn new(model: Arc<LoadedModel>, kv: KvCache, scratch: Scratch, max_seqs: usize, mut spec: Option<SpecEngine>) -> Self {
         let pool = BlockPool::new(kv.n_blocks());
+        if let Some(sp) = spec.as_mut() {
+            sp.gate = sp.cfg.gate.then(|| SpecGate::new(max_seqs));
+        }
         Self { model, kv, scratch, pool, running: Vec::new(), preempted: VecDeque::new(), max_seqs, preemptions: 0, spec }
     }
 
@@ -214,6 +232,7 @@ impl Scheduler {
             kv_blocks_free: self.pool.available(),
             prefix: self.pool.stats(),
             preemptions: self.preemptions,
+            spec_gate_steps: self.spec.as_ref().and_then(|sp| sp.gate.as_ref()).map_or([0; 2], |g| g.steps),
         }
     }
 
@@ -308,9 +327,12 @@ impl Scheduler {
             }
             return Err(Box::new(seq));
         }
+        // The draft holds the rows of the leading reused blocks it computed itself.
+        let draft = self.spec.as_ref().and_then(|sp| sp.draft.as_ref());
+        let draft_holds = draft.map_or(shared.len(), |d| shared.iter().zip(&hashes).take_while(|&(&b, &h)| d.holds[b as usize] == h).count());
         seq.hashes = hashes;
         seq.computed = shared.len() * BLOCK_TOKENS;
-        seq.drafted_to = seq.computed;
+        seq.drafted_to = draft_holds * BLOCK_TOKENS;
         seq.blocks = shared;
         for _ in 0..fresh {
             seq.blocks.push(self.pool.alloc().expect("availability checked above"));
@@ -338,7 +360,12 @@ impl Scheduler {
             }
         }
         let decoding = plan.len();
-        if self.spec.is_some() {
+        let t_step = Instant::now();
+        let speculate = match self.spec.as_mut() {
+            Some(sp) if decoding > 0 => sp.gate.as_mut().is_none_or(|g| g.decide(decoding)),
+            _ => false,
+        };
+        if speculate {
             self.choose_draft_lengths(&plan, &mut used, budget);
         }
         for (i, s) in self.running.iter().enumerate() {
@@ -354,12 +381,14 @@ impl Scheduler {
         }
         let prompts = plan.len() > decoding;
         let mut draft_secs = 0.0;
-        if self.spec.is_some() {
+        let mut catching_up = false;
+        if speculate {
             let t = Instant::now();
             let (decode_plan, prompt_plan) = plan.split_at_mut(decoding);
-            self.draft(decode_plan, prompt_plan);
+            catching_up = self.draft(decode_plan, prompt_plan);
             draft_secs = t.elapsed().as_secs_f64();
         }
+        let emitted_before: usize = plan[..decoding].iter().map(|&(i, _)| self.running[i].dec.out.tokens.len()).sum();
         let t_verify = Instant::now();
         let segments: Vec<Segment> = plan
             .iter()
@@ -450,6 +479,11 @@ impl Scheduler {
                 Err(e) => failed.push((i, e)),
             }
         }
+        if let Some(gate) = self.spec.as_mut().and_then(|sp| sp.gate.as_mut()).filter(|_| decoding > 0) {
+            let emitted: usize = plan[..decoding].iter().map(|&(i, _)| self.running[i].dec.out.tokens.len()).sum();
+            let secs = t_step.elapsed().as_secs_f64();
+            gate.record(decoding, speculate, secs, emitted - emitted_before, !prompts && !catching_up);
+        }
         self.register_full_blocks();
         let mut ended: Vec<(usize, Result<Option<StopReason>, EngineError>)> =
             done.into_iter().map(|(i, r)| (i, Ok(r))).chain(failed.into_iter().map(|(i, e)| (i, Err(e)))).collect();
@@ -510,9 +544,11 @@ impl Scheduler {
 
     /// Appends to each speculating sequence among `decoding` the drafts it was given room for,
     /// setting its plan entry and `SeqSpec::drafts` to what it got. A draft model also
-    /// evaluates the `prompts` chunks, so that its cache follows the target's.
-    fn draft(&mut self, decoding: &mut [(usize, usize)], prompts: &[(usize, usize)]) {
-        let Some(sp) = &mut self.spec else { return };
+    /// evaluates the `prompts` chunks, so that its cache follows the target's, and first
+    /// catches up on the tokens it missed while speculation was off. Returns whether it did
+    /// more of that than a step's usual one or two tokens per sequence.
+    fn draft(&mut self, decoding: &mut [(usize, usize)], prompts: &[(usize, usize)]) -> bool {
+        let Some(sp) = &mut self.spec else { return false };
         let Some(dm) = &mut sp.draft else {
             let mut found = Vec::new();
             for (i, n) in decoding.iter_mut() {
@@ -526,7 +562,7 @@ impl Scheduler {
                 seq_spec.dists.resize(found.len(), None);
                 *n = 1 + found.len();
             }
-            return;
+            return false;
         };
         let min = sp.cfg.draft_min;
         // Round 0: prompt chunks, and each drafting sequence's tokens since the draft last saw
@@ -534,12 +570,18 @@ impl Scheduler {
         // entry: sequence, first position, tokens, whether its logits are wanted.
         let mut segs: Vec<(usize, usize, usize, bool)> = Vec::new();
         let mut room = dm.scratch.max_tokens();
+        let mut catching_up = false;
         for &(i, n) in prompts {
-            let s = &self.running[i];
-            if s.draft_blind || s.drafted_to != s.computed || n > room {
+            let s = &mut self.running[i];
+            let n = (s.computed + n - s.drafted_to).min(room);
+            if s.draft_blind || n == 0 {
                 continue;
             }
-            segs.push((i, s.computed, n, false));
+            if !dm.reads(&s.tokens[s.drafted_to..s.drafted_to + n]) {
+                s.draft_blind = true;
+                continue;
+            }
+            segs.push((i, s.drafted_to, n, false));
             room -= n;
         }
         let mut drafting: Vec<usize> = Vec::new();
@@ -551,11 +593,21 @@ impl Scheduler {
             }
             seq_spec.dists.clear();
             let behind = s.tokens.len() - s.drafted_to;
-            let readable = dm.reads(&s.tokens[s.drafted_to..]);
-            if behind > room || !readable {
-                // A token the draft cannot read, or too far behind to catch up within one
-                // pass (it went undrafted for many steps): this step decodes plainly.
-                s.draft_blind |= !readable;
+            if !dm.reads(&s.tokens[s.drafted_to..]) {
+                s.draft_blind = true;
+                seq_spec.drafts = 0;
+                continue;
+            }
+            // A step feeds the draft the pending token and, after a fully accepted run, the
+            // last draft; more means it missed steps.
+            catching_up |= behind > 2;
+            if behind > room {
+                // Too far behind to catch up within this pass: it catches up as far as the
+                // pass allows and this step decodes plainly.
+                if room > 0 {
+                    segs.push((i, s.drafted_to, room, false));
+                    room = 0;
+                }
                 seq_spec.drafts = 0;
                 continue;
             }
@@ -619,20 +671,30 @@ impl Scheduler {
         for (i, n) in decoding.iter_mut() {
             *n = 1 + self.running[*i].spec.as_ref().map_or(0, |sp| sp.drafts);
         }
+        catching_up
     }
 
-    /// Makes every newly computed full block findable by later requests. With a draft model,
-    /// only blocks whose rows both models hold: a later request reusing the block skips them in
-    /// both.
+    /// Makes every newly computed full block findable by later requests, and notes which full
+    /// blocks the draft model holds rows for (a request reusing a block the draft lacks has the
+    /// draft compute them).
     fn register_full_blocks(&mut self) {
-        let with_draft = self.spec.as_ref().is_some_and(|sp| sp.draft.is_some());
+        let mut draft = self.spec.as_mut().and_then(|sp| sp.draft.as_mut());
         for s in &mut self.running {
-            let valid = if with_draft { s.computed.min(s.drafted_to) } else { s.computed };
-            while s.hashes.len() < valid / BLOCK_TOKENS {
+            while s.hashes.len() < s.computed / BLOCK_TOKENS {
                 let i = s.hashes.len();
                 let parent = if i == 0 { ROOT } else { s.hashes[i - 1] };
                 let h = self.pool.register(s.blocks[i], parent, &s.tokens[i * BLOCK_TOKENS..(i + 1) * BLOCK_TOKENS]);
                 s.hashes.push(h);
+                if let Some(d) = draft.as_deref_mut() {
+                    // The block may hold the draft's rows of an earlier owner's tokens.
+                    d.holds[s.blocks[i] as usize] = ROOT;
+                }
+            }
+            if let Some(d) = draft.as_deref_mut() {
+                let held = (s.drafted_to / BLOCK_TOKENS).min(s.hashes.len());
+                for (&b, &h) in s.blocks[..held].iter().zip(&s.hashes) {
+                    d.holds[b as usize] = h;
+                }
             }
         }
     }

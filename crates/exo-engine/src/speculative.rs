@@ -24,7 +24,8 @@ use exo_models::{LoadedModel, State};
 use crate::sampler::{draw, Sampler};
 use crate::EngineError;
 
-/// How many tokens a step may draft.
+/// How many tokens a step may draft, and whether the scheduler may decode plainly where that
+/// is faster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpecConfig {
     /// Most tokens drafted per step (`--draft-max`).
@@ -32,13 +33,17 @@ pub struct SpecConfig {
     /// Fewest tokens a model drafter drafts per step (`--draft-min`); prompt lookup drafts
     /// fewer when the match it found ends sooner.
     pub draft_min: usize,
+    /// The scheduler speculates only at batch sizes where it measures that speculation is
+    /// faster (see `spec_gate`); `false` (`--spec-always`): every step speculates. A single
+    /// session always speculates.
+    pub gate: bool,
 }
 
 impl Default for SpecConfig {
     /// llama.cpp's `--draft-max 16 --draft-min 0`, except that a step drafts at least one token:
     /// a step without a draft is plain decoding with extra bookkeeping.
     fn default() -> Self {
-        Self { draft_max: 16, draft_min: 1 }
+        Self { draft_max: 16, draft_min: 1, gate: true }
     }
 }
 
@@ -662,7 +667,7 @@ mod tests {
 
     #[test]
     fn draft_length_follows_acceptance_and_cost() {
-        let cfg = SpecConfig { draft_max: 16, draft_min: 1 };
+        let cfg = SpecConfig { draft_max: 16, draft_min: 1, gate: true };
         let mut good = DraftLength::new(cfg);
         let mut bad = DraftLength::new(cfg);
         assert_eq!(good.next(100, false), 4);
@@ -677,8 +682,8 @@ mod tests {
         assert_eq!(good.next(100, false), 16);
         assert_eq!(good.next(5, false), 5);
         assert_eq!(bad.next(100, false), 1);
-        let cfg = SpecConfig { draft_max: 8, draft_min: 3 };
+        let cfg = SpecConfig { draft_max: 8, draft_min: 3, gate: true };
         assert!(cfg.validate().is_ok());
-        assert!(SpecConfig { draft_max: 2, draft_min: 3 }.validate().unwrap_err().to_string().contains("--draft-min 3"));
+        assert!(SpecConfig { draft_max: 2, draft_min: 3, gate: true }.validate().unwrap_err().to_string().contains("--draft-min 3"));
     }
 }

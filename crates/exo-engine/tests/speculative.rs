@@ -106,7 +106,7 @@ fn smollm2_stop_strings_penalties_and_eos_compose_with_speculation() {
         chat(&model, "What is the capital of France? Answer in one sentence."),
         Prompt::Text("one two three one two three one two".into()).tokenize(&model.tokenizer).unwrap(),
     ];
-    let cfg = SpecConfig { draft_max: 6, draft_min: 2 };
+    let cfg = SpecConfig { draft_max: 6, draft_min: 2, ..SpecConfig::default() };
     let cases = [
         // Penalties depend on every earlier token, drafts included.
         GenerateParams {
@@ -140,25 +140,6 @@ fn smollm2_stop_strings_penalties_and_eos_compose_with_speculation() {
     assert_eq!(plain.tokens, spec.tokens);
 }
 
-/// The exact joint distribution of the first two sampled tokens under `cfg`, from plain
-/// forward passes: `p(t1) * p(t2 | t1)`, each the sampler chain's distribution.
-fn two_token_distribution(model: &LoadedModel, prompt: &[u32], cfg: &SamplerConfig) -> HashMap<(u32, u32), f64> {
-    let mut sampler = exo_engine::Sampler::new(cfg.clone());
-    let mut state = model.transformer.new_state(CTX, BATCH).unwrap();
-    model.transformer.forward(&mut state, prompt, false).unwrap();
-    let first = sampler.distribution(state.last_logits(), prompt).to_vec();
-    let mut joint = HashMap::new();
-    for (t1, p1) in first {
-        state.truncate(prompt.len());
-        model.transformer.forward(&mut state, &[t1], false).unwrap();
-        let history: Vec<u32> = prompt.iter().copied().chain([t1]).collect();
-        for &(t2, p2) in sampler.distribution(state.last_logits(), &history) {
-            joint.insert((t1, t2), f64::from(p1) * f64::from(p2));
-        }
-    }
-    joint
-}
-
 #[test]
 fn smollm2_sampled_tokens_follow_the_target_distribution() {
     exo_kernels::threads::set_threads(1).unwrap();
@@ -169,8 +150,8 @@ fn smollm2_sampled_tokens_follow_the_target_distribution() {
     // Flat enough that the second token is genuinely uncertain; the repeat penalty makes the
     // distribution depend on the drafted history.
     let sampler = SamplerConfig { temperature: 1.5, top_k: 4, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.1, ..SamplerConfig::default() };
-    let joint = two_token_distribution(&model, &prompt, &sampler);
-    let cfg = SpecConfig { draft_max: 2, draft_min: 1 };
+    let joint = common::token_distribution(&model, &prompt, &sampler, 2);
+    let cfg = SpecConfig { draft_max: 2, draft_min: 1, ..SpecConfig::default() };
     let n = 600;
     for (name, drafter) in [
         ("prompt lookup", Drafter::ngram(cfg).unwrap()),
@@ -178,7 +159,7 @@ fn smollm2_sampled_tokens_follow_the_target_distribution() {
     ] {
         let mut session = Session::new(&model, CTX, BATCH).unwrap();
         session.set_drafter(Some(drafter));
-        let mut counts: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut counts: HashMap<Vec<u32>, usize> = HashMap::new();
         let mut stats = exo_engine::SpecStats::default();
         for seed in 0..n {
             let params = GenerateParams {
@@ -188,45 +169,18 @@ fn smollm2_sampled_tokens_follow_the_target_distribution() {
                 ..Default::default()
             };
             let done = generate(&model, &mut session, &prompt, &params);
-            let key = (done.tokens[0], done.tokens[1]);
+            let key = done.tokens[..2].to_vec();
             assert!(joint.contains_key(&key), "{name}: sampled {key:?}, which the target cannot produce");
             *counts.entry(key).or_default() += 1;
             let s = done.speculation.unwrap();
             stats.drafted += s.drafted;
             stats.accepted += s.accepted;
         }
-        let (stat, df) = chi_square(&joint, &counts, n as usize);
+        let (stat, df) = common::chi_square(&joint, &counts, n as usize);
         eprintln!("{name}: {stats:?}, chi-square {stat:.1} over {df} degrees of freedom");
         assert!(stats.drafted > n as usize / 2, "{name}: too few drafts to test anything: {stats:?}");
-        assert!(stat < critical(df), "{name}: chi-square {stat:.1} over {df} degrees of freedom");
+        assert!(stat < common::critical(df), "{name}: chi-square {stat:.1} over {df} degrees of freedom");
     }
-}
-
-/// Pearson's chi-square of `counts` (out of `n`) against `joint`, cells with an expected count
-/// under 5 pooled, and its degrees of freedom.
-fn chi_square(joint: &HashMap<(u32, u32), f64>, counts: &HashMap<(u32, u32), usize>, n: usize) -> (f64, usize) {
-    let (mut stat, mut cells, mut pool_o, mut pool_e) = (0.0, 0, 0.0, 0.0);
-    for (key, &p) in joint {
-        let (o, e) = (counts.get(key).copied().unwrap_or(0) as f64, p * n as f64);
-        if e < 5.0 {
-            pool_o += o;
-            pool_e += e;
-        } else {
-            stat += (o - e).powi(2) / e;
-            cells += 1;
-        }
-    }
-    if pool_e > 0.0 {
-        stat += (pool_o - pool_e).powi(2) / pool_e;
-        cells += 1;
-    }
-    (stat, cells - 1)
-}
-
-/// The chi-square value exceeded with probability 0.001 (Wilson–Hilferty approximation).
-fn critical(df: usize) -> f64 {
-    let d = df as f64;
-    d * (1.0 - 2.0 / (9.0 * d) + 3.090 * (2.0 / (9.0 * d)).sqrt()).powi(3)
 }
 
 #[test]
@@ -238,7 +192,7 @@ fn mismatched_vocabularies_are_refused_naming_the_difference() {
     assert!(err.contains("gemma3-270m.gguf") && err.contains("smollm2-135m-instruct.gguf"), "{err}");
     assert!(err.contains("BOS differs"), "{err}");
     let smol_copy = Arc::new(common::model("smollm2-135m-instruct"));
-    let err = Drafter::model(&smol, smol_copy, CTX, BATCH, SpecConfig { draft_max: 1, draft_min: 2 }).err().unwrap().to_string();
+    let err = Drafter::model(&smol, smol_copy, CTX, BATCH, SpecConfig { draft_max: 1, draft_min: 2, ..SpecConfig::default() }).err().unwrap().to_string();
     assert!(err.contains("--draft-min 2"), "{err}");
 }
 

@@ -189,10 +189,12 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{model=\"{model}\"}} {}", get(load));
             }
         }
-        let counters: [LoadCounter; 3] = [
+        let counters: [LoadCounter; 5] = [
             ("exo_prefix_cache_lookup_tokens_total", "Prompt tokens looked up in the prefix cache.", |l| l.prefix_lookup_tokens),
             ("exo_prefix_cache_hit_tokens_total", "Prompt tokens reused from the prefix cache.", |l| l.prefix_hit_tokens),
             ("exo_preemptions_total", "Times a running request gave up its KV blocks and was recomputed later.", |l| l.preemptions),
+            ("exo_spec_gate_speculative_steps_total", "Decode steps the speculation gate ran speculatively.", |l| l.spec_steps),
+            ("exo_spec_gate_plain_steps_total", "Decode steps the speculation gate ran plainly, speculation having measured slower at their batch size.", |l| l.spec_plain_steps),
         ];
         for (name, help, get) in counters {
             header(&mut out, name, "counter", help);

@@ -1,7 +1,10 @@
-//! Shared by the constrained-decoding and tool-call tests: the real models and vocabularies,
-//! and JSON Schema validation by the `jsonschema` crate.
+//! Shared by the engine's tests: the real models and vocabularies, JSON Schema validation by
+//! the `jsonschema` crate, and the chi-square test of sampled tokens against the target's own
+//! distribution.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,4 +48,57 @@ pub fn check_valid(schema: &Value, text: &str) -> Value {
     let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{text:?} does not satisfy {schema}: {errors:?}");
     v
+}
+
+/// The exact joint distribution of the first `n` tokens sampled after `prompt` under `cfg`,
+/// from plain forward passes: `p(t1) p(t2 | t1) ...`, each the sampler chain's distribution.
+pub fn token_distribution(model: &LoadedModel, prompt: &[u32], cfg: &exo_engine::SamplerConfig, n: usize) -> HashMap<Vec<u32>, f64> {
+    let mut sampler = exo_engine::Sampler::new(cfg.clone());
+    let mut state = model.transformer.new_state(prompt.len() + n, prompt.len() + n).unwrap();
+    let mut joint = HashMap::new();
+    let mut pending = vec![(Vec::new(), 1.0)];
+    while let Some((tokens, p)) = pending.pop() {
+        if tokens.len() == n {
+            joint.insert(tokens, p);
+            continue;
+        }
+        let history: Vec<u32> = prompt.iter().chain(&tokens).copied().collect();
+        state.truncate(0);
+        model.transformer.forward(&mut state, &history, false).unwrap();
+        for &(t, pt) in sampler.distribution(state.last_logits(), &history) {
+            let mut next = tokens.clone();
+            next.push(t);
+            pending.push((next, p * f64::from(pt)));
+        }
+    }
+    joint
+}
+
+/// Pearson's chi-square of `counts` (out of `n`) against the probabilities `expected`, cells
+/// with an expected count under 5 pooled (with any outcome `expected` lacks), and its degrees
+/// of freedom.
+pub fn chi_square<K: Eq + Hash>(expected: &HashMap<K, f64>, counts: &HashMap<K, usize>, n: usize) -> (f64, usize) {
+    let unexpected = counts.iter().filter(|(k, _)| !expected.contains_key(*k)).map(|(_, &c)| c as f64).sum::<f64>();
+    let (mut stat, mut cells, mut pool_o, mut pool_e) = (0.0, 0, unexpected, 0.0);
+    for (key, &p) in expected {
+        let (o, e) = (counts.get(key).copied().unwrap_or(0) as f64, p * n as f64);
+        if e < 5.0 {
+            pool_o += o;
+            pool_e += e;
+        } else {
+            stat += (o - e).powi(2) / e;
+            cells += 1;
+        }
+    }
+    if pool_e > 0.0 {
+        stat += (pool_o - pool_e).powi(2) / pool_e;
+        cells += 1;
+    }
+    (stat, cells - 1)
+}
+
+/// The chi-square value exceeded with probability 0.001 (Wilson–Hilferty approximation).
+pub fn critical(df: usize) -> f64 {
+    let d = df as f64;
+    d * (1.0 - 2.0 / (9.0 * d) + 3.090 * (2.0 / (9.0 * d)).sqrt()).powi(3)
 }
