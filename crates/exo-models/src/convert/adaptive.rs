@@ -95,42 +95,11 @@ pub fn quantize_adaptive(
             Budget::BitsPerWeight(b) => (b * n_weights as f64 / 8.0) as u64,
             Budget::Bytes(b) => b,
         };
-        // Everything but the matrices: vectors (written as f32) and the header, which the
-        // input's header approximates (same metadata, same tensor names).
-        let vectors: u64 = g.tensors().iter().filter(|t| !is_matrix(t)).map(|t| 4 * t.n_elements() as u64).sum();
+        // Everything but the matrices: vectors and the header, which the input's header
+        // approximates (same metadata, same tensor names).
         let input_data: u64 = g.tensors().iter().map(|t| t.ggml_type.row_bytes(t.dims[0]).unwrap_or(0) as u64 * (t.n_elements() / t.dims[0].max(1)) as u64).sum();
         let header = std::fs::metadata(g.path()).map(|m| m.len()).unwrap_or(0).saturating_sub(input_data);
-        let fixed = vectors + header;
-        // Refused before the analysis (minutes on a large model) when even the smallest types
-        // do not fit.
-        let smallest: u64 = g
-            .tensors()
-            .iter()
-            .filter(|t| is_matrix(t))
-            .map(|t| (candidate_types(t.dims[0])[0].row_bytes(t.dims[0]).unwrap_or(0) * (t.n_elements() / t.dims[0])) as u64)
-            .sum();
-        if smallest + fixed > total {
-            return Err(ModelError::Unconvertible {
-                file: output.display().to_string(),
-                what: format!(
-                    "a budget of {total} bytes ({:.3} bits per weight) is below the smallest mix exo can write, {} bytes ({:.3} bits per weight)",
-                    total as f64 * 8.0 / n_weights as f64,
-                    smallest + fixed,
-                    (smallest + fixed) as f64 * 8.0 / n_weights as f64
-                ),
-            });
-        }
-        let (stats, options) = {
-            let mut m = load_base(g.path())?;
-            let tokens = m.tokenizer.encode(calibration, true, false)?;
-            let stats = calibration::collect(&m.transformer, &tokens, CALIBRATION_CTX)?;
-            let options = measure(g, &stats, &mut m.transformer, &tokens[..tokens.len().min(KL_SAMPLE)])?;
-            (stats, options)
-        };
-        let chosen = plan::choose(&options, total.saturating_sub(fixed)).map_err(|e| ModelError::Unconvertible {
-            file: output.display().to_string(),
-            what: format!("{e} (the rest of the file takes {fixed} bytes of the {total} allowed)"),
-        })?;
+        let (stats, chosen) = plan_mix(g, total, header, calibration, &output.display().to_string())?;
         let types: HashMap<&str, GgmlType> = chosen
             .choices
             .iter()
@@ -141,6 +110,52 @@ pub fn quantize_adaptive(
         let (report, ()) = write_gguf(g, output, main, |info| Ok((types[info.name.as_str()], stats.importance(&info.name, tied))))?;
         Ok((report, chosen.clone()))
     })
+}
+
+/// Bytes of `g`'s vectors, which stay f32 (in files and in memory).
+pub(crate) fn vector_bytes(g: &GgufFile) -> u64 {
+    g.tensors().iter().filter(|t| !is_matrix(t)).map(|t| 4 * t.n_elements() as u64).sum()
+}
+
+/// The analysis behind every budget (`exo quantize --target-bpw/--max-size`, `--quantize auto
+/// --memory-budget`): the activation statistics of the GGUF model `g` on `calibration` text, and
+/// the type of each matrix with the least predicted KL divergence within `total` bytes, of which
+/// the vectors (f32) and `overhead` bytes (a file's header) take their share first. `target`
+/// names what is made, for errors.
+pub(crate) fn plan_mix(g: &GgufFile, total: u64, overhead: u64, calibration: &str, target: &str) -> Result<(ActivationStats, QuantPlan), ModelError> {
+    let n_weights: u64 = g.tensors().iter().map(|t| t.n_elements() as u64).sum();
+    let fixed = vector_bytes(g) + overhead;
+    // Refused before the analysis (minutes on a large model) when even the smallest types do
+    // not fit.
+    let smallest: u64 = g
+        .tensors()
+        .iter()
+        .filter(|t| is_matrix(t))
+        .map(|t| (candidate_types(t.dims[0])[0].row_bytes(t.dims[0]).unwrap_or(0) * (t.n_elements() / t.dims[0])) as u64)
+        .sum();
+    if smallest + fixed > total {
+        return Err(ModelError::Unconvertible {
+            file: target.to_string(),
+            what: format!(
+                "a budget of {total} bytes ({:.3} bits per weight) is below the smallest mix exo can write, {} bytes ({:.3} bits per weight)",
+                total as f64 * 8.0 / n_weights as f64,
+                smallest + fixed,
+                (smallest + fixed) as f64 * 8.0 / n_weights as f64
+            ),
+        });
+    }
+    let (stats, options) = {
+        let mut m = load_base(g.path())?;
+        let tokens = m.tokenizer.encode(calibration, true, false)?;
+        let stats = calibration::collect(&m.transformer, &tokens, CALIBRATION_CTX)?;
+        let options = measure(g, &stats, &mut m.transformer, &tokens[..tokens.len().min(KL_SAMPLE)])?;
+        (stats, options)
+    };
+    let chosen = plan::choose(&options, total - fixed).map_err(|e| ModelError::Unconvertible {
+        file: target.to_string(),
+        what: format!("{e} (the rest takes {fixed} bytes of the {total} allowed)"),
+    })?;
+    Ok((stats, chosen))
 }
 
 /// The type most tensors of the mix use (named in the file's metadata).
