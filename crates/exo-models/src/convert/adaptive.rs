@@ -4,8 +4,8 @@
 //! 1. The base (the input's values re-quantized to Q8_0, nearly lossless) runs the calibration
 //!    text and records the mean square of every input column of every matrix
 //!    ([`crate::calibration`]): the importance that weighs each column's weight errors.
-//! 2. Every matrix is packed in every candidate type (Q3_K, Q4_K, Q5_K, Q6_K, Q8_0; Q4_0, Q5_0, Q8_0
-//!    for rows that are not whole 256-value super-blocks), with scales chosen for that importance
+//! 2. Every matrix is packed in every candidate type (Q3_K, Q4_K, Q5_K, Q6_K, Q8_0; Q4_0, Q4_1,
+//!    Q5_0, Q5_1, Q8_0 for rows that are not whole 256-value super-blocks), with scales chosen for that importance
 //!    ([`exo_quant::quantize_weighted`]), and the importance-weighted error of each is measured
 //!    ([`exo_quant::plan::weighted_error`]) on up to 256 evenly spaced rows: only the smallest
 //!    candidate, which step 3 runs, is packed whole.
@@ -58,12 +58,15 @@ const KL_SAMPLE: usize = 64;
 /// probe) is packed whole.
 const ERROR_ROWS: usize = 256;
 
-/// Candidate types for rows of `cols` values, smallest first.
+/// Candidate types for rows of `cols` values, smallest first. Rows that are not whole k-quant
+/// super-blocks (Qwen2.5-0.5B's 896) get every legacy type, for steps of half a bit per weight:
+/// with Q5_0 and Q8_0 alone, the 136 M-weight output matrix of that model could only grow by 51 MB
+/// at once, and `--target-bpw 6` left 32 MB of its budget unused.
 fn candidate_types(cols: usize) -> &'static [GgmlType] {
     if cols.is_multiple_of(256) {
         &[GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q8_0]
     } else {
-        &[GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0]
+        &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0]
     }
 }
 
@@ -212,4 +215,18 @@ fn measure(g: &GgufFile, stats: &ActivationStats, t: &mut Transformer, sample: &
         out.push(TensorOptions { name: info.name.clone(), candidates });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_below_q8_0_are_at_most_a_bit_per_weight_apart() {
+        for cols in [576, 896, 1536, 4864] {
+            let bpw: Vec<f64> = candidate_types(cols).iter().map(|t| t.row_bytes(cols).unwrap() as f64 * 8.0 / cols as f64).collect();
+            assert!(bpw.windows(2).all(|w| w[0] < w[1]), "{cols}: {bpw:?}");
+            assert!(bpw[..bpw.len() - 1].windows(2).all(|w| w[1] - w[0] <= 1.1), "{cols}: {bpw:?}");
+        }
+    }
 }
