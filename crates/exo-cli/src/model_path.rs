@@ -45,8 +45,53 @@ pub fn quantize_format(name: Option<&str>) -> anyhow::Result<Option<exo_quant::Q
     let Some(name) = name else { return Ok(None) };
     match exo_quant::QuantFormat::from_name(name) {
         Some(f) if f.can_quantize() => Ok(Some(f)),
-        _ => bail!("--quantize '{name}' is not a format exo quantizes to ({})", exo_quant::QUANTIZABLE),
+        _ => bail!("--quantize '{name}' is not a format exo quantizes to ({}) nor auto", exo_quant::QUANTIZABLE),
     }
+}
+
+/// The flags that go with `--quantize auto`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct AutoQuantArgs {
+    /// With --quantize auto: the memory the weights may take, e.g. 900MiB or 1.2GB. It covers the
+    /// matrices and vectors, not the KV cache (sized by --ctx-size and --kv-type, and in exo serve
+    /// by --kv-memory).
+    #[arg(long = "memory-budget", value_parser = crate::parse_bytes)]
+    pub memory_budget: Option<u64>,
+    /// With --quantize auto: the text each matrix's sensitivity is measured on (default: about
+    /// 3 kB bundled with exo).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+}
+
+/// What `--quantize` and its companion flags ask for: `None` for the weights as stored.
+pub fn quantize_flags(name: Option<&str>, auto: &AutoQuantArgs) -> anyhow::Result<Option<exo_models::auto::Quantize>> {
+    use exo_models::auto::{AutoQuant, Quantize};
+    if name == Some("auto") {
+        let Some(budget) = auto.memory_budget else {
+            bail!("--quantize auto needs --memory-budget SIZE: the memory the weights may take (e.g. 900MiB), which the mix of types is fitted to")
+        };
+        let calibration = match &auto.calibration {
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading --calibration {}", p.display()))?,
+            None => exo_models::calibration::DEFAULT_TEXT.to_string(),
+        };
+        return Ok(Some(Quantize::Auto(AutoQuant { budget, calibration })));
+    }
+    if auto.memory_budget.is_some() || auto.calibration.is_some() {
+        bail!("--memory-budget and --calibration go with --quantize auto only");
+    }
+    Ok(quantize_format(name)?.map(Quantize::Format))
+}
+
+/// Loads the model at `path` with `opts` and `quantize` (see [`quantize_flags`]), reporting on
+/// stderr what `--quantize auto` did and the load time.
+pub fn load_quantized(path: &Path, opts: &exo_models::LoadOptions, quantize: Option<&exo_models::auto::Quantize>) -> anyhow::Result<exo_models::LoadedModel> {
+    let t = std::time::Instant::now();
+    let (m, report) = exo_models::auto::load_with(path, opts, quantize).with_context(|| format!("loading {}", path.display()))?;
+    for line in report.iter().flat_map(exo_models::auto::AutoReport::describe) {
+        eprintln!("exo: {line}");
+    }
+    tracing::info!("loaded {} in {:.2?} on {}", path.display(), t.elapsed(), m.transformer.device());
+    Ok(m)
 }
 
 /// Loads the model at `path` with `opts` (weights widened to f32, or re-quantized).

@@ -26,9 +26,11 @@ pub struct PerplexityArgs {
     #[arg(long)]
     kld_base: Option<String>,
     /// Re-quantize MODEL's matrices to this format while loading (q4_K, q8_0, nf4, fp8, int8,
-    /// int4, ...); the KLD base is loaded as it is.
+    /// int4, ..., or auto with --memory-budget: see exo run --help); the KLD base is loaded as it is.
     #[arg(long)]
     quantize: Option<String>,
+    #[command(flatten)]
+    auto_quant: crate::model_path::AutoQuantArgs,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
@@ -38,8 +40,8 @@ pub fn main(a: PerplexityArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let path = crate::model_path::resolve(&a.model)?;
-    let quantize = crate::model_path::quantize_format(a.quantize.as_deref())?;
-    let model = crate::model_path::load_path(&path, &LoadOptions { quantize, ..Default::default() })?;
+    let quantize = crate::model_path::quantize_flags(a.quantize.as_deref(), &a.auto_quant)?;
+    let model = crate::model_path::load_quantized(&path, &LoadOptions::default(), quantize.as_ref())?;
     let base = match a.kld_base.as_deref() {
         None => None,
         Some("dequantized") => Some(crate::model_path::load_path(&path, &LoadOptions { dequantize: true, ..Default::default() })?),

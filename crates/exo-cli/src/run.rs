@@ -73,9 +73,14 @@ pub struct RunArgs {
     #[arg(long)]
     verbose: bool,
     /// Re-quantize the matrices to this format while loading (q4_K, q8_0, nf4, fp8, int8, int4,
-    /// ...); for a float model, or to try a format before writing it with `exo quantize`.
+    /// ...); for a float model, or to try a format before writing it with `exo quantize`. `auto`
+    /// picks a type per matrix by measured sensitivity to fit --memory-budget, as `exo quantize
+    /// --max-size` does, and caches that plan next to the model (MODEL.exo-plan-*.json) so that
+    /// the next load only re-quantizes.
     #[arg(long)]
     quantize: Option<String>,
+    #[command(flatten)]
+    auto_quant: crate::model_path::AutoQuantArgs,
     /// Decode speculatively with this draft model (a path or a cache name), which must share
     /// the model's vocabulary; the output is what the model alone would produce.
     #[arg(long, conflicts_with = "spec", group = "speculation")]
@@ -105,15 +110,14 @@ const BATCH: usize = 512;
 
 pub fn main(a: RunArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
-    let quantize = crate::model_path::quantize_format(a.quantize.as_deref())?;
+    let quantize = crate::model_path::quantize_flags(a.quantize.as_deref(), &a.auto_quant)?;
     let opts = exo_models::LoadOptions {
-        quantize,
         device: crate::model_path::device(&a.device)?,
         gpu_layers: a.gpu_layers,
         gpu_ctx: a.ctx_size,
         ..Default::default()
     };
-    let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
+    let model = crate::model_path::load_quantized(&crate::model_path::resolve(&a.model)?, &opts, quantize.as_ref())?;
     let train_ctx = model.transformer.config().train_ctx;
     let ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));
     let params = GenerateParams {

@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// decodes plainly where speculation is slower (on a CPU, from a few concurrent requests).
     #[arg(long, requires = "speculation")]
     spec_always: bool,
+    /// Re-quantize each generator's matrices while loading: a format (q4_K, q8_0, nf4, ...) or
+    /// `auto`, a type per matrix by measured sensitivity fitted to --memory-budget (see exo run
+    /// --help), for each model; the plan is cached next to the model.
+    #[arg(long)]
+    quantize: Option<String>,
+    #[command(flatten)]
+    auto_quant: crate::model_path::AutoQuantArgs,
     /// Where to run: auto or cpu. The batching scheduler has no GPU path yet, so `auto` means
     /// the CPU here and `cuda` is refused (`exo run` and `exo bench` run on the GPU).
     #[arg(long, default_value = "auto")]
@@ -81,6 +88,7 @@ pub struct ServeArgs {
 pub fn main(a: ServeArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
     let models = model_specs(&a.models)?;
+    let quantize = crate::model_path::quantize_flags(a.quantize.as_deref(), &a.auto_quant)?;
     let spec_config = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min, gate: !a.spec_always };
     let speculation = match (&a.draft, a.spec) {
         (Some(d), _) => Some(SpeculationSpec { draft: Some(crate::model_path::resolve(d).context("--draft")?), config: spec_config }),
@@ -98,6 +106,7 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         parallel: usize::from(a.parallel),
         kv_type: a.kv_type,
         kv_memory: a.kv_memory,
+        quantize,
         context_policy: a.context_policy,
         queue: a.queue,
         max_body_bytes: a.max_body,

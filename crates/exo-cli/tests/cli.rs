@@ -352,3 +352,18 @@ fn quantize_refuses_budgets_below_the_smallest_mix() {
     fails_with(&["quantize", p, out, "--target-bpw", "3"], &["out.gguf", "below the smallest mix", "3.000 bits per weight"]);
     fails_with(&["quantize", p, out, "--imatrix"], &["--imatrix", "--type"]);
 }
+
+#[test]
+fn quantize_auto_flags_are_checked_before_loading() {
+    let p = model_file(SMOLLM2);
+    let p = p.to_str().unwrap();
+    fails_with(&["run", p, "hi", "--quantize", "auto"], &["--quantize auto needs --memory-budget"]);
+    fails_with(&["run", p, "hi", "--quantize", "q4_K", "--memory-budget", "50MB"], &["--memory-budget", "--quantize auto only"]);
+    fails_with(&["run", p, "hi", "--memory-budget", "50MB"], &["--memory-budget", "--quantize auto only"]);
+    fails_with(&["run", p, "hi", "--quantize", "auto", "--memory-budget", "50 parsecs"], &["unknown size unit 'parsecs'"]);
+    fails_with(&["run", p, "hi", "--quantize", "auto", "--memory-budget", "1GB", "--calibration", "/nonexistent/cal.txt"], &["--calibration", "/nonexistent/cal.txt"]);
+    fails_with(&["run", p, "hi", "--quantize", "auto4"], &["--quantize 'auto4'", "nor auto"]);
+    // Refused before the minutes-long analysis, naming the budget and the smallest mix.
+    fails_with(&["run", p, "hi", "--quantize", "auto", "--memory-budget", "20MB"], &["20000000 bytes", "below the smallest mix"]);
+    fails_with(&["serve", "-m", p, "--port", "0", "--quantize", "auto"], &["--quantize auto needs --memory-budget"]);
+}

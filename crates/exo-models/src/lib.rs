@@ -13,6 +13,7 @@
 //!
 //! [`Matrix`]: exo_kernels::Matrix
 
+pub mod auto;
 pub mod bert;
 pub mod calibration;
 pub mod config;
@@ -34,6 +35,7 @@ use exo_formats::{GgufFile, HfModelDir};
 pub use exo_kernels::kv::{KvCache, KvType, BLOCK_TOKENS};
 use exo_tokenizer::Tokenizer;
 pub use transformer::{Logits, Scratch, Segment, State, Transformer};
+pub use weights::QuantMix;
 use weights::{WeightFile, Weights};
 
 /// Errors from loading or running a model. Messages name the file, the tensor or field, and the
@@ -213,6 +215,9 @@ pub struct LoadOptions {
     pub dequantize: bool,
     /// Re-quantize every matrix to this format while loading (`exo run --quantize nf4`).
     pub quantize: Option<exo_quant::QuantFormat>,
+    /// Re-quantize each matrix to the type this mix gives it while loading (`--quantize auto`,
+    /// see [`auto`]); takes precedence over `quantize`.
+    pub mix: Option<std::sync::Arc<QuantMix>>,
     /// Where the forward pass runs.
     pub device: Device,
     /// With a GPU device: how many layers it runs (`--gpu-layers`).
@@ -292,7 +297,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> 
             WeightFile::Gguf(g) => Tokenizer::from_gguf(g),
             WeightFile::Hf(h) => Tokenizer::from_hf_dir(h),
         });
-        let weights = Weights::new(&file, config.arch, opts.dequantize).with_quantize(opts.quantize);
+        let weights = Weights::new(&file, config.arch, opts.dequantize).with_quantize(opts.quantize).with_mix(opts.mix.clone());
         let transformer = Transformer::load_on(config, &weights, opts);
         (transformer, tokenizer.join().expect("tokenizer construction does not panic"))
     });

@@ -5,6 +5,9 @@
 //! Bytes stay in the mapped files: nothing is copied unless the caller asks for dequantized
 //! weights or a tensor's address is misaligned.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use exo_formats::{FloatType, GgmlType, GgufFile, HfModelDir, SafeTensorInfo};
 use exo_kernels::Matrix;
 use exo_quant::QuantFormat;
@@ -20,19 +23,46 @@ pub enum WeightFile {
     Hf(HfModelDir),
 }
 
+/// A type per matrix, as `--quantize auto` chooses them ([`crate::auto`]), each with the column
+/// importance its scales are chosen for ([`exo_quant::quantize_weighted`]), as `exo quantize`
+/// writes the same mix.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuantMix {
+    matrices: HashMap<String, (GgmlType, Option<Vec<f32>>)>,
+}
+
+impl QuantMix {
+    /// Sets matrix `name` (a GGUF tensor name) to `ty`, packed weighing each input column's
+    /// errors by `importance` (unweighted without it).
+    pub fn set(&mut self, name: String, ty: GgmlType, importance: Option<Vec<f32>>) {
+        self.matrices.insert(name, (ty, importance));
+    }
+
+    /// The type and importance of matrix `name`, if the mix names it.
+    pub fn get(&self, name: &str) -> Option<(GgmlType, Option<&[f32]>)> {
+        self.matrices.get(name).map(|(t, w)| (*t, w.as_deref()))
+    }
+
+    /// Every matrix the mix names, with its type and importance, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, GgmlType, Option<&[f32]>)> {
+        self.matrices.iter().map(|(n, (t, w))| (n.as_str(), *t, w.as_deref()))
+    }
+}
+
 /// Reads tensors for one model.
 pub struct Weights<'a> {
     file: &'a WeightFile,
     arch: Arch,
     dequantize: bool,
     quantize: Option<QuantFormat>,
+    mix: Option<Arc<QuantMix>>,
 }
 
 impl<'a> Weights<'a> {
     /// A reader over `file` for architecture `arch`; with `dequantize`, every matrix is widened to
     /// f32 (the reference float path tests compare against `transformers`).
     pub fn new(file: &'a WeightFile, arch: Arch, dequantize: bool) -> Self {
-        Self { file, arch, dequantize, quantize: None }
+        Self { file, arch, dequantize, quantize: None, mix: None }
     }
 
     /// The same reader, re-quantizing every matrix to `format` as it is loaded (from the file's
@@ -40,6 +70,12 @@ impl<'a> Weights<'a> {
     /// number of the format's blocks keep the file's type.
     pub fn with_quantize(self, format: Option<QuantFormat>) -> Self {
         Self { quantize: format, ..self }
+    }
+
+    /// The same reader, re-quantizing the matrices that `mix` names to their types as they are
+    /// loaded (others keep the file's type); it takes precedence over [`Weights::with_quantize`].
+    pub fn with_mix(self, mix: Option<Arc<QuantMix>>) -> Self {
+        Self { mix, ..self }
     }
 
     /// The file, for error messages.
@@ -65,11 +101,23 @@ impl<'a> Weights<'a> {
             return Err(self.shape_err(name, &[rows, cols], &dims));
         }
         let m = Matrix::new(name, ty, rows, cols, bytes)?;
+        let quant_err = |e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) };
+        if let Some((to, importance)) = self.mix.as_deref().and_then(|mix| mix.get(name)).filter(|_| !self.dequantize) {
+            if to == ty {
+                return Ok(m);
+            }
+            let f = QuantFormat::Ggml(to);
+            let values = m.to_f32();
+            let packed = match importance {
+                Some(w) => exo_quant::quantize_weighted(f, &values, cols, w),
+                None => exo_quant::quantize(f, &values, cols),
+            };
+            return Ok(Matrix::from_quant(name, f, rows, cols, &packed.map_err(quant_err)?)?);
+        }
         match self.quantize {
             _ if self.dequantize => Ok(if ty != GgmlType::F32 { m.dequantized() } else { m }),
             Some(f) if f != QuantFormat::Ggml(ty) && f.row_bytes(cols).is_some() => {
-                let packed = exo_quant::quantize(f, &m.to_f32(), cols)
-                    .map_err(|e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) })?;
+                let packed = exo_quant::quantize(f, &m.to_f32(), cols).map_err(quant_err)?;
                 Ok(Matrix::from_quant(name, f, rows, cols, &packed)?)
             }
             _ => Ok(m),
@@ -117,7 +165,7 @@ impl<'a> Weights<'a> {
             if dims != [rows, cols] {
                 return Err(self.shape_err(name, &[rows, cols], &dims));
             }
-            if self.dequantize || self.quantize.is_some() || !exo_kernels::is_repacked(t) || ty.is_some_and(|ty| ty != t) {
+            if self.dequantize || self.quantize.is_some() || self.mix.is_some() || !exo_kernels::is_repacked(t) || ty.is_some_and(|ty| ty != t) {
                 return Ok(None);
             }
             ty = Some(t);

@@ -104,6 +104,46 @@ fn weighted_symmetric_codes(x: &[f32], w: &[f32], half: i32, b: &mut [u8]) -> [u
     std::array::from_fn(|i| (crate::kquants::fit::symmetric_code(x[i], id, -half, half - 1) + half) as u8)
 }
 
+/// Packs a row into Q4_1 blocks whose scale and minimum minimise the error weighted by `w`.
+pub fn quantize_q4_1_weighted(src: &[f32], w: &[f32], dst: &mut [u8]) {
+    for ((x, w), b) in src.chunks_exact(QK).zip(w.chunks_exact(QK)).zip(dst.chunks_exact_mut(20)) {
+        let q = weighted_affine_codes(x, w, 15, b);
+        pack_codes(&q, &mut b[4..], None);
+    }
+}
+
+/// Packs a row into Q5_1 blocks whose scale and minimum minimise the error weighted by `w`.
+pub fn quantize_q5_1_weighted(src: &[f32], w: &[f32], dst: &mut [u8]) {
+    for ((x, w), b) in src.chunks_exact(QK).zip(w.chunks_exact(QK)).zip(dst.chunks_exact_mut(24)) {
+        let q = weighted_affine_codes(x, w, 31, b);
+        let (qh, qs) = b[4..].split_at_mut(4);
+        pack_codes(&q, qs, Some(qh));
+    }
+}
+
+/// Codes in `0..=top` for `x ≈ d·q + m`, with `d` and `m` stored as f16 at `b[0..4]`: of ggml's
+/// rule (the block's extremes) and the weighted least-squares fit of the k-quants (which keeps
+/// `m ≤ 0`), whichever has the smaller weighted error once both are rounded to f16 as the
+/// dequantizer reads them.
+fn weighted_affine_codes(x: &[f32], w: &[f32], top: u8, b: &mut [u8]) -> [u8; QK] {
+    let (d, lo, _) = affine_codes(x, top);
+    let (scale, min) = crate::kquants::fit::affine(x, w, top);
+    let stored = |v: f32| half::f16::from_f32(v).to_f32();
+    let codes = |d: f32, m: f32| -> [u8; QK] { std::array::from_fn(|i| ((x[i] - m) * inverse(d)).round().clamp(0.0, f32::from(top)) as u8) };
+    let error = |d: f32, m: f32| -> f32 {
+        let q = codes(d, m);
+        x.iter().zip(w).zip(q).map(|((&v, &w), q)| w * (v - (d * f32::from(q) + m)).powi(2)).sum()
+    };
+    let ((d, m), _) = [(stored(d), stored(lo)), (stored(scale), stored(-min))]
+        .into_iter()
+        .map(|c| (c, error(c.0, c.1)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("two candidates");
+    put_f16(b, d);
+    put_f16(&mut b[2..], m);
+    codes(d, m)
+}
+
 /// Packs a row into Q4_1 blocks (20 bytes per 32 values).
 pub fn quantize_q4_1(src: &[f32], dst: &mut [u8]) {
     for (x, b) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(20)) {

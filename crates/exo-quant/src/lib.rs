@@ -153,12 +153,12 @@ pub fn quantize(format: QuantFormat, values: &[f32], cols: usize) -> Result<Vec<
     pack(format, values, cols, None)
 }
 
-/// Like [`quantize`], with the scales of Q4_0, Q5_0 and the k-quants chosen to minimise the
+/// Like [`quantize`], with the scales of Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants chosen to minimise the
 /// squared error weighted by column: `importance[c]` is the mean square of the activation that
 /// multiplies column `c` (an importance matrix, as llama.cpp's `--imatrix` calls it), so the
 /// search minimises the error of the matrix's outputs rather than of its weights. The other
-/// formats have no scale search and pack as [`quantize`] does; Q4_0 and Q5_0 then differ from
-/// ggml's reference bytes but not in layout.
+/// formats (Q8_0, NF4, FP8, INT8, INT4) pack as [`quantize`] does; the legacy ggml types then
+/// differ from ggml's reference bytes but not in layout.
 pub fn quantize_weighted(format: QuantFormat, values: &[f32], cols: usize, importance: &[f32]) -> Result<Vec<u8>, QuantError> {
     if importance.len() != cols {
         let format = format.name().to_string();
@@ -238,6 +238,8 @@ fn quantize_row(format: QuantFormat, src: &[f32], w: &[f32], weighted: bool, dst
     match format {
         QuantFormat::Ggml(G::Q4_0) if weighted => legacy::quantize_q4_0_weighted(src, w, dst),
         QuantFormat::Ggml(G::Q5_0) if weighted => legacy::quantize_q5_0_weighted(src, w, dst),
+        QuantFormat::Ggml(G::Q4_1) if weighted => legacy::quantize_q4_1_weighted(src, w, dst),
+        QuantFormat::Ggml(G::Q5_1) if weighted => legacy::quantize_q5_1_weighted(src, w, dst),
         QuantFormat::Ggml(G::Q4_0) => legacy::quantize_q4_0(src, dst),
         QuantFormat::Ggml(G::Q4_1) => legacy::quantize_q4_1(src, dst),
         QuantFormat::Ggml(G::Q5_0) => legacy::quantize_q5_0(src, dst),

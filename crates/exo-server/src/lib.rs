@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub kv_type: exo_models::KvType,
     /// Bytes of KV cache per model; `None`: a quarter of the available memory.
     pub kv_memory: Option<u64>,
+    /// How each generator's matrices are re-quantized while loading; `None`: as stored.
+    pub quantize: Option<exo_models::auto::Quantize>,
     /// What happens at the context window when a request does not say.
     pub context_policy: exo_engine::ContextPolicy,
     /// Requests each model lets wait for a slot before answering 503.
@@ -208,7 +210,12 @@ fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerErr
             let embedder = exo_models::Embedder::load(&spec.path).map_err(load_error)?;
             Runner::Embedder(EmbeddingRunner::new(embedder, config.parallel, config.queue))
         } else {
-            let model = exo_models::load(&spec.path, &options).map_err(load_error)?;
+            let (model, report) = exo_models::auto::load_with(&spec.path, &options, config.quantize.as_ref()).map_err(load_error)?;
+            // At warn level, which the server shows by default: the analysis can take minutes,
+            // and a cache that could not be used makes the next start as slow.
+            for line in report.iter().flat_map(exo_models::auto::AutoReport::describe) {
+                tracing::warn!("{}: {line}", spec.name);
+            }
             let ctx = config.ctx_size.unwrap_or(model.transformer.config().train_ctx.min(4096));
             let engine_config = EngineConfig {
                 parallel: config.parallel,

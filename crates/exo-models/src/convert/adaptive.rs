@@ -4,8 +4,8 @@
 //! 1. The base (the input's values re-quantized to Q8_0, nearly lossless) runs the calibration
 //!    text and records the mean square of every input column of every matrix
 //!    ([`crate::calibration`]): the importance that weighs each column's weight errors.
-//! 2. Every matrix is packed in every candidate type (Q3_K, Q4_K, Q5_K, Q6_K, Q8_0; Q4_0, Q5_0, Q8_0
-//!    for rows that are not whole 256-value super-blocks), with scales chosen for that importance
+//! 2. Every matrix is packed in every candidate type (Q3_K, Q4_K, Q5_K, Q6_K, Q8_0; Q4_0, Q4_1,
+//!    Q5_0, Q5_1, Q8_0 for rows that are not whole 256-value super-blocks), with scales chosen for that importance
 //!    ([`exo_quant::quantize_weighted`]), and the importance-weighted error of each is measured
 //!    ([`exo_quant::plan::weighted_error`]) on up to 256 evenly spaced rows: only the smallest
 //!    candidate, which step 3 runs, is packed whole.
@@ -58,12 +58,15 @@ const KL_SAMPLE: usize = 64;
 /// probe) is packed whole.
 const ERROR_ROWS: usize = 256;
 
-/// Candidate types for rows of `cols` values, smallest first.
+/// Candidate types for rows of `cols` values, smallest first. Rows that are not whole k-quant
+/// super-blocks (Qwen2.5-0.5B's 896) get every legacy type, for steps of half a bit per weight:
+/// with Q5_0 and Q8_0 alone, the 136 M-weight output matrix of that model could only grow by 51 MB
+/// at once, and `--target-bpw 6` left 32 MB of its budget unused.
 fn candidate_types(cols: usize) -> &'static [GgmlType] {
     if cols.is_multiple_of(256) {
         &[GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q8_0]
     } else {
-        &[GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0]
+        &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0]
     }
 }
 
@@ -95,42 +98,11 @@ pub fn quantize_adaptive(
             Budget::BitsPerWeight(b) => (b * n_weights as f64 / 8.0) as u64,
             Budget::Bytes(b) => b,
         };
-        // Everything but the matrices: vectors (written as f32) and the header, which the
-        // input's header approximates (same metadata, same tensor names).
-        let vectors: u64 = g.tensors().iter().filter(|t| !is_matrix(t)).map(|t| 4 * t.n_elements() as u64).sum();
+        // Everything but the matrices: vectors and the header, which the input's header
+        // approximates (same metadata, same tensor names).
         let input_data: u64 = g.tensors().iter().map(|t| t.ggml_type.row_bytes(t.dims[0]).unwrap_or(0) as u64 * (t.n_elements() / t.dims[0].max(1)) as u64).sum();
         let header = std::fs::metadata(g.path()).map(|m| m.len()).unwrap_or(0).saturating_sub(input_data);
-        let fixed = vectors + header;
-        // Refused before the analysis (minutes on a large model) when even the smallest types
-        // do not fit.
-        let smallest: u64 = g
-            .tensors()
-            .iter()
-            .filter(|t| is_matrix(t))
-            .map(|t| (candidate_types(t.dims[0])[0].row_bytes(t.dims[0]).unwrap_or(0) * (t.n_elements() / t.dims[0])) as u64)
-            .sum();
-        if smallest + fixed > total {
-            return Err(ModelError::Unconvertible {
-                file: output.display().to_string(),
-                what: format!(
-                    "a budget of {total} bytes ({:.3} bits per weight) is below the smallest mix exo can write, {} bytes ({:.3} bits per weight)",
-                    total as f64 * 8.0 / n_weights as f64,
-                    smallest + fixed,
-                    (smallest + fixed) as f64 * 8.0 / n_weights as f64
-                ),
-            });
-        }
-        let (stats, options) = {
-            let mut m = load_base(g.path())?;
-            let tokens = m.tokenizer.encode(calibration, true, false)?;
-            let stats = calibration::collect(&m.transformer, &tokens, CALIBRATION_CTX)?;
-            let options = measure(g, &stats, &mut m.transformer, &tokens[..tokens.len().min(KL_SAMPLE)])?;
-            (stats, options)
-        };
-        let chosen = plan::choose(&options, total.saturating_sub(fixed)).map_err(|e| ModelError::Unconvertible {
-            file: output.display().to_string(),
-            what: format!("{e} (the rest of the file takes {fixed} bytes of the {total} allowed)"),
-        })?;
+        let (stats, chosen) = plan_mix(g, total, header, calibration, &output.display().to_string())?;
         let types: HashMap<&str, GgmlType> = chosen
             .choices
             .iter()
@@ -141,6 +113,52 @@ pub fn quantize_adaptive(
         let (report, ()) = write_gguf(g, output, main, |info| Ok((types[info.name.as_str()], stats.importance(&info.name, tied))))?;
         Ok((report, chosen.clone()))
     })
+}
+
+/// Bytes of `g`'s vectors, which stay f32 (in files and in memory).
+pub(crate) fn vector_bytes(g: &GgufFile) -> u64 {
+    g.tensors().iter().filter(|t| !is_matrix(t)).map(|t| 4 * t.n_elements() as u64).sum()
+}
+
+/// The analysis behind every budget (`exo quantize --target-bpw/--max-size`, `--quantize auto
+/// --memory-budget`): the activation statistics of the GGUF model `g` on `calibration` text, and
+/// the type of each matrix with the least predicted KL divergence within `total` bytes, of which
+/// the vectors (f32) and `overhead` bytes (a file's header) take their share first. `target`
+/// names what is made, for errors.
+pub(crate) fn plan_mix(g: &GgufFile, total: u64, overhead: u64, calibration: &str, target: &str) -> Result<(ActivationStats, QuantPlan), ModelError> {
+    let n_weights: u64 = g.tensors().iter().map(|t| t.n_elements() as u64).sum();
+    let fixed = vector_bytes(g) + overhead;
+    // Refused before the analysis (minutes on a large model) when even the smallest types do
+    // not fit.
+    let smallest: u64 = g
+        .tensors()
+        .iter()
+        .filter(|t| is_matrix(t))
+        .map(|t| (candidate_types(t.dims[0])[0].row_bytes(t.dims[0]).unwrap_or(0) * (t.n_elements() / t.dims[0])) as u64)
+        .sum();
+    if smallest + fixed > total {
+        return Err(ModelError::Unconvertible {
+            file: target.to_string(),
+            what: format!(
+                "a budget of {total} bytes ({:.3} bits per weight) is below the smallest mix exo can write, {} bytes ({:.3} bits per weight)",
+                total as f64 * 8.0 / n_weights as f64,
+                smallest + fixed,
+                (smallest + fixed) as f64 * 8.0 / n_weights as f64
+            ),
+        });
+    }
+    let (stats, options) = {
+        let mut m = load_base(g.path())?;
+        let tokens = m.tokenizer.encode(calibration, true, false)?;
+        let stats = calibration::collect(&m.transformer, &tokens, CALIBRATION_CTX)?;
+        let options = measure(g, &stats, &mut m.transformer, &tokens[..tokens.len().min(KL_SAMPLE)])?;
+        (stats, options)
+    };
+    let chosen = plan::choose(&options, total - fixed).map_err(|e| ModelError::Unconvertible {
+        file: target.to_string(),
+        what: format!("{e} (the rest takes {fixed} bytes of the {total} allowed)"),
+    })?;
+    Ok((stats, chosen))
 }
 
 /// The type most tensors of the mix use (named in the file's metadata).
@@ -197,4 +215,18 @@ fn measure(g: &GgufFile, stats: &ActivationStats, t: &mut Transformer, sample: &
         out.push(TensorOptions { name: info.name.clone(), candidates });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_below_q8_0_are_at_most_a_bit_per_weight_apart() {
+        for cols in [576, 896, 1536, 4864] {
+            let bpw: Vec<f64> = candidate_types(cols).iter().map(|t| t.row_bytes(cols).unwrap() as f64 * 8.0 / cols as f64).collect();
+            assert!(bpw.windows(2).all(|w| w[0] < w[1]), "{cols}: {bpw:?}");
+            assert!(bpw[..bpw.len() - 1].windows(2).all(|w| w[1] - w[0] <= 1.1), "{cols}: {bpw:?}");
+        }
+    }
 }

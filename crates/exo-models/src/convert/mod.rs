@@ -28,6 +28,8 @@ use crate::config::Arch;
 use crate::ModelError;
 
 pub use adaptive::{quantize_adaptive, Budget};
+pub(crate) use adaptive::{plan_mix, vector_bytes};
+pub(crate) use quantize::{is_matrix, tied};
 pub use quantize::{quantize, quantize_with_importance, QuantizeReport, GGUF_TARGETS};
 pub use to_gguf::hf_to_gguf;
 pub use to_hf::gguf_to_hf;

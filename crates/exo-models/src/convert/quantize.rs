@@ -69,7 +69,7 @@ pub fn quantize_with_importance(input: &Path, output: &Path, target: QuantFormat
 }
 
 /// Whether `g`'s LM head is its token embedding.
-pub(super) fn tied(g: &GgufFile) -> bool {
+pub(crate) fn tied(g: &GgufFile) -> bool {
     g.tensor("output.weight").is_none()
 }
 
@@ -144,7 +144,7 @@ fn with_gguf_path<T>(input: &Path, output: &Path, f: impl FnOnce(&Path) -> Resul
 }
 
 /// Whether llama.cpp would quantize this tensor: a `*.weight` of at least two non-unit dims.
-pub(super) fn is_matrix(info: &TensorInfo) -> bool {
+pub(crate) fn is_matrix(info: &TensorInfo) -> bool {
     info.dims.iter().filter(|&&d| d > 1).count() >= 2 && info.name.ends_with(".weight")
 }
 
