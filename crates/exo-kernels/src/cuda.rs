@@ -364,29 +364,7 @@ impl Gpu {
     pub fn rope_kv(&self, r: &RopeArgs, t: usize) -> Result<()> {
         let h = r.heads;
         let heads = (h.n_heads + h.n_kv_heads) as u32;
-        self.launch(
-            "rope_kv",
-            (heads, t as u32, 1),
-            (h.head_dim / 2) as u32,
-            0,
-            &[
-                Arg::P(h.qkv),
-                Arg::I(h.stride as i32),
-                Arg::P(h.io),
-                Arg::I(h.n_heads as i32),
-                Arg::I(h.n_kv_heads as i32),
-                Arg::I(h.head_dim as i32),
-                Arg::P(r.cos),
-                Arg::P(r.sin),
-                Arg::I(r.neox as i32),
-                Arg::P(r.bias),
-                Arg::P(r.q_norm),
-                Arg::P(r.k_norm),
-                Arg::F(r.eps),
-                Arg::P(h.k_cache),
-                Arg::P(h.v_cache),
-            ],
-        )
+        self.launch("rope_kv", (heads, t as u32, 1), (h.head_dim / 2) as u32, 0, &rope_arg_list(r))
     }
 
     /// Causal attention of `t` queries (rows of `a.qkv`) over the cache, split into `nsplit`
@@ -431,38 +409,20 @@ impl Gpu {
     pub fn attention_decode(&self, r: &RopeArgs, a: &AttnArgs, chunk: usize, nsplit: usize, cnt: u64, out: Act) -> Result<()> {
         let h = r.heads;
         let smem = ((7 * h.head_dim + chunk) * 4) as u32;
-        self.launch(
-            "attn_decode",
-            (nsplit as u32, h.n_heads as u32, 1),
-            ATTN_THREADS,
-            smem,
-            &[
-                Arg::P(h.qkv),
-                Arg::P(h.io),
-                Arg::I(h.n_heads as i32),
-                Arg::I(h.n_kv_heads as i32),
-                Arg::I(h.head_dim as i32),
-                Arg::P(r.cos),
-                Arg::P(r.sin),
-                Arg::I(r.neox as i32),
-                Arg::P(r.bias),
-                Arg::P(r.q_norm),
-                Arg::P(r.k_norm),
-                Arg::F(r.eps),
-                Arg::F(a.scale),
-                Arg::I(a.window as i32),
-                Arg::I(chunk as i32),
-                Arg::I(nsplit as i32),
-                Arg::P(h.k_cache),
-                Arg::P(h.v_cache),
-                Arg::P(a.part),
-                Arg::P(a.ml),
-                Arg::P(cnt),
-                Arg::P(out.f32),
-                Arg::P(out.q8),
-                Arg::P(out.ds),
-            ],
-        )
+        let mut args = rope_arg_list(r);
+        args.extend([
+            Arg::F(a.scale),
+            Arg::I(a.window as i32),
+            Arg::I(chunk as i32),
+            Arg::I(nsplit as i32),
+            Arg::P(a.part),
+            Arg::P(a.ml),
+            Arg::P(cnt),
+            Arg::P(out.f32),
+            Arg::P(out.q8),
+            Arg::P(out.ds),
+        ]);
+        self.launch("attn_decode", (nsplit as u32, h.n_heads as u32, 1), ATTN_THREADS, smem, &args)
     }
 
     /// Whether [`Gpu::attention_prefill`] takes heads of `head_dim` dimensions.
@@ -520,6 +480,28 @@ impl Gpu {
         let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(|e| GpuError::at("end graph capture", e))?;
         g.map(GpuGraph).ok_or_else(|| GpuError("graph capture recorded nothing".to_string()))
     }
+}
+
+/// The arguments `rope_kv` takes, which `attn_decode` takes first.
+fn rope_arg_list(r: &RopeArgs) -> Vec<Arg> {
+    let h = r.heads;
+    vec![
+        Arg::P(h.qkv),
+        Arg::I(h.stride as i32),
+        Arg::P(h.io),
+        Arg::I(h.n_heads as i32),
+        Arg::I(h.n_kv_heads as i32),
+        Arg::I(h.head_dim as i32),
+        Arg::P(r.cos),
+        Arg::P(r.sin),
+        Arg::I(r.neox as i32),
+        Arg::P(r.bias),
+        Arg::P(r.q_norm),
+        Arg::P(r.k_norm),
+        Arg::F(r.eps),
+        Arg::P(h.k_cache),
+        Arg::P(h.v_cache),
+    ]
 }
 
 /// One layer's `[q | k | v]` rows and KV cache: what [`Gpu::rope_kv`] writes and

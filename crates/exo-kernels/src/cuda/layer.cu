@@ -90,42 +90,30 @@ extern "C" __global__ void rope_kv(float* qkv, int stride, const int* io, int n_
     vc[dst + ib] = __float2half(vb);
 }
 
-// Flash-decoding, first half: block (split, head, token) attends over keys
-// [split·chunk, (split+1)·chunk) ∩ the token's visible range, and writes its unnormalised output
-// with its running max and sum of exponentials. Each thread scores whole keys (no shuffles; q is
+// One split of flash-decoding for the query in qs (scaled, in shared memory): the softmax-weighted
+// sum of the values over keys [k0, k0 + n) of KV head kvh, written unnormalised to out, and the
+// split's (max, sum of exponentials) returned. Each thread scores whole keys (no shuffles; q is
 // broadcast from shared memory); for the weighted sum of values each warp takes every nw-th key
-// with its lanes across the head, and the warps' sums meet in shared memory.
-// Shared memory: head_dim + chunk + (blockDim.x / 32) · head_dim floats. head_dim ≤ 256.
-extern "C" __global__ void attn_partial(const float* qkv, int stride, const int* io, int n_heads, int n_kv_heads,
-                                        int head_dim, float scale, int window, int chunk, int nsplit,
-                                        const __half* kc, const __half* vc, float* part, float2* ml) {
-    extern __shared__ float sm[];
-    int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
-    int qpos = io[0] + t;
-    int first = window > 0 ? max(0, qpos - window + 1) : 0;
-    int k0 = max(first, s * chunk), k1 = min(qpos + 1, (s + 1) * chunk);
-    size_t idx = ((size_t)t * n_heads + h) * nsplit + s;
-    if (k0 >= k1) {
-        if (threadIdx.x == 0) ml[idx] = make_float2(-INFINITY, 0.f);
-        return;
-    }
-    int n = k1 - k0, nw = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float* qs = sm;
-    float* sc = sm + head_dim;
-    float* red = sc + chunk;
-    const float* q = qkv + (size_t)t * stride + h * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[d] * scale;
-    __syncthreads();
-    int kv_dim = n_kv_heads * head_dim, kvh = h / (n_heads / n_kv_heads);
+// with its lanes across the head, and the warps' sums meet in shared memory. When kcur is set,
+// the last key is the token being decoded, read from kcur/vcur (shared memory) instead of the
+// cache. sc holds n floats, red (blockDim.x / 32) · head_dim.
+__device__ float2 attend_split(const float* qs, int k0, int n, int kv_dim, int kvh, int head_dim, const __half* kc,
+                               const __half* vc, const float* kcur, const float* vcur, float* sc, float* red,
+                               float* out) {
+    int nw = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const __half* kbase = kc + (size_t)k0 * kv_dim + kvh * head_dim;
     float m = -INFINITY;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const half2* kr = (const half2*)(kbase + (size_t)j * kv_dim);
         float dot = 0.f;
+        if (kcur && j == n - 1) {
+            for (int d = 0; d < head_dim; d++) dot += qs[d] * kcur[d];
+        } else {
+            const half2* kr = (const half2*)(kbase + (size_t)j * kv_dim);
 #pragma unroll 8
-        for (int d = 0; d < head_dim / 2; d++) {
-            float2 k2 = __half22float2(kr[d]);
-            dot += qs[2 * d] * k2.x + qs[2 * d + 1] * k2.y;
+            for (int d = 0; d < head_dim / 2; d++) {
+                float2 k2 = __half22float2(kr[d]);
+                dot += qs[2 * d] * k2.x + qs[2 * d + 1] * k2.y;
+            }
         }
         sc[j] = dot;
         m = fmaxf(m, dot);
@@ -145,23 +133,56 @@ extern "C" __global__ void attn_partial(const float* qkv, int stride, const int*
     const __half* vbase = vc + (size_t)k0 * kv_dim + kvh * head_dim + lane * per;
 #pragma unroll 4
     for (int j = warp; j < n; j += nw) {
-        const __half* vr = vbase + (size_t)j * kv_dim;
         float p = sc[j];
+        if (vcur && j == n - 1) {
 #pragma unroll
-        for (int i = 0; i < 8; i++)
-            if (i < per) acc[i] += p * __half2float(vr[i]);
+            for (int i = 0; i < 8; i++)
+                if (i < per) acc[i] += p * vcur[lane * per + i];
+        } else {
+            const __half* vr = vbase + (size_t)j * kv_dim;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                if (i < per) acc[i] += p * __half2float(vr[i]);
+        }
     }
 #pragma unroll
     for (int i = 0; i < 8; i++)
         if (i < per) red[warp * head_dim + lane * per + i] = acc[i];
     __syncthreads();
-    float* out = part + idx * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float a = 0.f;
         for (int w = 0; w < nw; w++) a += red[w * head_dim + d];
         out[d] = a;
     }
-    if (threadIdx.x == 0) ml[idx] = make_float2(m, l);
+    return make_float2(m, l);
+}
+
+// Flash-decoding, first half: block (split, head, token) attends over keys
+// [split·chunk, (split+1)·chunk) ∩ the token's visible range (attend_split), and writes its
+// unnormalised output with its running max and sum of exponentials.
+// Shared memory: head_dim + chunk + (blockDim.x / 32) · head_dim floats. head_dim ≤ 256.
+extern "C" __global__ void attn_partial(const float* qkv, int stride, const int* io, int n_heads, int n_kv_heads,
+                                        int head_dim, float scale, int window, int chunk, int nsplit,
+                                        const __half* kc, const __half* vc, float* part, float2* ml) {
+    extern __shared__ float sm[];
+    int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
+    int qpos = io[0] + t;
+    int first = window > 0 ? max(0, qpos - window + 1) : 0;
+    int k0 = max(first, s * chunk), k1 = min(qpos + 1, (s + 1) * chunk);
+    size_t idx = ((size_t)t * n_heads + h) * nsplit + s;
+    if (k0 >= k1) {
+        if (threadIdx.x == 0) ml[idx] = make_float2(-INFINITY, 0.f);
+        return;
+    }
+    float* qs = sm;
+    float* sc = sm + head_dim;
+    float* red = sc + chunk;
+    const float* q = qkv + (size_t)t * stride + h * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[d] * scale;
+    __syncthreads();
+    int kv_dim = n_kv_heads * head_dim, kvh = h / (n_heads / n_kv_heads);
+    float2 r = attend_split(qs, k0, k1 - k0, kv_dim, kvh, head_dim, kc, vc, nullptr, nullptr, sc, red, part + idx * head_dim);
+    if (threadIdx.x == 0) ml[idx] = r;
 }
 
 // Flash-decoding, second half: block (head, token), one thread per dimension, merges the head's
@@ -404,18 +425,18 @@ __device__ __forceinline__ void rotate_head(const float* row, int off, int i, in
 // query head of each KV group writes them to the cache for later tokens. This replaces rope_kv,
 // attn_partial and attn_combine in the captured decode step. cnt: one int per head, at 0.
 // Shared memory: (7 · head_dim + chunk) floats.
-extern "C" __global__ void attn_decode(const float* qkv, const int* io, int n_heads, int n_kv_heads, int head_dim,
-                                       const float* cos_t, const float* sin_t, int neox, const float* bias,
-                                       const float* q_norm, const float* k_norm, float eps, float scale, int window,
-                                       int chunk, int nsplit, __half* kc, __half* vc, float* part, float2* ml,
-                                       int* cnt, float* out, int8_t* q8, float2* ds) {
+// The arguments up to vc are rope_kv's (stride unused: one row).
+extern "C" __global__ void attn_decode(const float* qkv, int stride, const int* io, int n_heads, int n_kv_heads,
+                                       int head_dim, const float* cos_t, const float* sin_t, int neox,
+                                       const float* bias, const float* q_norm, const float* k_norm, float eps,
+                                       __half* kc, __half* vc, float scale, int window, int chunk, int nsplit,
+                                       float* part, float2* ml, int* cnt, float* out, int8_t* q8, float2* ds) {
     extern __shared__ float sm[];
     int s = blockIdx.x, h = blockIdx.y, D = head_dim, tid = threadIdx.x;
     int pos = io[0];
     int first = window > 0 ? max(0, pos - window + 1) : 0;
     int k0 = max(first, s * chunk), k1 = min(pos + 1, (s + 1) * chunk);
     size_t idx = (size_t)h * nsplit + s;
-    int nw = blockDim.x >> 5, lane = tid & 31, warp = tid >> 5;
     if (k0 < k1) {
         float* qs = sm;
         float* kcur = sm + D;
@@ -444,62 +465,9 @@ extern "C" __global__ void attn_decode(const float* qkv, const int* io, int n_he
             }
         }
         __syncthreads();
-        int n = k1 - k0;
-        const __half* kbase = kc + (size_t)k0 * kv_dim + kvh * D;
-        float m = -INFINITY;
-        for (int j = tid; j < n; j += blockDim.x) {
-            float dot = 0.f;
-            if (own && j == n - 1) {
-                for (int d = 0; d < D; d++) dot += qs[d] * kcur[d];
-            } else {
-                const half2* kr = (const half2*)(kbase + (size_t)j * kv_dim);
-#pragma unroll 8
-                for (int d = 0; d < D / 2; d++) {
-                    float2 k2 = __half22float2(kr[d]);
-                    dot += qs[2 * d] * k2.x + qs[2 * d + 1] * k2.y;
-                }
-            }
-            sc[j] = dot;
-            m = fmaxf(m, dot);
-        }
-        m = block_max(m);
-        float l = 0.f;
-        for (int j = tid; j < n; j += blockDim.x) {
-            float p = __expf(sc[j] - m);
-            sc[j] = p;
-            l += p;
-        }
-        l = block_sum(l);
-        int per = D / 32;
-        float acc[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) acc[i] = 0.f;
-        const __half* vbase = vc + (size_t)k0 * kv_dim + kvh * D + lane * per;
-#pragma unroll 4
-        for (int j = warp; j < n; j += nw) {
-            float p = sc[j];
-            if (own && j == n - 1) {
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    if (i < per) acc[i] += p * vcur[lane * per + i];
-            } else {
-                const __half* vr = vbase + (size_t)j * kv_dim;
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    if (i < per) acc[i] += p * __half2float(vr[i]);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            if (i < per) red[warp * D + lane * per + i] = acc[i];
-        __syncthreads();
-        float* po = part + idx * D;
-        for (int d = tid; d < D; d += blockDim.x) {
-            float a = 0.f;
-            for (int w = 0; w < nw; w++) a += red[w * D + d];
-            po[d] = a;
-        }
-        if (tid == 0) ml[idx] = make_float2(m, l);
+        float2 r = attend_split(qs, k0, k1 - k0, kv_dim, kvh, D, kc, vc, own ? kcur : nullptr, own ? vcur : nullptr, sc, red,
+                                part + idx * D);
+        if (tid == 0) ml[idx] = r;
     } else if (tid == 0) {
         ml[idx] = make_float2(-INFINITY, 0.f);
     }
