@@ -159,6 +159,7 @@ impl GpuGraph {
 }
 
 /// One kernel argument.
+#[derive(Clone, Copy)]
 enum Arg {
     P(u64),
     I(i32),
@@ -378,21 +379,19 @@ impl Gpu {
             ATTN_THREADS,
             smem,
             &[
-                Arg::P(h.qkv),
-                Arg::I(h.stride as i32),
-                Arg::P(h.io),
-                Arg::I(h.n_heads as i32),
-                Arg::I(h.n_kv_heads as i32),
-                Arg::I(h.head_dim as i32),
-                Arg::F(a.scale),
-                Arg::I(a.window as i32),
-                Arg::I(chunk as i32),
-                Arg::I(nsplit as i32),
-                Arg::P(h.k_cache),
-                Arg::P(h.v_cache),
-                Arg::P(a.part),
-                Arg::P(a.ml),
-            ],
+                head_arg_list(h).as_slice(),
+                &[
+                    Arg::F(a.scale),
+                    Arg::I(a.window as i32),
+                    Arg::I(chunk as i32),
+                    Arg::I(nsplit as i32),
+                    Arg::P(h.k_cache),
+                    Arg::P(h.v_cache),
+                    Arg::P(a.part),
+                    Arg::P(a.ml),
+                ],
+            ]
+            .concat(),
         )?;
         self.launch(
             "attn_combine",
@@ -482,16 +481,16 @@ impl Gpu {
     }
 }
 
+/// The layout arguments the attention kernels start with: rows, stride, positions, head counts.
+fn head_arg_list(h: &LayerHeads) -> Vec<Arg> {
+    vec![Arg::P(h.qkv), Arg::I(h.stride as i32), Arg::P(h.io), Arg::I(h.n_heads as i32), Arg::I(h.n_kv_heads as i32), Arg::I(h.head_dim as i32)]
+}
+
 /// The arguments `rope_kv` takes, which `attn_decode` takes first.
 fn rope_arg_list(r: &RopeArgs) -> Vec<Arg> {
     let h = r.heads;
-    vec![
-        Arg::P(h.qkv),
-        Arg::I(h.stride as i32),
-        Arg::P(h.io),
-        Arg::I(h.n_heads as i32),
-        Arg::I(h.n_kv_heads as i32),
-        Arg::I(h.head_dim as i32),
+    let mut args = head_arg_list(h);
+    args.extend([
         Arg::P(r.cos),
         Arg::P(r.sin),
         Arg::I(r.neox as i32),
@@ -501,7 +500,8 @@ fn rope_arg_list(r: &RopeArgs) -> Vec<Arg> {
         Arg::F(r.eps),
         Arg::P(h.k_cache),
         Arg::P(h.v_cache),
-    ]
+    ]);
+    args
 }
 
 /// One layer's `[q | k | v]` rows and KV cache: what [`Gpu::rope_kv`] writes and
