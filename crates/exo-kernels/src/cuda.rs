@@ -199,6 +199,14 @@ impl Gpu {
             return Err(GpuError("libcublas not found: add the CUDA libraries' folder to LD_LIBRARY_PATH".to_string()));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| GpuError::at(format!("opening cuda:{ordinal}"), e))?;
+        let cap = |a| ctx.attribute(a).map_err(|e| GpuError::at("reading the compute capability", e));
+        let major = cap(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = cap(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        if major < 8 {
+            // The prompt attention's tensor-core MMAs (m16n8k16) exist from Ampere on; the driver
+            // would otherwise fail later with a bare JIT error while loading the kernels.
+            return Err(GpuError(format!("cuda:{ordinal} ({}) has compute capability {major}.{minor}; exo's CUDA kernels need 8.0 or later (use --device cpu)", ctx.name().unwrap_or_default())));
+        }
         // One stream: the per-buffer events cudarc records for cross-stream safety would only
         // add host work to every launch.
         // SAFETY: all work goes to `stream`, in order.
