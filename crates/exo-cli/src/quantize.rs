@@ -23,9 +23,10 @@ pub struct QuantizeArgs {
     /// weight (file bits / weights, embeddings and output included).
     #[arg(long, conflicts_with = "max_size")]
     target_bpw: Option<f64>,
-    /// Like --target-bpw, for a file size: 1.2GB, 800MB, 750MiB or a number of bytes.
-    #[arg(long)]
-    max_size: Option<String>,
+    /// Like --target-bpw, for a file size: 1.2GB, 800MB, 750MiB or a number of bytes (a bare
+    /// K/M/G is binary, as for --memory-budget and --kv-memory).
+    #[arg(long, value_parser = crate::parse_bytes)]
+    max_size: Option<u64>,
     /// Text to measure sensitivity on (default: about 3 kB bundled with exo).
     #[arg(long)]
     calibration: Option<std::path::PathBuf>,
@@ -47,7 +48,7 @@ pub fn main(a: QuantizeArgs) -> anyhow::Result<()> {
     let budget = match (&a.target_bpw, &a.max_size) {
         (Some(b), _) if !(1.0..=32.0).contains(b) => bail!("--target-bpw {b} is outside 1..32"),
         (Some(b), _) => Some(Budget::BitsPerWeight(*b)),
-        (None, Some(s)) => Some(Budget::Bytes(parse_size(s)?)),
+        (None, Some(bytes)) => Some(Budget::Bytes(*bytes)),
         (None, None) => None,
     };
     let text = || -> anyhow::Result<String> {
@@ -106,35 +107,5 @@ fn print_table(report: &QuantizeReport) {
     eprintln!("layer {}", PARTS.map(|p| format!("{p:>12}")).join(""));
     for (l, parts) in layers {
         eprintln!("{l:>5} {}", PARTS.map(|p| format!("{:>12}", parts.get(p).copied().unwrap_or("-"))).join(""));
-    }
-}
-
-/// Parses 1.2GB, 800MB, 750MiB, 4G or a number of bytes.
-fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| anyhow!("--max-size '{s}' does not start with a number"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        u => bail!("--max-size '{s}': unknown unit '{u}' (B, KB, MB, GB, KiB, MiB, GiB)"),
-    };
-    Ok((n * mult) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes_parse_with_decimal_and_binary_units() {
-        assert_eq!(super::parse_size("1.2GB").unwrap(), 1_200_000_000);
-        assert_eq!(super::parse_size("750MiB").unwrap(), 750 * 1024 * 1024);
-        assert_eq!(super::parse_size("12345").unwrap(), 12345);
-        assert!(super::parse_size("1.2 parsecs").unwrap_err().to_string().contains("parsecs"));
     }
 }
