@@ -27,7 +27,7 @@ import re
 import subprocess
 import sys
 
-from _machine import cpu_name
+from _machine import cpu_name, save_rows
 from _spec_prompts import PROMPTS
 
 
@@ -119,9 +119,7 @@ def main():
               f"{r['drafted']} | {r['accepted']} | {r['acceptance']:.2f} | {r['mean_draft']:.1f} | "
               f"{r['per_token_a']:.2f} | {r['cost_ratio_c']:.2f} | {r['bound']:.2f}x | {r['verify_ratio_v']:.2f} | "
               f"{r['bound_cpu']:.2f}x |")
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"machine": cpu_name(), "threads": a.threads, "date": str(datetime.date.today()), "rows": rows}, f, indent=1)
+    save_rows(a.out, a.threads, rows)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 
-from _machine import cpu_name
+from _machine import cpu_name, save_rows
 from _spec_prompts import PROMPTS
 
 
@@ -171,9 +171,7 @@ def main():
         share = f"{100 * r['spec_steps']:.0f}%" if r["spec_steps"] is not None else "-"
         print(f"| {r['clients']} | {r['mode']} | {r['tokens']} | {r['seconds']:.1f} | {r['tps']:.2f} | {r['speedup']:.2f}x | "
               f"{r['drafted']} | {r['accepted']} | {acc} | {share} |")
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"machine": cpu_name(), "threads": a.threads, "date": str(datetime.date.today()), "rows": rows}, f, indent=1)
+    save_rows(a.out, a.threads, rows)
 
 
 if __name__ == "__main__":
