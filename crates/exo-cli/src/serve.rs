@@ -79,10 +79,14 @@ pub struct ServeArgs {
     quantize: Option<String>,
     #[command(flatten)]
     auto_quant: crate::model_path::AutoQuantArgs,
-    /// Where to run: auto or cpu. The batching scheduler has no GPU path yet, so `auto` means
-    /// the CPU here and `cuda` is refused (`exo run` and `exo bench` run on the GPU).
+    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
+    /// else the CPU), cpu, cuda or cuda:N. On a GPU the KV cache lives in device memory.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// With a GPU: how many of each model's layers it runs, the last ones (auto: as many as fit
+    /// in its free memory next to a KV cache for --ctx-size, the CPU running the others first).
+    #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
+    gpu_layers: exo_models::GpuLayers,
 }
 
 pub fn main(a: ServeArgs) -> anyhow::Result<()> {
@@ -110,7 +114,8 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         context_policy: a.context_policy,
         queue: a.queue,
         max_body_bytes: a.max_body,
-        device: cpu_only(&a.device)?,
+        device: crate::model_path::device(&a.device)?,
+        gpu_layers: a.gpu_layers,
         speculation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -125,21 +130,6 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         server.run().await
     })?;
     Ok(())
-}
-
-/// The device for `--device`: the CPU, since the scheduler batches on the CPU only; a GPU asked
-/// for by name is an error rather than a silent fallback.
-fn cpu_only(flag: &str) -> anyhow::Result<exo_models::Device> {
-    match crate::model_path::device(flag)? {
-        exo_models::Device::Cuda(_) if flag != "auto" => {
-            bail!("--device {flag}: exo serve batches requests on the CPU only for now; use --device cpu (exo run and exo bench take --device cuda)")
-        }
-        exo_models::Device::Cuda(_) => {
-            eprintln!("exo serve: a GPU is present, but the batching scheduler runs on the CPU only for now");
-            Ok(exo_models::Device::Cpu)
-        }
-        cpu => Ok(cpu),
-    }
 }
 
 fn parse_policy(s: &str) -> Result<exo_engine::ContextPolicy, String> {

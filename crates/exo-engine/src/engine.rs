@@ -304,7 +304,7 @@ impl EngineHandle {
         let cache_bytes_per_token = bytes_per_token + draft.as_ref().map_or(0, |d| d.2);
         let block_bytes = (cache_bytes_per_token * BLOCK_TOKENS) as u64;
         let min_blocks = config.ctx.div_ceil(BLOCK_TOKENS) + 1;
-        let budget = config.kv_memory.unwrap_or_else(|| default_kv_memory().max(min_blocks as u64 * block_bytes));
+        let budget = config.kv_memory.unwrap_or_else(|| default_kv_memory(tf).max(min_blocks as u64 * block_bytes));
         let n_blocks = (budget / block_bytes) as usize;
         if n_blocks < min_blocks {
             return Err(EngineError::Internal(format!(
@@ -475,10 +475,16 @@ fn engine_loop(shared: &Shared, mut scheduler: Scheduler) {
     }
 }
 
-/// A quarter of the memory the system reports available, or 1 GiB where it reports nothing.
-fn default_kv_memory() -> u64 {
+/// A quarter of the memory the system reports available, or 1 GiB where it reports nothing; with
+/// the model on a GPU, at most 90% of the device memory still free (its layers' KV rows live
+/// there).
+fn default_kv_memory(tf: &exo_models::Transformer) -> u64 {
     let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
     });
-    available.map_or(1 << 30, |kib| kib * 1024 / 4)
+    let host = available.map_or(1 << 30, |kib| kib * 1024 / 4);
+    match tf.device_free_memory() {
+        Some(free) => host.min(free as u64 / 10 * 9),
+        None => host,
+    }
 }

@@ -36,6 +36,15 @@ const LAYER_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer.ptx"));
 /// `MV_THREADS` in matvec.cu).
 const MV_ROWS: u32 = 2;
 const MV_THREADS: u32 = 64;
+/// Rows per block of the several-token kernels (`MV_ROWS_N`).
+const MV_ROWS_N: u32 = 4;
+/// Most tokens one quantized mat-vec launch takes (`MV_COLS` in matvec.cu).
+pub const MV_COLS: usize = 8;
+/// The batch map's flag on a token whose attention [`Gpu::attention_prefill`] computes
+/// (`MAP_TILED` in batch.cuh).
+pub const MAP_TILED: i32 = 1 << 30;
+// batch.cuh's KV_BLOCK: the device cache uses the host cache's blocks.
+const _: () = assert!(crate::kv::BLOCK_TOKENS == 16);
 /// Threads of one attention split.
 const ATTN_THREADS: u32 = 128;
 /// Queries per block of the prefill attention kernel (`FA_Q` in layer.cu).
@@ -56,6 +65,7 @@ pub fn supported(ty: GgmlType) -> bool {
     mv_kernel(ty).is_some() || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
+/// The quantized mat-vec kernel for one token of `ty` weights; its `_n` twin takes 2..8.
 fn mv_kernel(ty: GgmlType) -> Option<&'static str> {
     Some(match ty {
         GgmlType::Q4K => "mv_q4_k",
@@ -66,6 +76,21 @@ fn mv_kernel(ty: GgmlType) -> Option<&'static str> {
         GgmlType::Q4_1 => "mv_q4_1",
         GgmlType::Q5_0 => "mv_q5_0",
         GgmlType::Q5_1 => "mv_q5_1",
+        _ => return None,
+    })
+}
+
+/// [`mv_kernel`]'s several-token twin.
+fn mv_kernel_n(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q4K => "mv_q4_k_n",
+        GgmlType::Q5K => "mv_q5_k_n",
+        GgmlType::Q6K => "mv_q6_k_n",
+        GgmlType::Q8_0 => "mv_q8_0_n",
+        GgmlType::Q4_0 => "mv_q4_0_n",
+        GgmlType::Q4_1 => "mv_q4_1_n",
+        GgmlType::Q5_0 => "mv_q5_0_n",
+        GgmlType::Q5_1 => "mv_q5_1_n",
         _ => return None,
     })
 }
@@ -216,7 +241,7 @@ impl Gpu {
         let mut modules = Vec::new();
         let mut named = Vec::new();
         for (src, names) in [
-            (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_float", "dequant_f16", "f32_to_f16"][..]),
+            (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_q4_k_n", "mv_q5_k_n", "mv_q6_k_n", "mv_q8_0_n", "mv_q4_0_n", "mv_q4_1_n", "mv_q5_0_n", "mv_q5_1_n", "mv_float", "dequant_f16", "f32_to_f16"][..]),
             (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap"][..]),
         ] {
             let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
@@ -298,14 +323,31 @@ impl Gpu {
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| GpuError::at(format!("launching {name}"), e))
     }
 
-    /// `y (+)= W · x` for one token: int8 activations for quantized weights, f32 otherwise.
-    pub fn matvec(&self, m: &GpuMatrix, x: Act, y: u64, accumulate: bool) -> Result<()> {
+    /// `y (+)= W · x` for `t` tokens (rows of `x`, `cols` apart; outputs `ldy` floats apart):
+    /// int8 activations for quantized weights, each launch reading the weights once for up to
+    /// [`MV_COLS`] tokens; f32 activations for float weights, one launch per token.
+    pub fn matvec(&self, m: &GpuMatrix, x: Act, t: usize, y: u64, ldy: usize, accumulate: bool) -> Result<()> {
         let acc = Arg::I(accumulate as i32);
         let (rows, cols) = (m.rows as i32, m.cols as i32);
-        match mv_kernel(m.ty) {
-            Some(k) => self.launch(k, (m.rows.div_ceil(MV_ROWS as usize) as u32, 1, 1), MV_THREADS, 0, &[Arg::P(m.buf.ptr), Arg::P(x.q8), Arg::P(x.ds), Arg::P(y), Arg::I(rows), Arg::I(cols), acc]),
-            None => self.launch("mv_float", (m.rows.div_ceil(4) as u32, 1, 1), 128, 0, &[Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::P(x.f32), Arg::P(y), Arg::I(rows), Arg::I(cols), acc]),
+        let per_launch = if mv_kernel(m.ty).is_some() { MV_COLS } else { 1 };
+        for c0 in (0..t).step_by(per_launch) {
+            let n = per_launch.min(t - c0);
+            let yc = y + (c0 * ldy * 4) as u64;
+            match if n == 1 { mv_kernel(m.ty) } else { mv_kernel_n(m.ty) } {
+                Some(k) => {
+                    let (q8, ds) = (x.q8 + (c0 * m.cols) as u64, x.ds + (c0 * m.cols / 32 * 8) as u64);
+                    let args = [Arg::P(m.buf.ptr), Arg::P(q8), Arg::P(ds), Arg::P(yc), Arg::I(rows), Arg::I(cols), acc, Arg::I(n as i32), Arg::I(ldy as i32)];
+                    let per_block = if n == 1 { MV_ROWS } else { MV_ROWS_N } as usize;
+                    self.launch(k, (m.rows.div_ceil(per_block) as u32, 1, 1), MV_THREADS, 0, &args)?
+                }
+                None => {
+                    let xc = x.f32 + (c0 * m.cols * 4) as u64;
+                    let args = [Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::P(xc), Arg::P(yc), Arg::I(rows), Arg::I(cols), acc];
+                    self.launch("mv_float", (m.rows.div_ceil(4) as u32, 1, 1), 128, 0, &args)?
+                }
+            }
         }
+        Ok(())
     }
 
     /// `y (+)= x · Wᵀ` for `t` tokens: `x` is `t × cols` f16 (row stride `cols`), `y` is `t` rows
@@ -358,9 +400,11 @@ impl Gpu {
     }
 
     /// RMSNorm of `rows` rows of `n` values from `x` into `out` (plus int8 groups when set).
-    pub fn rms_norm(&self, x: u64, w: u64, out: Act, rows: usize, n: usize, eps: f32) -> Result<()> {
+    /// With `pick` non-zero, output row `i` normalises input row `pick[i]` (an `i32` array).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm(&self, x: u64, pick: u64, w: u64, out: Act, rows: usize, n: usize, eps: f32) -> Result<()> {
         let per_row = if rows == 1 { n.div_ceil(256) as u32 } else { 1 };
-        self.launch("rms_norm_rows", (per_row, rows as u32, 1), 256, 0, &[Arg::P(x), Arg::P(w), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds), Arg::I(n as i32), Arg::F(eps)])
+        self.launch("rms_norm_rows", (per_row, rows as u32, 1), 256, 0, &[Arg::P(x), Arg::P(pick), Arg::P(w), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds), Arg::I(n as i32), Arg::F(eps)])
     }
 
     /// `x += y`, or `x += rms_norm(y) · w` when `w` is non-zero, for `rows` rows of `n`.
@@ -369,15 +413,16 @@ impl Gpu {
     }
 
     /// Bias, per-head norm and rotary position for the q and k heads of `t` rows of `qkv`, and
-    /// the k/v rows written to the f16 caches at positions `io[0]..io[0]+t`.
+    /// the k/v rows written to the f16 caches at each token's position and block (batch map).
     pub fn rope_kv(&self, r: &RopeArgs, t: usize) -> Result<()> {
         let h = r.heads;
         let heads = (h.n_heads + h.n_kv_heads) as u32;
         self.launch("rope_kv", (heads, t as u32, 1), (h.head_dim / 2) as u32, 0, &rope_arg_list(r))
     }
 
-    /// Causal attention of `t` queries (rows of `a.qkv`) over the cache, split into `nsplit`
-    /// chunks of `chunk` keys, merged into `out` (plus int8 groups when set).
+    /// Causal attention of `t` queries (rows of `a.qkv`) over their sequences' cache, split into
+    /// `nsplit` chunks of `chunk` keys, merged into `out` (plus int8 groups when set). Tokens the
+    /// batch map marks tiled are skipped ([`Gpu::attention_prefill`] takes them).
     pub fn attention(&self, a: &AttnArgs, t: usize, chunk: usize, nsplit: usize, out: Act) -> Result<()> {
         let h = a.heads;
         let smem = ((h.head_dim * (1 + ATTN_THREADS as usize / 32) + chunk) * 4) as u32;
@@ -391,6 +436,7 @@ impl Gpu {
                 &[
                     Arg::F(a.scale),
                     Arg::I(a.window as i32),
+                    Arg::I(a.skip_tiled as i32),
                     Arg::I(chunk as i32),
                     Arg::I(nsplit as i32),
                     Arg::P(h.k_cache),
@@ -406,14 +452,16 @@ impl Gpu {
             (h.n_heads as u32, t as u32, 1),
             h.head_dim as u32,
             0,
-            &[Arg::P(a.part), Arg::P(a.ml), Arg::I(nsplit as i32), Arg::I(h.n_heads as i32), Arg::I(h.head_dim as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)],
+            &[Arg::P(h.io), Arg::I(a.skip_tiled as i32), Arg::P(a.part), Arg::P(a.ml), Arg::I(nsplit as i32), Arg::I(h.n_heads as i32), Arg::I(h.head_dim as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)],
         )
     }
 
-    /// The attention of one decoded token in one launch: what [`Gpu::rope_kv`] and
-    /// [`Gpu::attention`] do for it, the merge done by each head's last split block. `cnt`
-    /// holds one zeroed `i32` per query head; it is left zeroed.
-    pub fn attention_decode(&self, r: &RopeArgs, a: &AttnArgs, chunk: usize, nsplit: usize, cnt: u64, out: Act) -> Result<()> {
+    /// The attention of `t` decoded tokens, each the only new token of its sequence, in one
+    /// launch: what [`Gpu::rope_kv`] and [`Gpu::attention`] do for them, the merge done by each
+    /// head's last split block. `cnt` holds one zeroed `i32` per query head and token; it is
+    /// left zeroed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode(&self, r: &RopeArgs, a: &AttnArgs, t: usize, chunk: usize, nsplit: usize, cnt: u64, out: Act) -> Result<()> {
         let h = r.heads;
         let smem = ((7 * h.head_dim + chunk) * 4) as u32;
         let mut args = rope_arg_list(r);
@@ -429,7 +477,7 @@ impl Gpu {
             Arg::P(out.q8),
             Arg::P(out.ds),
         ]);
-        self.launch("attn_decode", (nsplit as u32, h.n_heads as u32, 1), ATTN_THREADS, smem, &args)
+        self.launch("attn_decode", (nsplit as u32, h.n_heads as u32, t as u32), ATTN_THREADS, smem, &args)
     }
 
     /// Whether [`Gpu::attention_prefill`] takes heads of `head_dim` dimensions.
@@ -437,10 +485,11 @@ impl Gpu {
         matches!(head_dim, 64 | 128)
     }
 
-    /// Causal attention of `t` queries over the cache on the tensor cores, for a prompt (no
-    /// sliding window; head sizes per [`Gpu::has_prefill_attention`]), into `out` (`t` rows of
+    /// Causal attention on the tensor cores of the `t` consecutive tokens of one sequence that
+    /// start at token `tok0` of the call, over that sequence's cache, for a prompt (no sliding
+    /// window; head sizes per [`Gpu::has_prefill_attention`]), into their rows of `out` (rows of
     /// `n_heads · head_dim` f32).
-    pub fn attention_prefill(&self, a: &AttnArgs, t: usize, out: u64) -> Result<()> {
+    pub fn attention_prefill(&self, a: &AttnArgs, tok0: usize, t: usize, out: u64) -> Result<()> {
         let h = a.heads;
         let name = match h.head_dim {
             64 => "attn_prefill_64",
@@ -456,6 +505,7 @@ impl Gpu {
                 Arg::P(h.qkv),
                 Arg::I(h.stride as i32),
                 Arg::P(h.io),
+                Arg::I(tok0 as i32),
                 Arg::I(t as i32),
                 Arg::I(h.n_heads as i32),
                 Arg::I(h.n_kv_heads as i32),
@@ -519,7 +569,8 @@ pub struct LayerHeads {
     pub qkv: u64,
     /// Row stride of `qkv` in floats.
     pub stride: usize,
-    /// `i32` position of the first token at `io[0]`.
+    /// The call's batch map (`i32`s: each token's position, sequence and KV blocks; layout in
+    /// batch.cuh), which the host writes before each call.
     pub io: u64,
     /// Query heads.
     pub n_heads: usize,
@@ -527,7 +578,7 @@ pub struct LayerHeads {
     pub n_kv_heads: usize,
     /// Dimensions per head.
     pub head_dim: usize,
-    /// This layer's f16 key cache (`ctx × kv_dim`).
+    /// This layer's f16 key cache (`blocks × 16 × kv_dim`).
     pub k_cache: u64,
     /// This layer's f16 value cache.
     pub v_cache: u64,
@@ -561,6 +612,8 @@ pub struct AttnArgs<'a> {
     pub scale: f32,
     /// Sliding window in tokens (0: none).
     pub window: usize,
+    /// Leave tokens the batch map marks tiled to [`Gpu::attention_prefill`].
+    pub skip_tiled: bool,
     /// Partial outputs: `t × n_heads × nsplit × head_dim` f32.
     pub part: u64,
     /// Partial (max, sum) pairs: `t × n_heads × nsplit` float2.

@@ -2,29 +2,38 @@
 //! `transformer.rs`, one kernel (or cuBLAS GEMM) per step. Read [`CudaModel::step`] top to
 //! bottom for the whole computation.
 //!
-//! Weights are uploaded in their GGUF block layout. One token at a time (decode), products are
-//! quantized mat-vecs on int8 activations, and the whole step is captured once as a CUDA graph
-//! and replayed: the host writes the step's input rows and the position into device memory
-//! (`x`, `io`) before each replay, so nothing in the graph changes between tokens. Several
-//! tokens at a time (prefill), each weight matrix is widened to f16 and multiplied with cuBLAS.
-//! The KV cache is f16, preallocated for the context.
+//! Weights are uploaded in their GGUF block layout. A call runs any batch of sequences' tokens
+//! ([`Segment`]s, as the CPU path does), their K/V rows in a paged f16 cache whose blocks are the
+//! scheduler's. Up to [`MATVEC_MAX_TOKENS`] tokens, products are quantized mat-vecs on int8
+//! activations that read each weight once for up to 8 tokens; more tokens (prompts), each weight
+//! matrix is widened to f16 and multiplied with cuBLAS. A decode step (one new token per
+//! sequence) is captured once per batch size as a CUDA graph and replayed: the host writes the
+//! input rows and the batch map (positions and block tables, see [`CudaScratch`]) into device
+//! memory before each replay, so nothing in the graph changes between steps.
 //!
 //! The device may hold only the last layers (`--gpu-layers`): the host embeds the tokens, runs
 //! the layers before [`CudaModel::first_layer`] on the CPU and hands their output rows over.
 
 use std::sync::{Arc, OnceLock};
 
-use exo_kernels::cuda::{Act, AttnArgs, DeviceBuf, Gpu, GpuGraph, GpuMatrix, LayerHeads, RopeArgs};
+use exo_kernels::cuda::{Act, AttnArgs, DeviceBuf, Gpu, GpuGraph, GpuMatrix, LayerHeads, RopeArgs, MAP_TILED};
+use exo_kernels::kv::BLOCK_TOKENS;
 use exo_kernels::ops::RopeTable;
 
 use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
 use crate::GpuLayers;
 use crate::ModelError;
+use crate::{Logits, Segment};
 
 /// Keys per attention split when decoding: small enough that a long context spreads over many
 /// blocks, large enough that a short one is a single split.
 const DECODE_CHUNK: usize = 256;
+/// Most sequences a decode step attends to in one launch (and captures as a graph); larger
+/// steps take the general path.
+const DECODE_GRAPH_MAX: usize = 64;
+/// Most tokens of a call whose products run as quantized mat-vecs; more go through GEMMs.
+pub const MATVEC_MAX_TOKENS: usize = 16;
 /// Most keys one prefill attention block scores (its shared memory holds one f32 per key).
 const PREFILL_CHUNK: usize = 8192;
 /// Most weights a prefill GEMM widens to f16 at once (64 MiB of scratch): bigger matrices go
@@ -177,6 +186,11 @@ impl CudaModel {
         Ok(Some(Self { gpu, config: config.clone(), first_layer, layers, output_norm, output, w16_elems, busy: Default::default() }))
     }
 
+    /// Bytes of device memory free now.
+    pub fn free_memory(&self) -> Result<usize, ModelError> {
+        Ok(self.gpu.free_memory()?)
+    }
+
     /// The first layer the GPU runs; the CPU runs those before it.
     pub fn first_layer(&self) -> usize {
         self.first_layer
@@ -190,94 +204,128 @@ impl CudaModel {
         }
     }
 
-    /// A KV cache and scratch buffers on the device for `ctx` tokens, `max_batch` per call.
-    pub fn new_state(&self, ctx: usize, max_batch: usize) -> Result<CudaState, ModelError> {
-        CudaState::new(self, ctx, max_batch.max(1))
+    /// A paged f16 KV cache of `n_blocks` blocks of [`BLOCK_TOKENS`] positions for the device's
+    /// layers.
+    pub fn new_kv(&self, n_blocks: usize) -> Result<CudaKv, ModelError> {
+        let (g, kvd) = (&*self.gpu, self.config.kv_dim());
+        let bytes = n_blocks * BLOCK_TOKENS * kvd * 2;
+        let mut k = Vec::with_capacity(self.layers.len());
+        let mut v = Vec::with_capacity(self.layers.len());
+        for i in self.first_layer..self.config.n_layers {
+            k.push(g.alloc(bytes, &format!("layer {i} key cache ({n_blocks} blocks)"))?);
+            v.push(g.alloc(bytes, &format!("layer {i} value cache ({n_blocks} blocks)"))?);
+        }
+        Ok(CudaKv { k, v, n_blocks, per_token: self.layers.len() * 2 * kvd * 2 })
     }
 
-    /// Runs `t` tokens at positions `pos0..` from `input` (`t × hidden`: the tokens' embeddings,
-    /// or the CPU layers' output when the device starts at a later layer; the caller has
-    /// checked batch and context) and leaves the logits of the last token, or of all with
-    /// `all_logits`, in the state.
-    pub fn forward(&self, s: &mut CudaState, pos0: usize, input: &[f32], all_logits: bool) -> Result<(), ModelError> {
+    /// Device working buffers for calls of up to `max_tokens` tokens at positions below
+    /// `max_pos`.
+    pub fn new_scratch(&self, max_tokens: usize, max_pos: usize) -> Result<CudaScratch, ModelError> {
+        CudaScratch::new(self, max_tokens.max(1), max_pos)
+    }
+
+    /// Runs the segments' tokens (`input`: one row of `hidden` per token, in segment order: the
+    /// tokens' embeddings, or the CPU layers' output when the device starts at a later layer)
+    /// through the device's layers, writing their K/V rows to the segments' blocks of `kv`, and
+    /// leaves in `s` the logits each segment asks for. The caller has checked batch, blocks
+    /// and context.
+    pub fn forward(&self, kv: &CudaKv, s: &mut CudaScratch, segments: &[Segment], input: &[f32]) -> Result<(), ModelError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let t = input.len() / self.config.hidden;
-        self.gpu.write(&s.io, 0, &[pos0 as i32, t as i32])?;
+        let c = &self.config;
+        let t = input.len() / c.hidden;
+        let prefill = Gpu::has_prefill_attention(c.head_dim) && t > MATVEC_MAX_TOKENS;
+        let call = s.write_map(segments, |n| prefill && n >= PREFILL_ATTN_MIN)?;
         self.gpu.write(&s.x, 0, input)?;
-        let n_out = if all_logits { t } else { 1 };
-        if n_out * self.config.vocab_size * 4 > s.logits.bytes() {
-            s.logits = self.gpu.alloc(n_out * self.config.vocab_size * 4, "logits")?;
-            s.graph = None;
+        if call.n_out * c.vocab_size * 4 > s.logits.bytes() {
+            s.logits = self.gpu.alloc(call.n_out * c.vocab_size * 4, "logits")?;
+            s.graphs.clear();
         }
-        if t == 1 && !all_logits {
-            if s.graph.is_none() {
+        if call.decode {
+            let key = (t, call.n_out, kv.k.first().map_or(0, DeviceBuf::ptr));
+            if !s.graphs.iter().any(|(k, _)| *k == key) {
                 self.gpu.begin_capture()?;
-                let captured = self.step(s, 1, false);
+                let captured = self.step(kv, s, &call);
                 let graph = self.gpu.end_capture();
                 captured?;
-                s.graph = Some(graph?);
+                s.graphs.push((key, graph?));
             }
-            if let Some(g) = &s.graph {
+            if let Some((_, g)) = s.graphs.iter().find(|(k, _)| *k == key) {
                 g.launch()?;
             }
         } else {
-            self.step(s, t, all_logits)?;
+            self.step(kv, s, &call)?;
         }
-        // The one host sync per call: it bounds the queue, and the next call's `io` write
+        // The one host sync per call: it bounds the queue, and the next call's map write
         // cannot overtake the kernels still reading this one's.
         self.gpu.sync()?;
-        s.n_logits = n_out;
+        s.n_logits = call.n_out;
         s.host_logits = OnceLock::new();
         Ok(())
     }
 
-    /// The forward pass over the `t` input rows in `s.x`, queued on the device.
-    fn step(&self, s: &CudaState, t: usize, all_logits: bool) -> Result<(), ModelError> {
+    /// The forward pass over the call's input rows in `s.x`, queued on the device.
+    fn step(&self, kv: &CudaKv, s: &CudaScratch, call: &Call) -> Result<(), ModelError> {
         let (c, g) = (&self.config, &*self.gpu);
+        let t = call.t;
         let (h, qd, kvd, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let stride = qd + 2 * kvd;
         let x = s.x.ptr();
-        // One token: activations also go to int8 groups for the quantized mat-vecs.
-        let act = |buf: &DeviceBuf| if t == 1 { Act::new(buf.ptr(), s.q8.ptr(), s.ds.ptr()) } else { Act::new(buf.ptr(), 0, 0) };
+        // Few tokens: activations also go to int8 groups for the quantized mat-vecs.
+        let act = |buf: &DeviceBuf, rows: usize| {
+            if rows <= MATVEC_MAX_TOKENS {
+                Act::new(buf.ptr(), s.q8.ptr(), s.ds.ptr())
+            } else {
+                Act::new(buf.ptr(), 0, 0)
+            }
+        };
 
         for (i, l) in self.layers.iter().enumerate() {
             let li = self.first_layer + i;
             // Attention: norm and q/k/v projections.
-            g.rms_norm(x, l.attn_norm.ptr(), act(&s.xn), t, h, c.rms_eps)?;
-            self.project(s, &l.qkv, act(&s.xn), t, s.qkv.ptr(), stride, false)?;
-            // Rotary positions, the cache write and attention over the cache so far: for one
-            // token all in one launch, split over the keys; a prompt's queries in tiles on the
-            // tensor cores; a few tokens (a draft to verify) split over the keys.
-            let heads = s.heads(c, i, stride);
-            let (rope, attn) = (self.rope_args(s, l, li, &heads), self.attn_args(s, li, &heads));
-            let (chunk, nsplit) = s.attention_split(t);
-            if t == 1 {
-                g.attention_decode(&rope, &attn, chunk, nsplit, s.counters.ptr(), act(&s.att))?;
+            g.rms_norm(x, 0, l.attn_norm.ptr(), act(&s.xn, t), t, h, c.rms_eps)?;
+            self.project(s, &l.qkv, act(&s.xn, t), t, s.qkv.ptr(), stride, false)?;
+            // Rotary positions, the cache write and attention over each sequence's cache: for
+            // decoded tokens (one per sequence) all in one launch, split over the keys; a
+            // prompt's queries in tiles on the tensor cores; other tokens split over the keys.
+            let heads = s.heads(kv, c, i, stride);
+            let window = if c.sliding_layers[li] { c.sliding_window.unwrap_or(0) } else { 0 };
+            let tiled = window == 0 && !call.tiled.is_empty();
+            let rope = self.rope_args(s, l, li, &heads);
+            let attn = AttnArgs { heads: &heads, scale: c.attn_scale, window, skip_tiled: tiled, part: s.part.ptr(), ml: s.ml.ptr() };
+            if call.decode {
+                let nsplit = s.max_pos.div_ceil(DECODE_CHUNK);
+                g.attention_decode(&rope, &attn, t, DECODE_CHUNK, nsplit, s.counters.ptr(), act(&s.att, t))?;
             } else {
                 g.rope_kv(&rope, t)?;
-                if t >= PREFILL_ATTN_MIN && attn.window == 0 && Gpu::has_prefill_attention(c.head_dim) {
-                    g.attention_prefill(&attn, t, s.att.ptr())?;
-                } else {
-                    g.attention(&attn, t, chunk, nsplit, act(&s.att))?;
+                if !tiled || call.tiled_tokens < t {
+                    let nsplit = s.max_pos.div_ceil(PREFILL_CHUNK);
+                    g.attention(&attn, t, s.max_pos.div_ceil(nsplit), nsplit, act(&s.att, t))?;
+                }
+                if tiled {
+                    for &(tok0, n) in &call.tiled {
+                        g.attention_prefill(&attn, tok0, n, s.att.ptr())?;
+                    }
                 }
             }
 
             // Output projection and residual (accumulated straight into x without a post-norm).
-            self.residual(s, &l.wo, act(&s.att), t, l.post_attn_norm.as_ref())?;
+            self.residual(s, &l.wo, act(&s.att, t), t, l.post_attn_norm.as_ref())?;
 
             // Gated feed-forward and residual.
-            g.rms_norm(x, l.ffn_norm.ptr(), act(&s.xn), t, h, c.rms_eps)?;
-            self.project(s, &l.gate_up, act(&s.xn), t, s.gu.ptr(), 2 * ffn, false)?;
-            g.glu(s.gu.ptr(), ffn, t, c.activation == Activation::GeluTanh, act(&s.ffo))?;
-            self.residual(s, &l.w_down, act(&s.ffo), t, l.post_ffn_norm.as_ref())?;
+            g.rms_norm(x, 0, l.ffn_norm.ptr(), act(&s.xn, t), t, h, c.rms_eps)?;
+            self.project(s, &l.gate_up, act(&s.xn, t), t, s.gu.ptr(), 2 * ffn, false)?;
+            g.glu(s.gu.ptr(), ffn, t, c.activation == Activation::GeluTanh, act(&s.ffo, t))?;
+            self.residual(s, &l.w_down, act(&s.ffo, t), t, l.post_ffn_norm.as_ref())?;
         }
 
-        // Final norm and LM head, for the last token unless every position is wanted.
-        let first = if all_logits { 0 } else { t - 1 };
-        let n_out = t - first;
-        let last = if n_out == 1 { Act::new(s.xn.ptr(), s.q8.ptr(), s.ds.ptr()) } else { Act::new(s.xn.ptr(), 0, 0) };
-        g.rms_norm(s.x.at(first * h * 4), self.output_norm.ptr(), last, n_out, h, c.rms_eps)?;
-        self.project(s, &Projection(vec![(self.output.share(), 0)]), last, n_out, s.logits.ptr(), c.vocab_size, false)?;
+        // Final norm and LM head for the rows that want logits, listed in the batch map.
+        let n_out = call.n_out;
+        if n_out == 0 {
+            return Ok(());
+        }
+        let out = act(&s.xn, n_out);
+        g.rms_norm(s.x.ptr(), s.io.at(call.out_rows * 4), self.output_norm.ptr(), out, n_out, h, c.rms_eps)?;
+        self.project(s, &Projection(vec![(self.output.share(), 0)]), out, n_out, s.logits.ptr(), c.vocab_size, false)?;
         if let Some(cap) = c.final_logit_softcap {
             g.softcap(s.logits.ptr(), n_out * c.vocab_size, cap)?;
         }
@@ -285,7 +333,7 @@ impl CudaModel {
     }
 
     /// What [`Gpu::rope_kv`] needs for layer `li` (the state's `i`-th).
-    fn rope_args<'a>(&self, s: &CudaState, l: &GpuLayer, li: usize, heads: &'a LayerHeads) -> RopeArgs<'a> {
+    fn rope_args<'a>(&self, s: &CudaScratch, l: &GpuLayer, li: usize, heads: &'a LayerHeads) -> RopeArgs<'a> {
         let (cos, sin) = if self.config.sliding_layers[li] { (&s.cos_local, &s.sin_local) } else { (&s.cos, &s.sin) };
         RopeArgs {
             heads,
@@ -299,26 +347,19 @@ impl CudaModel {
         }
     }
 
-    /// What [`Gpu::attention`] needs for layer `li`.
-    fn attn_args<'a>(&self, s: &CudaState, li: usize, heads: &'a LayerHeads) -> AttnArgs<'a> {
-        let c = &self.config;
-        let window = if c.sliding_layers[li] { c.sliding_window.unwrap_or(0) } else { 0 };
-        AttnArgs { heads, scale: c.attn_scale, window, part: s.part.ptr(), ml: s.ml.ptr() }
-    }
-
     /// `y (+)= x · Wᵀ` for each part of `p`, into columns starting at the part's offset of rows
-    /// `ldy` floats apart: a mat-vec for one token, dequantize + GEMM for more.
+    /// `ldy` floats apart: mat-vecs for a few tokens, dequantize + GEMM for more.
     #[allow(clippy::too_many_arguments)]
-    fn project(&self, s: &CudaState, p: &Projection, x: Act, t: usize, y: u64, ldy: usize, accumulate: bool) -> Result<(), ModelError> {
+    fn project(&self, s: &CudaScratch, p: &Projection, x: Act, t: usize, y: u64, ldy: usize, accumulate: bool) -> Result<(), ModelError> {
         let g = &*self.gpu;
-        if t > 1 {
+        if t > MATVEC_MAX_TOKENS {
             let cols = p.0[0].0.cols();
             g.to_f16(x.f32, s.x16.ptr(), t * cols)?;
         }
         for (m, off) in &p.0 {
             let at = y + (*off * 4) as u64;
-            if t == 1 {
-                g.matvec(m, x, at, accumulate)?;
+            if t <= MATVEC_MAX_TOKENS {
+                g.matvec(m, x, t, at, ldy, accumulate)?;
             } else {
                 g.gemm(m, s.x16.ptr(), t, at, ldy, accumulate, &s.w16)?;
             }
@@ -327,7 +368,7 @@ impl CudaModel {
     }
 
     /// `x += W · a`, through a post-norm first when the model has one (Gemma).
-    fn residual(&self, s: &CudaState, w: &GpuMatrix, a: Act, t: usize, post_norm: Option<&DeviceBuf>) -> Result<(), ModelError> {
+    fn residual(&self, s: &CudaScratch, w: &GpuMatrix, a: Act, t: usize, post_norm: Option<&DeviceBuf>) -> Result<(), ModelError> {
         let h = self.config.hidden;
         let p = Projection(vec![(w.share(), 0)]);
         match post_norm {
@@ -401,15 +442,51 @@ fn projection(gpu: &Gpu, w: &Weights, parts: &[(String, usize)], cols: usize) ->
     Ok(Projection(parts.collect::<Result<_, ModelError>>()?))
 }
 
-/// A sequence's f16 KV cache and the forward pass's buffers on the device, allocated once.
-pub struct CudaState {
+/// The device's share of a paged KV cache: f16 key and value rows of each GPU layer, in the same
+/// blocks (ids and [`BLOCK_TOKENS`] positions each) as the host's share.
+pub struct CudaKv {
+    k: Vec<DeviceBuf>,
+    v: Vec<DeviceBuf>,
+    n_blocks: usize,
+    per_token: usize,
+}
+
+impl CudaKv {
+    /// Blocks in the cache.
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Bytes of device memory one position takes across the device's layers.
+    pub fn bytes_per_token(&self) -> usize {
+        self.per_token
+    }
+}
+
+/// What one forward call runs, after its batch map is on the device.
+struct Call {
+    /// Tokens.
+    t: usize,
+    /// Every segment is a single token, and at most [`DECODE_GRAPH_MAX`] of them: attention in
+    /// one launch per layer, the step replayed from a graph.
+    decode: bool,
+    /// (first token, tokens) of the segments whose attention runs tiled on the tensor cores.
+    tiled: Vec<(usize, usize)>,
+    /// Tokens in those segments.
+    tiled_tokens: usize,
+    /// Rows of logits wanted, and the offset (in `i32`s) of their row list in the map.
+    n_out: usize,
+    out_rows: usize,
+}
+
+/// The forward pass's buffers on the device, allocated once for a largest call.
+pub struct CudaScratch {
     gpu: Arc<Gpu>,
-    ctx: usize,
+    max_pos: usize,
     vocab: usize,
-    /// `i32`s: position of the first token, token count, then the tokens.
+    /// The batch map (layout in kernels' batch.cuh) and the logits row list, rewritten per call.
     io: DeviceBuf,
-    k_cache: Vec<DeviceBuf>,
-    v_cache: Vec<DeviceBuf>,
+    map: Vec<i32>,
     cos: DeviceBuf,
     sin: DeviceBuf,
     cos_local: DeviceBuf,
@@ -419,7 +496,8 @@ pub struct CudaState {
     xn: DeviceBuf,
     q8: DeviceBuf,
     ds: DeviceBuf,
-    /// One zeroed `i32` per query head for [`Gpu::attention_decode`] (which leaves them zeroed).
+    /// One zeroed `i32` per query head and decoded token for [`Gpu::attention_decode`] (which
+    /// leaves them zeroed).
     counters: DeviceBuf,
     qkv: DeviceBuf,
     att: DeviceBuf,
@@ -432,61 +510,106 @@ pub struct CudaState {
     ml: DeviceBuf,
     logits: DeviceBuf,
     n_logits: usize,
-    graph: Option<GpuGraph>,
+    /// Decode steps captured once and replayed, keyed by (tokens, logits rows, KV cache).
+    graphs: Vec<((usize, usize, u64), GpuGraph)>,
     host_logits: OnceLock<Vec<f32>>,
 }
 
-impl CudaState {
-    fn new(m: &CudaModel, ctx: usize, max_batch: usize) -> Result<Self, ModelError> {
+impl CudaScratch {
+    fn new(m: &CudaModel, max_tokens: usize, max_pos: usize) -> Result<Self, ModelError> {
         let (c, g) = (&m.config, &*m.gpu);
         let (h, qd, kvd, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let widest = h.max(qd).max(ffn);
         let f32s = |n: usize, what: &str| g.alloc(n * 4, what);
-        let mut k_cache = Vec::with_capacity(m.layers.len());
-        let mut v_cache = Vec::with_capacity(m.layers.len());
-        for i in m.first_layer..c.n_layers {
-            k_cache.push(g.alloc(ctx * kvd * 2, &format!("layer {i} key cache"))?);
-            v_cache.push(g.alloc(ctx * kvd * 2, &format!("layer {i} value cache"))?);
-        }
         let factors = c.rope_freq_factors.as_deref();
-        let global = RopeTable::new(c.rope_style, c.head_dim, c.rope_theta, ctx, factors);
-        let local = RopeTable::new(c.rope_style, c.head_dim, c.rope_theta_local, ctx, factors);
-        let splits = (ctx.div_ceil(DECODE_CHUNK)).max(max_batch * ctx.div_ceil(PREFILL_CHUNK));
+        let global = RopeTable::new(c.rope_style, c.head_dim, c.rope_theta, max_pos, factors);
+        let local = RopeTable::new(c.rope_style, c.head_dim, c.rope_theta_local, max_pos, factors);
+        let decoded = max_tokens.min(DECODE_GRAPH_MAX);
+        let splits = (decoded * max_pos.div_ceil(DECODE_CHUNK)).max(max_tokens * max_pos.div_ceil(PREFILL_CHUNK));
+        let few = max_tokens.min(MATVEC_MAX_TOKENS);
+        let gemm = max_tokens > MATVEC_MAX_TOKENS;
+        let map_len = 4 + 3 * max_tokens + max_tokens * max_pos.div_ceil(BLOCK_TOKENS);
         Ok(Self {
             gpu: m.gpu.clone(),
-            ctx,
+
+            max_pos,
             vocab: c.vocab_size,
-            io: g.alloc(2 * 4, "position and token count")?,
-            k_cache,
-            v_cache,
+            io: g.alloc(map_len * 4, "batch map")?,
+            map: Vec::with_capacity(map_len),
             cos: g.upload(global.tables().0, "rope cos")?,
             sin: g.upload(global.tables().1, "rope sin")?,
             cos_local: g.upload(local.tables().0, "rope cos (local)")?,
             sin_local: g.upload(local.tables().1, "rope sin (local)")?,
             neox: global.is_neox(),
-            x: f32s(max_batch * h, "residual")?,
-            xn: f32s(max_batch * widest, "normed activations")?,
-            q8: g.alloc(max_batch * widest, "int8 activations")?,
-            ds: g.alloc(max_batch * widest / 32 * 8, "activation scales")?,
-            counters: g.alloc(4 * c.n_heads, "attention counters")?,
-            qkv: f32s(max_batch * (qd + 2 * kvd), "q/k/v")?,
-            att: f32s(max_batch * qd, "attention output")?,
-            gu: f32s(max_batch * 2 * ffn, "gate/up")?,
-            ffo: f32s(max_batch * ffn, "feed-forward activations")?,
-            tmp: f32s(max_batch * h, "post-norm scratch")?,
-            x16: g.alloc(if max_batch > 1 { max_batch * widest * 2 } else { 0 }, "f16 activations")?,
-            w16: g.alloc(if max_batch > 1 { m.w16_elems * 2 } else { 0 }, "f16 weight scratch")?,
+            x: f32s(max_tokens * h, "residual")?,
+            xn: f32s(max_tokens * widest, "normed activations")?,
+            q8: g.alloc(few * widest, "int8 activations")?,
+            ds: g.alloc(few * widest / 32 * 8, "activation scales")?,
+            counters: g.alloc(4 * c.n_heads * decoded, "attention counters")?,
+            qkv: f32s(max_tokens * (qd + 2 * kvd), "q/k/v")?,
+            att: f32s(max_tokens * qd, "attention output")?,
+            gu: f32s(max_tokens * 2 * ffn, "gate/up")?,
+            ffo: f32s(max_tokens * ffn, "feed-forward activations")?,
+            tmp: f32s(max_tokens * h, "post-norm scratch")?,
+            x16: g.alloc(if gemm { max_tokens * widest * 2 } else { 0 }, "f16 activations")?,
+            w16: g.alloc(if gemm { m.w16_elems * 2 } else { 0 }, "f16 weight scratch")?,
             part: f32s(splits * c.n_heads * c.head_dim, "attention partials")?,
             ml: g.alloc(splits * c.n_heads * 8, "attention partial sums")?,
             logits: f32s(c.vocab_size, "logits")?,
             n_logits: 0,
-            graph: None,
+            graphs: Vec::new(),
             host_logits: OnceLock::new(),
         })
     }
 
+    /// Writes the batch map of `segments` (layout in batch.cuh: positions, table rows, block
+    /// tables, then the rows whose logits are wanted) to the device; `tiled(len)` says whether
+    /// a segment of `len` tokens takes the tiled prompt attention.
+    fn write_map(&mut self, segments: &[Segment], tiled: impl Fn(usize) -> bool) -> Result<Call, ModelError> {
+        let t: usize = segments.iter().map(|g| g.tokens.len()).sum();
+        let width = segments.iter().map(|g| (g.pos0 + g.tokens.len()).div_ceil(BLOCK_TOKENS)).max().unwrap_or(0);
+        let (seq_off, out_off, tab_off) = (4 + t, 4 + 2 * t, 4 + 3 * t);
+        let m = &mut self.map;
+        m.clear();
+        m.resize(tab_off + segments.len() * width, 0);
+        m[..4].copy_from_slice(&[width as i32, seq_off as i32, tab_off as i32, t as i32]);
+        let decode = t <= DECODE_GRAPH_MAX && segments.iter().all(|g| g.tokens.len() == 1);
+        let mut call = Call { t, decode, tiled: vec![], tiled_tokens: 0, n_out: 0, out_rows: out_off };
+        let mut row = 0;
+        for (si, g) in segments.iter().enumerate() {
+            let n = g.tokens.len();
+            let flag = if tiled(n) {
+                call.tiled.push((row, n));
+                call.tiled_tokens += n;
+                MAP_TILED
+            } else {
+                0
+            };
+            for i in 0..n {
+                m[4 + row + i] = (g.pos0 + i) as i32;
+                m[seq_off + row + i] = si as i32 | flag;
+            }
+            let wanted = match g.logits {
+                Logits::None => row + n..row + n,
+                Logits::Last => row + n - 1..row + n,
+                Logits::All => row..row + n,
+            };
+            for r in wanted {
+                m[out_off + call.n_out] = r as i32;
+                call.n_out += 1;
+            }
+            let used = (g.pos0 + n).div_ceil(BLOCK_TOKENS);
+            for (b, &id) in g.blocks[..used].iter().enumerate() {
+                m[tab_off + si * width + b] = id as i32;
+            }
+            row += n;
+        }
+        self.gpu.write(&self.io, 0, m)?;
+        Ok(call)
+    }
+
     /// The `i`-th device layer's q/k/v rows (`stride` floats apart) and KV cache.
-    fn heads(&self, c: &ModelConfig, i: usize, stride: usize) -> LayerHeads {
+    fn heads(&self, kv: &CudaKv, c: &ModelConfig, i: usize, stride: usize) -> LayerHeads {
         LayerHeads {
             qkv: self.qkv.ptr(),
             stride,
@@ -494,26 +617,19 @@ impl CudaState {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
-            k_cache: self.k_cache[i].ptr(),
-            v_cache: self.v_cache[i].ptr(),
+            k_cache: kv.k[i].ptr(),
+            v_cache: kv.v[i].ptr(),
         }
     }
 
-    /// (keys per split, splits) for a call of `t` tokens. Decoding uses a fixed split count over
-    /// the whole context so the captured graph fits every position; splits past the sequence
-    /// end return at once.
-    fn attention_split(&self, t: usize) -> (usize, usize) {
-        if t == 1 {
-            (DECODE_CHUNK, self.ctx.div_ceil(DECODE_CHUNK))
-        } else {
-            let splits = self.ctx.div_ceil(PREFILL_CHUNK);
-            (self.ctx.div_ceil(splits), splits)
-        }
+    /// Rows of logits the last call left.
+    pub fn n_logits(&self) -> usize {
+        self.n_logits
     }
 
-    /// Logits of the last forward call (`n` rows of `vocab`), copied from the device on first
-    /// access after each call, so steps whose logits nobody reads (benchmarks, prompt chunks)
-    /// move none across the bus.
+    /// Logits of the last forward call (`n` rows of `vocab`, in segment order), copied from the
+    /// device on first access after each call, so steps whose logits nobody reads (benchmarks,
+    /// prompt chunks) move none across the bus.
     pub fn logits(&self) -> &[f32] {
         self.host_logits.get_or_init(|| {
             let mut v = vec![0f32; self.n_logits * self.vocab];
@@ -524,10 +640,5 @@ impl CudaState {
             }
             v
         })
-    }
-
-    /// Bytes of device memory the KV cache takes.
-    pub fn kv_bytes(&self) -> usize {
-        self.k_cache.iter().chain(&self.v_cache).map(DeviceBuf::bytes).sum()
     }
 }

@@ -32,9 +32,9 @@ use std::path::{Path, PathBuf};
 pub use config::{Arch, ModelConfig};
 pub use embed::{is_embedding_model, Embedder, Embedding, Pooling};
 use exo_formats::{GgufFile, HfModelDir};
-pub use exo_kernels::kv::{KvCache, KvType, BLOCK_TOKENS};
+pub use exo_kernels::kv::{KvType, BLOCK_TOKENS};
 use exo_tokenizer::Tokenizer;
-pub use transformer::{Logits, Scratch, Segment, State, Transformer};
+pub use transformer::{KvCache, Logits, Scratch, Segment, State, Transformer};
 pub use weights::QuantMix;
 use weights::{WeightFile, Weights};
 

@@ -8,7 +8,7 @@
 //! weights on the device, and [`Transformer::forward`] hands each call to the same computation
 //! written for CUDA in `cuda.rs`.
 
-use exo_kernels::kv::{KvCache, KvType, TokenPos, BLOCK_TOKENS};
+use exo_kernels::kv::{KvType, TokenPos, BLOCK_TOKENS};
 use exo_kernels::ops::{self, AttentionShape, RopeTable};
 use exo_kernels::{KernelError, Matrix};
 
@@ -200,6 +200,15 @@ impl Transformer {
         self.layers.len()
     }
 
+    /// Bytes of device memory free now, when the model runs on a GPU.
+    pub fn device_free_memory(&self) -> Option<usize> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return g.free_memory().ok();
+        }
+        None
+    }
+
     /// Where the forward pass runs, in words ("cpu", "cuda:0 (NVIDIA H100 80GB HBM3)").
     pub fn device(&self) -> String {
         #[cfg(feature = "cuda")]
@@ -253,19 +262,37 @@ impl Transformer {
         counts.into_iter().collect()
     }
 
-    /// Paged KV storage of `n_blocks` blocks for this model's layers.
+    /// Paged KV storage of `n_blocks` blocks for this model's layers: `ty` rows in host memory
+    /// for the layers the CPU runs, f16 rows in device memory for the GPU's.
     pub fn new_kv_cache(&self, ty: KvType, n_blocks: usize) -> Result<KvCache, ModelError> {
         let c = &self.config;
-        Ok(KvCache::new(ty, c.n_layers, c.n_kv_heads, c.head_dim, n_blocks)?)
+        let host = exo_kernels::kv::KvCache::new(ty, self.cpu_layers(), c.n_kv_heads, c.head_dim, n_blocks)?;
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return Ok(KvCache { host, n_blocks, gpu: Some(g.new_kv(n_blocks)?) });
+        }
+        Ok(KvCache {
+            host,
+            n_blocks,
+            #[cfg(feature = "cuda")]
+            gpu: None,
+        })
     }
 
     /// Scratch buffers for forward calls of up to `max_tokens` tokens at positions below
-    /// `max_pos` (at most the model's training context).
+    /// `max_pos` (at most the model's training context), on the device too when the model
+    /// runs there.
     pub fn new_scratch(&self, max_tokens: usize, max_pos: usize) -> Result<Scratch, ModelError> {
         if max_pos == 0 || max_pos > self.config.train_ctx {
             return Err(ModelError::ContextSize { ctx: max_pos, max: self.config.train_ctx });
         }
-        Ok(Scratch::new(&self.config, max_tokens, max_pos))
+        #[allow(unused_mut)]
+        let mut s = Scratch::new(&self.config, max_tokens, max_pos);
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            s.gpu = Some(g.new_scratch(s.max_tokens, max_pos)?);
+        }
+        Ok(s)
     }
 
     /// A fresh state for one sequence of up to `ctx` tokens, processed `max_batch` at a time,
@@ -281,23 +308,8 @@ impl Transformer {
     pub fn new_state_with(&self, ctx: usize, max_batch: usize, kv_type: KvType) -> Result<State, ModelError> {
         let scratch = self.new_scratch(max_batch, ctx)?;
         let n_blocks = ctx.div_ceil(BLOCK_TOKENS);
-        let c = &self.config;
-        let kv = KvCache::new(kv_type, self.cpu_layers(), c.n_kv_heads, c.head_dim, n_blocks)?;
-        #[allow(unused_mut)]
-        let mut state = State {
-            kv,
-            blocks: (0..n_blocks as u32).collect(),
-            scratch,
-            ctx,
-            len: 0,
-            #[cfg(feature = "cuda")]
-            gpu: None,
-        };
-        #[cfg(feature = "cuda")]
-        if let Some(g) = &self.gpu {
-            state.gpu = Some(g.new_state(ctx, state.max_batch())?);
-        }
-        Ok(state)
+        let kv = self.new_kv_cache(kv_type, n_blocks)?;
+        Ok(State { kv, blocks: (0..n_blocks as u32).collect(), scratch, ctx, len: 0 })
     }
 
     /// Runs `tokens` (at most `state.max_batch`) after the ones already in `state`'s cache.
@@ -310,19 +322,6 @@ impl Transformer {
         }
         if state.len + tokens.len() > state.ctx {
             return Err(ModelError::ContextFull { need: state.len + tokens.len(), ctx: state.ctx });
-        }
-        #[cfg(feature = "cuda")]
-        if let (Some(g), Some(gs)) = (&self.gpu, &mut state.gpu) {
-            if tokens.len() > state.scratch.max_tokens {
-                return Err(ModelError::Batch { tokens: tokens.len(), max: state.scratch.max_tokens });
-            }
-            // The layers the GPU does not hold run here first; it continues from their output.
-            let seg = Segment { tokens, pos0: state.len, blocks: &state.blocks, logits: Logits::None };
-            self.embed_layers(&mut state.kv, &mut state.scratch, &[seg], g.first_layer())?;
-            g.forward(gs, state.len, &state.scratch.x[..tokens.len() * self.config.hidden], all_logits)?;
-            state.scratch.n_logits = if all_logits { tokens.len() } else { 1 };
-            state.len += tokens.len();
-            return Ok(());
         }
         let logits = if all_logits { Logits::All } else { Logits::Last };
         let seg = Segment { tokens, pos0: state.len, blocks: &state.blocks, logits };
@@ -370,13 +369,27 @@ impl Transformer {
                 ))));
             }
         }
-        self.embed_layers(kv, s, segments, self.layers.len())?;
+        #[cfg(feature = "cuda")]
+        if let (Some(g), Some(gkv)) = (&self.gpu, &kv.gpu) {
+            if s.gpu.is_none() {
+                return Err(ModelError::Device("this scratch was made before the model was on the GPU".to_string()));
+            }
+            // The layers the GPU does not hold run here first; it continues from their output.
+            self.embed_layers(&mut kv.host, s, segments, g.first_layer())?;
+            if let Some(gs) = s.gpu.as_mut() {
+                g.forward(gkv, gs, segments, &s.x[..t * self.config.hidden])?;
+                s.n_logits = gs.n_logits();
+            }
+            s.on_gpu = true;
+            return Ok(());
+        }
+        self.embed_layers(&mut kv.host, s, segments, self.layers.len())?;
         self.head(s, segments)
     }
 
     /// Embeds the segments' tokens into `s.x` (with each token's position in `s.pos`) and runs
     /// the first `n_layers` layers over them; the caller has checked batch, blocks and context.
-    fn embed_layers(&self, kv: &mut KvCache, s: &mut Scratch, segments: &[Segment], n_layers: usize) -> Result<(), ModelError> {
+    fn embed_layers(&self, kv: &mut exo_kernels::kv::KvCache, s: &mut Scratch, segments: &[Segment], n_layers: usize) -> Result<(), ModelError> {
         let c = &self.config;
         let t: usize = segments.iter().map(|g| g.tokens.len()).sum();
         let (h, qd, kvd) = (c.hidden, c.q_dim(), c.kv_dim());
@@ -480,6 +493,10 @@ impl Transformer {
             row += n;
         }
         s.n_logits = n_out;
+        #[cfg(feature = "cuda")]
+        {
+            s.on_gpu = false;
+        }
         if n_out == 0 {
             return Ok(());
         }
@@ -535,6 +552,33 @@ pub struct Segment<'a> {
     pub logits: Logits,
 }
 
+/// A paged KV cache for one model: key and value rows of every layer in blocks of
+/// [`BLOCK_TOKENS`] positions, which the scheduler hands out to sequences. Rows of the layers the
+/// CPU runs live in host memory, those of the GPU's layers in device memory, both under the same
+/// block ids.
+pub struct KvCache {
+    host: exo_kernels::kv::KvCache,
+    n_blocks: usize,
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::cuda::CudaKv>,
+}
+
+impl KvCache {
+    /// Blocks in the cache.
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Bytes one position takes across all layers, host and device (keys and values).
+    pub fn bytes_per_token(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return self.host.bytes_per_token() + g.bytes_per_token();
+        }
+        self.host.bytes_per_token()
+    }
+}
+
 /// The forward pass's working buffers, allocated once for a largest batch and position.
 pub struct Scratch {
     max_tokens: usize,
@@ -556,6 +600,12 @@ pub struct Scratch {
     logits: Vec<f32>,
     /// Matrix-input statistics, collected only for quantization planning.
     activations: Option<Box<ActivationStats>>,
+    /// The device's buffers, when the model runs there.
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::cuda::CudaScratch>,
+    /// Whether the last call's logits are on the device.
+    #[cfg(feature = "cuda")]
+    on_gpu: bool,
 }
 
 impl Scratch {
@@ -582,6 +632,10 @@ impl Scratch {
             stacked: vec![0.0; n * (c.q_dim() + 2 * kv).max(2 * c.ffn_dim)],
             logits: vec![0.0; c.vocab_size],
             activations: None,
+            #[cfg(feature = "cuda")]
+            gpu: None,
+            #[cfg(feature = "cuda")]
+            on_gpu: false,
         }
     }
 
@@ -593,12 +647,16 @@ impl Scratch {
     /// Logits of the last forward call: one row of `vocab` values per token that asked for them,
     /// in batch order.
     pub fn logits(&self) -> &[f32] {
+        #[cfg(feature = "cuda")]
+        if let (true, Some(g)) = (self.on_gpu, &self.gpu) {
+            return g.logits();
+        }
         &self.logits[..self.n_logits * self.vocab]
     }
 
     /// Row `i` of [`Scratch::logits`].
     pub fn logits_row(&self, i: usize) -> &[f32] {
-        &self.logits[i * self.vocab..(i + 1) * self.vocab]
+        &self.logits()[i * self.vocab..(i + 1) * self.vocab]
     }
 }
 
@@ -610,8 +668,6 @@ pub struct State {
     scratch: Scratch,
     ctx: usize,
     len: usize,
-    #[cfg(feature = "cuda")]
-    gpu: Option<crate::cuda::CudaState>,
 }
 
 impl State {
@@ -655,20 +711,11 @@ impl State {
     /// Logits of the last forward call: `n` rows of `vocab` values, the last row being the
     /// newest token.
     pub fn logits(&self) -> &[f32] {
-        #[cfg(feature = "cuda")]
-        if let Some(g) = &self.gpu {
-            return g.logits();
-        }
         self.scratch.logits()
     }
 
     /// Logits of the newest token.
     pub fn last_logits(&self) -> &[f32] {
-        let n = self.scratch.n_logits.max(1);
-        #[cfg(feature = "cuda")]
-        if let Some(g) = &self.gpu {
-            return &g.logits()[(n - 1) * self.scratch.vocab..n * self.scratch.vocab];
-        }
-        self.scratch.logits_row(n - 1)
+        self.scratch.logits_row(self.scratch.n_logits.max(1) - 1)
     }
 }

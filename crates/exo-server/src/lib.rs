@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub ctx_size: Option<usize>,
     /// Where generators run (embedding models always run on the CPU).
     pub device: exo_models::Device,
+    /// With a GPU device, how many of each model's last layers it runs.
+    pub gpu_layers: exo_models::GpuLayers,
     /// Requests each model generates (or embeds) at once.
     pub parallel: usize,
     /// How KV rows are stored.
@@ -194,7 +196,12 @@ impl Server {
 }
 
 fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerError> {
-    let options = exo_models::LoadOptions { device: config.device, ..Default::default() };
+    let options = exo_models::LoadOptions {
+        device: config.device,
+        gpu_layers: config.gpu_layers,
+        gpu_ctx: config.ctx_size,
+        ..Default::default()
+    };
     let speculation = match &config.speculation {
         None => None,
         Some(SpeculationSpec { draft: None, config }) => Some(Speculation { source: DraftSource::Ngram, config: *config }),

@@ -1,8 +1,8 @@
 // ggml block formats as GGUF stores them, read in place on the GPU.
 //
-// Two views of each format: `deq_*` widens one element (embedding rows, dequantize-to-f16 before a
-// cuBLAS GEMM), and `dot_*` takes one slice of a block against activations quantized to int8 in
-// groups of 32 (`xq`, with `xds[g] = (scale, scale * sum of the group's int8 values)`), four
+// Two views of each format: `deq` widens one element (dequantize-to-f16 before a cuBLAS GEMM),
+// and each type's `load` + `dot` takes one slice of a block against activations quantized to int8
+// in groups of 32 (`xq`, with `xds[g] = (scale, scale * sum of the group's int8 values)`), four
 // products per `dp4a`. Block sizes that are not a multiple of 4 bytes (Q4_0, Q5_0, Q8_0, Q6_K)
 // leave words only 2-byte aligned, so those are read as two 16-bit halves.
 #pragma once
@@ -110,98 +110,146 @@ __device__ __forceinline__ float deq(int type, const uint8_t* b, int i) {
     }
 }
 
-// Each dot_* returns the contribution of slice `p` (0..PARTS-1) of the block at b; `xq` points
-// at the block's first activation, `xds` at its first group of 32.
+// Each type's `load` reads slice `p` (0..PARTS-1) of the block at b into registers (a `W`), and
+// `dot` returns that slice's contribution against activations: `xq` points at the block's first
+// activation, `xds` at its first group of 32. Split so that a mat-vec over several tokens reads
+// the weights once and runs `dot` per token.
 
 // Q4_K: 8 slices of 32 weights (16 low nibbles of sub-block 2j, 16 high of 2j+1).
 struct Q4K {
     static constexpr int QK = 256, PARTS = 8, BYTES = 144;
-    __device__ static float dot(const uint8_t* b, int p, const int8_t* xq, const float2* xds) {
+    struct W {
+        int4 v;
+        float d0, d1, m;  // both sub-blocks' scales times d; the min term's d·dmin (0 on h == 1)
+        int m0, m1;
+    };
+    __device__ static W load(const uint8_t* b, int p) {
         int j = p >> 1, h = p & 1;
-        int4 v = *(const int4*)(b + 16 + 32 * j + 16 * h);
+        W w;
+        w.v = *(const int4*)(b + 16 + 32 * j + 16 * h);
+        int sc0, sc1;
+        scale_min_k4(2 * j, b + 4, &sc0, &w.m0);
+        scale_min_k4(2 * j + 1, b + 4, &sc1, &w.m1);
+        float2 dm = __half22float2(*(const half2*)b);
+        w.d0 = dm.x * sc0;
+        w.d1 = dm.x * sc1;
+        // The min term covers a whole group of 32: the h == 0 slice adds it for both halves.
+        w.m = h == 0 ? dm.y : 0.f;
+        return w;
+    }
+    __device__ static float dot(const W& w, int p, const int8_t* xq, const float2* xds) {
+        int j = p >> 1, h = p & 1;
         int4 xl = *(const int4*)(xq + 64 * j + 16 * h);
         int4 xh = *(const int4*)(xq + 64 * j + 32 + 16 * h);
-        int sl = __dp4a(v.x & 0x0F0F0F0F, xl.x, 0);
-        sl = __dp4a(v.y & 0x0F0F0F0F, xl.y, sl);
-        sl = __dp4a(v.z & 0x0F0F0F0F, xl.z, sl);
-        sl = __dp4a(v.w & 0x0F0F0F0F, xl.w, sl);
-        int sh = __dp4a((v.x >> 4) & 0x0F0F0F0F, xh.x, 0);
-        sh = __dp4a((v.y >> 4) & 0x0F0F0F0F, xh.y, sh);
-        sh = __dp4a((v.z >> 4) & 0x0F0F0F0F, xh.z, sh);
-        sh = __dp4a((v.w >> 4) & 0x0F0F0F0F, xh.w, sh);
-        int sc0, m0, sc1, m1;
-        scale_min_k4(2 * j, b + 4, &sc0, &m0);
-        scale_min_k4(2 * j + 1, b + 4, &sc1, &m1);
+        int sl = __dp4a(w.v.x & 0x0F0F0F0F, xl.x, 0);
+        sl = __dp4a(w.v.y & 0x0F0F0F0F, xl.y, sl);
+        sl = __dp4a(w.v.z & 0x0F0F0F0F, xl.z, sl);
+        sl = __dp4a(w.v.w & 0x0F0F0F0F, xl.w, sl);
+        int sh = __dp4a((w.v.x >> 4) & 0x0F0F0F0F, xh.x, 0);
+        sh = __dp4a((w.v.y >> 4) & 0x0F0F0F0F, xh.y, sh);
+        sh = __dp4a((w.v.z >> 4) & 0x0F0F0F0F, xh.z, sh);
+        sh = __dp4a((w.v.w >> 4) & 0x0F0F0F0F, xh.w, sh);
         float2 a = xds[2 * j], c = xds[2 * j + 1];
-        half2 dm = *(const half2*)b;
-        float r = __low2float(dm) * (sc0 * a.x * sl + sc1 * c.x * sh);
-        // The min term covers a whole group of 32: the h == 0 slice adds it for both halves.
-        if (h == 0) r -= __high2float(dm) * (m0 * a.y + m1 * c.y);
-        return r;
+        return w.d0 * a.x * sl + w.d1 * c.x * sh - w.m * (w.m0 * a.y + w.m1 * c.y);
     }
 };
 
-// Q5_K: Q4_K plus a fifth bit per weight in qh[32].
+// Q5_K: Q4_K plus a fifth bit per weight in qh[32], merged into the nibbles at load.
 struct Q5K {
     static constexpr int QK = 256, PARTS = 8, BYTES = 176;
-    __device__ static float dot(const uint8_t* b, int p, const int8_t* xq, const float2* xds) {
-        int j = p >> 1, h = p & 1;
+    struct W {
+        int lo[4], hi[4];
+        float d0, d1, m;
+        int m0, m1;
+    };
+    __device__ static W load(const uint8_t* b, int p) {
+        int j = p >> 1, h = p & 1, s0 = 2 * j, s1 = 2 * j + 1;
         int4 v = *(const int4*)(b + 48 + 32 * j + 16 * h);
         int4 qh = *(const int4*)(b + 16 + 16 * h);
+        const int vv[4] = {v.x, v.y, v.z, v.w}, hh[4] = {qh.x, qh.y, qh.z, qh.w};
+        W w;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            w.lo[i] = (vv[i] & 0x0F0F0F0F) | (((hh[i] >> s0) & 0x01010101) << 4);
+            w.hi[i] = ((vv[i] >> 4) & 0x0F0F0F0F) | (((hh[i] >> s1) & 0x01010101) << 4);
+        }
+        int sc0, sc1;
+        scale_min_k4(s0, b + 4, &sc0, &w.m0);
+        scale_min_k4(s1, b + 4, &sc1, &w.m1);
+        float2 dm = __half22float2(*(const half2*)b);
+        w.d0 = dm.x * sc0;
+        w.d1 = dm.x * sc1;
+        w.m = h == 0 ? dm.y : 0.f;
+        return w;
+    }
+    __device__ static float dot(const W& w, int p, const int8_t* xq, const float2* xds) {
+        int j = p >> 1, h = p & 1;
         int4 xl = *(const int4*)(xq + 64 * j + 16 * h);
         int4 xh = *(const int4*)(xq + 64 * j + 32 + 16 * h);
-        int s0 = 2 * j, s1 = 2 * j + 1;
-#define Q5K_LO(vv, hh) (((vv) & 0x0F0F0F0F) | ((((hh) >> s0) & 0x01010101) << 4))
-#define Q5K_HI(vv, hh) ((((vv) >> 4) & 0x0F0F0F0F) | ((((hh) >> s1) & 0x01010101) << 4))
-        int sl = __dp4a(Q5K_LO(v.x, qh.x), xl.x, 0);
-        sl = __dp4a(Q5K_LO(v.y, qh.y), xl.y, sl);
-        sl = __dp4a(Q5K_LO(v.z, qh.z), xl.z, sl);
-        sl = __dp4a(Q5K_LO(v.w, qh.w), xl.w, sl);
-        int sh = __dp4a(Q5K_HI(v.x, qh.x), xh.x, 0);
-        sh = __dp4a(Q5K_HI(v.y, qh.y), xh.y, sh);
-        sh = __dp4a(Q5K_HI(v.z, qh.z), xh.z, sh);
-        sh = __dp4a(Q5K_HI(v.w, qh.w), xh.w, sh);
-#undef Q5K_LO
-#undef Q5K_HI
-        int sc0, m0, sc1, m1;
-        scale_min_k4(s0, b + 4, &sc0, &m0);
-        scale_min_k4(s1, b + 4, &sc1, &m1);
-        float2 a = xds[s0], c = xds[s1];
-        half2 dm = *(const half2*)b;
-        float r = __low2float(dm) * (sc0 * a.x * sl + sc1 * c.x * sh);
-        if (h == 0) r -= __high2float(dm) * (m0 * a.y + m1 * c.y);
-        return r;
+        int sl = __dp4a(w.lo[0], xl.x, 0);
+        sl = __dp4a(w.lo[1], xl.y, sl);
+        sl = __dp4a(w.lo[2], xl.z, sl);
+        sl = __dp4a(w.lo[3], xl.w, sl);
+        int sh = __dp4a(w.hi[0], xh.x, 0);
+        sh = __dp4a(w.hi[1], xh.y, sh);
+        sh = __dp4a(w.hi[2], xh.z, sh);
+        sh = __dp4a(w.hi[3], xh.w, sh);
+        float2 a = xds[2 * j], c = xds[2 * j + 1];
+        return w.d0 * a.x * sl + w.d1 * c.x * sh - w.m * (w.m0 * a.y + w.m1 * c.y);
     }
 };
 
 // Q6_K: 16 slices of 16 weights, each under one int8 scale.
 struct Q6K {
     static constexpr int QK = 256, PARTS = 16, BYTES = 210;
-    __device__ static float dot(const uint8_t* b, int p, const int8_t* xq, const float2* xds) {
+    struct W {
+        int q[4];  // the 6-bit values, re-centred to signed bytes
+        float d;   // d times the slice's scale
+    };
+    __device__ static W load(const uint8_t* b, int p) {
         int n = p >> 3, r = p & 7, g = r >> 1, hh = r & 1;
         const uint8_t* ql = b + 64 * n + (g & 1) * 32 + hh * 16;
         const uint8_t* qh = b + 128 + 32 * n + hh * 16;
-        const int* x = (const int*)(xq + 128 * n + 32 * g + 16 * hh);
-        int shl = (g >> 1) * 4, shh = 2 * g, s = 0;
+        int shl = (g >> 1) * 4, shh = 2 * g;
+        W w;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int q = ((ld2(ql + 4 * i) >> shl) & 0x0F0F0F0F) | (((ld2(qh + 4 * i) >> shh) & 0x03030303) << 4);
-            s = __dp4a((int)__vsubss4(q, 0x20202020), x[i], s);
+            w.q[i] = (int)__vsubss4(q, 0x20202020);
         }
-        int sc = (int8_t)b[192 + 8 * n + hh + 2 * g];
-        return f16_at(b + 208) * sc * xds[4 * n + g].x * s;
+        w.d = f16_at(b + 208) * (int8_t)b[192 + 8 * n + hh + 2 * g];
+        return w;
+    }
+    __device__ static float dot(const W& w, int p, const int8_t* xq, const float2* xds) {
+        int n = p >> 3, g = (p & 7) >> 1, hh = p & 1;
+        const int* x = (const int*)(xq + 128 * n + 32 * g + 16 * hh);
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) s = __dp4a(w.q[i], x[i], s);
+        return w.d * xds[4 * n + g].x * s;
     }
 };
 
 // Q8_0: 2 slices of 16.
 struct Q80 {
     static constexpr int QK = 32, PARTS = 2, BYTES = 34;
-    __device__ static float dot(const uint8_t* b, int p, const int8_t* xq, const float2* xds) {
+    struct W {
+        int q[4];
+        float d;
+    };
+    __device__ static W load(const uint8_t* b, int p) {
+        W w;
+#pragma unroll
+        for (int i = 0; i < 4; i++) w.q[i] = ld2(b + 2 + 16 * p + 4 * i);
+        w.d = f16_at(b);
+        return w;
+    }
+    __device__ static float dot(const W& w, int p, const int8_t* xq, const float2* xds) {
         const int* x = (const int*)(xq + 16 * p);
         int s = 0;
 #pragma unroll
-        for (int i = 0; i < 4; i++) s = __dp4a(ld2(b + 2 + 16 * p + 4 * i), x[i], s);
-        return f16_at(b) * xds[0].x * s;
+        for (int i = 0; i < 4; i++) s = __dp4a(w.q[i], x[i], s);
+        return w.d * xds[0].x * s;
     }
 };
 
@@ -210,28 +258,39 @@ template <int TYPE>
 struct Legacy {
     static constexpr int QK = 32, PARTS = 1;
     static constexpr int BYTES = TYPE == T_Q4_0 ? 18 : TYPE == T_Q4_1 ? 20 : TYPE == T_Q5_0 ? 22 : 24;
-    __device__ static float dot(const uint8_t* b, int, const int8_t* xq, const float2* xds) {
+    struct W {
+        int lo[4], hi[4];
+        float d, m;  // scale; the offset (Q4_1/Q5_1 min, or -8/-16 times the scale)
+    };
+    __device__ static W load(const uint8_t* b, int) {
         constexpr int QS = TYPE == T_Q4_0 ? 2 : TYPE == T_Q4_1 ? 4 : TYPE == T_Q5_0 ? 6 : 8;
-        const int* x = (const int*)xq;
         uint32_t qh = 0;
         if (TYPE == T_Q5_0) qh = (uint32_t)ld2(b + 2);
         if (TYPE == T_Q5_1) qh = (uint32_t)ld4(b + 4);
-        int s = 0;
+        W w;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int v = (TYPE == T_Q4_1 || TYPE == T_Q5_1) ? ld4(b + QS + 4 * i) : ld2(b + QS + 4 * i);
-            int lo = v & 0x0F0F0F0F, hi = (v >> 4) & 0x0F0F0F0F;
+            w.lo[i] = v & 0x0F0F0F0F;
+            w.hi[i] = (v >> 4) & 0x0F0F0F0F;
             if (TYPE == T_Q5_0 || TYPE == T_Q5_1) {
-                lo |= spread4(qh >> (4 * i));
-                hi |= spread4(qh >> (16 + 4 * i));
+                w.lo[i] |= spread4(qh >> (4 * i));
+                w.hi[i] |= spread4(qh >> (16 + 4 * i));
             }
-            s = __dp4a(lo, x[i], s);
-            s = __dp4a(hi, x[4 + i], s);
         }
-        float d = f16_at(b);
+        w.d = f16_at(b);
+        w.m = TYPE == T_Q4_0 ? -8.0f * w.d : TYPE == T_Q5_0 ? -16.0f * w.d : f16_at(b + 2);
+        return w;
+    }
+    __device__ static float dot(const W& w, int, const int8_t* xq, const float2* xds) {
+        const int* x = (const int*)xq;
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            s = __dp4a(w.lo[i], x[i], s);
+            s = __dp4a(w.hi[i], x[4 + i], s);
+        }
         float2 a = xds[0];
-        if (TYPE == T_Q4_0) return d * (a.x * s - 8.0f * a.y);
-        if (TYPE == T_Q5_0) return d * (a.x * s - 16.0f * a.y);
-        return d * a.x * s + f16_at(b + 2) * a.y;
+        return w.d * a.x * s + w.m * a.y;
     }
 };

@@ -2,21 +2,23 @@
 // split-sequence attention for decoding, tiled flash attention for prompts, gated activations and
 // logit soft-capping.
 //
-// Positions come from device memory (`io[0]` is the position of the batch's first token), so a
-// decode step captured once as a CUDA graph replays for every position without re-capture.
+// Positions and KV blocks come from the batch map in device memory (batch.cuh), so a decode step
+// captured once as a CUDA graph replays for every position without re-capture.
 // Kernels that feed a quantized mat-vec also write the int8 groups it reads (when `q` is set),
 // saving a launch per product: each warp holds 32 consecutive values (n and blockDim.x are
 // multiples of 32), which is exactly one group, and quantizes them in registers.
 #include <cuda_fp16.h>
+#include "batch.cuh"
 #include "reduce.cuh"
 
-// out = x / rms(x) · w for each row (grid y), plus its int8 groups when q is set. The gridDim.x
+// out = x / rms(x) · w for each row (grid y; input row rows[y] when rows is set, else y), plus
+// its int8 groups when q is set. The gridDim.x
 // blocks of a row each sum the whole row's squares (a re-read from L2 that costs less than a
 // second launch) and normalise their own slice: at one token this spreads the row over many SMs.
-extern "C" __global__ void rms_norm_rows(const float* x, const float* w, float* out, int8_t* q, float2* ds, int n,
-                                         float eps) {
+extern "C" __global__ void rms_norm_rows(const float* x, const int* rows, const float* w, float* out, int8_t* q,
+                                         float2* ds, int n, float eps) {
     size_t r = blockIdx.y;
-    const float* xr = x + r * n;
+    const float* xr = x + (size_t)(rows ? rows[r] : r) * n;
     float* o = out + r * n;
     float ss = 0.f;
     for (int c = threadIdx.x; c < n; c += blockDim.x) ss += xr[c] * xr[c];
@@ -45,14 +47,15 @@ extern "C" __global__ void add_rows(float* x, const float* y, const float* w, in
 
 // For each token (grid y) and each q or k head (grid x): add the projection bias, apply the
 // per-head RMSNorm if the model has one, rotate by the token's position, and for k heads store
-// k and v in the f16 cache row of that position. One thread per rotated pair.
+// k and v in the f16 cache row of that position in the token's blocks. One thread per rotated
+// pair.
 //
 // qkv rows are [q | k | v] (`stride` floats apart); bias, when set, is laid out the same way.
 extern "C" __global__ void rope_kv(float* qkv, int stride, const int* io, int n_heads, int n_kv_heads, int head_dim,
                                    const float* cos_t, const float* sin_t, int neox, const float* bias,
                                    const float* q_norm, const float* k_norm, float eps, __half* kc, __half* vc) {
     int h = blockIdx.x, t = blockIdx.y, i = threadIdx.x, half_d = head_dim / 2;
-    int pos = io[0] + t;
+    int pos = map_pos(io, t);
     bool is_q = h < n_heads;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
     int off = is_q ? h * head_dim : q_dim + (h - n_heads) * head_dim;
@@ -77,7 +80,7 @@ extern "C" __global__ void rope_kv(float* qkv, int stride, const int* io, int n_
         return;
     }
     int kh = h - n_heads;
-    size_t dst = (size_t)pos * kv_dim + kh * head_dim;
+    size_t dst = kv_row(map_table(io, t), pos) * kv_dim + kh * head_dim;
     kc[dst + ia] = __float2half(ra);
     kc[dst + ib] = __float2half(rb);
     int voff = q_dim + kv_dim + kh * head_dim;
@@ -91,24 +94,25 @@ extern "C" __global__ void rope_kv(float* qkv, int stride, const int* io, int n_
 }
 
 // One split of flash-decoding for the query in qs (scaled, in shared memory): the softmax-weighted
-// sum of the values over keys [k0, k0 + n) of KV head kvh, written unnormalised to out, and the
+// sum of the values over keys [k0, k0 + n) of KV head kvh in the sequence with block table tab,
+// written unnormalised to out, and the
 // split's (max, sum of exponentials) returned. Each thread scores whole keys (no shuffles; q is
 // broadcast from shared memory); for the weighted sum of values each warp takes every nw-th key
 // with its lanes across the head, and the warps' sums meet in shared memory. When kcur is set,
 // the last key is the token being decoded, read from kcur/vcur (shared memory) instead of the
 // cache. sc holds n floats, red (blockDim.x / 32) · head_dim.
-__device__ float2 attend_split(const float* qs, int k0, int n, int kv_dim, int kvh, int head_dim, const __half* kc,
-                               const __half* vc, const float* kcur, const float* vcur, float* sc, float* red,
-                               float* out) {
+__device__ float2 attend_split(const float* qs, int k0, int n, int kv_dim, int kvh, int head_dim, const int* tab,
+                               const __half* kc, const __half* vc, const float* kcur, const float* vcur, float* sc,
+                               float* red, float* out) {
     int nw = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const __half* kbase = kc + (size_t)k0 * kv_dim + kvh * head_dim;
+    const __half* kbase = kc + kvh * head_dim;
     float m = -INFINITY;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         float dot = 0.f;
         if (kcur && j == n - 1) {
             for (int d = 0; d < head_dim; d++) dot += qs[d] * kcur[d];
         } else {
-            const half2* kr = (const half2*)(kbase + (size_t)j * kv_dim);
+            const half2* kr = (const half2*)(kbase + kv_row(tab, k0 + j) * kv_dim);
 #pragma unroll 8
             for (int d = 0; d < head_dim / 2; d++) {
                 float2 k2 = __half22float2(kr[d]);
@@ -130,7 +134,7 @@ __device__ float2 attend_split(const float* qs, int k0, int n, int kv_dim, int k
     float acc[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) acc[i] = 0.f;
-    const __half* vbase = vc + (size_t)k0 * kv_dim + kvh * head_dim + lane * per;
+    const __half* vbase = vc + kvh * head_dim + lane * per;
 #pragma unroll 4
     for (int j = warp; j < n; j += nw) {
         float p = sc[j];
@@ -139,7 +143,7 @@ __device__ float2 attend_split(const float* qs, int k0, int n, int kv_dim, int k
             for (int i = 0; i < 8; i++)
                 if (i < per) acc[i] += p * vcur[lane * per + i];
         } else {
-            const __half* vr = vbase + (size_t)j * kv_dim;
+            const __half* vr = vbase + kv_row(tab, k0 + j) * kv_dim;
 #pragma unroll
             for (int i = 0; i < 8; i++)
                 if (i < per) acc[i] += p * __half2float(vr[i]);
@@ -159,14 +163,16 @@ __device__ float2 attend_split(const float* qs, int k0, int n, int kv_dim, int k
 
 // Flash-decoding, first half: block (split, head, token) attends over keys
 // [split·chunk, (split+1)·chunk) ∩ the token's visible range (attend_split), and writes its
-// unnormalised output with its running max and sum of exponentials.
+// unnormalised output with its running max and sum of exponentials. With skip_tiled, tokens the
+// batch map marks tiled are left to attn_prefill.
 // Shared memory: head_dim + chunk + (blockDim.x / 32) · head_dim floats. head_dim ≤ 256.
 extern "C" __global__ void attn_partial(const float* qkv, int stride, const int* io, int n_heads, int n_kv_heads,
-                                        int head_dim, float scale, int window, int chunk, int nsplit,
-                                        const __half* kc, const __half* vc, float* part, float2* ml) {
+                                        int head_dim, float scale, int window, int skip_tiled, int chunk,
+                                        int nsplit, const __half* kc, const __half* vc, float* part, float2* ml) {
     extern __shared__ float sm[];
     int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
-    int qpos = io[0] + t;
+    if (skip_tiled && map_tiled(io, t)) return;
+    int qpos = map_pos(io, t);
     int first = window > 0 ? max(0, qpos - window + 1) : 0;
     int k0 = max(first, s * chunk), k1 = min(qpos + 1, (s + 1) * chunk);
     size_t idx = ((size_t)t * n_heads + h) * nsplit + s;
@@ -181,16 +187,18 @@ extern "C" __global__ void attn_partial(const float* qkv, int stride, const int*
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[d] * scale;
     __syncthreads();
     int kv_dim = n_kv_heads * head_dim, kvh = h / (n_heads / n_kv_heads);
-    float2 r = attend_split(qs, k0, k1 - k0, kv_dim, kvh, head_dim, kc, vc, nullptr, nullptr, sc, red, part + idx * head_dim);
+    float2 r = attend_split(qs, k0, k1 - k0, kv_dim, kvh, head_dim, map_table(io, t), kc, vc, nullptr, nullptr, sc, red,
+                            part + idx * head_dim);
     if (threadIdx.x == 0) ml[idx] = r;
 }
 
 // Flash-decoding, second half: block (head, token), one thread per dimension, merges the head's
 // splits into out (t × n_heads·head_dim), plus the int8 groups when q is set (head_dim is a
-// multiple of 32, so each warp holds whole groups).
-extern "C" __global__ void attn_combine(const float* part, const float2* ml, int nsplit, int n_heads, int head_dim,
-                                        float* out, int8_t* q, float2* ds) {
+// multiple of 32, so each warp holds whole groups). Tiled tokens are skipped as in attn_partial.
+extern "C" __global__ void attn_combine(const int* io, int skip_tiled, const float* part, const float2* ml, int nsplit,
+                                        int n_heads, int head_dim, float* out, int8_t* q, float2* ds) {
     int h = blockIdx.x, t = blockIdx.y, d = threadIdx.x, q_dim = n_heads * head_dim;
+    if (skip_tiled && map_tiled(io, t)) return;
     size_t base = ((size_t)t * n_heads + h) * nsplit;
     float m = -INFINITY;
     for (int s = 0; s < nsplit; s++) m = fmaxf(m, ml[base + s].x);
@@ -228,7 +236,7 @@ extern "C" __global__ void softcap(float* x, size_t n, float cap) {
 }
 
 // Prefill attention on the tensor cores (flash attention): block (query tile, head) holds 64
-// queries of the call, four warps of 16 rows each, and walks the keys in tiles of 64 with an
+// queries of one sequence's t consecutive tokens from token tok0 of the call, four warps of 16 rows each, and walks the keys in tiles of 64 with an
 // online softmax, so scores never leave registers. Keys and values come from the f16 cache,
 // which rope_kv has filled up to the call's last position. S = Q·Kᵀ and O += P·V are
 // m16n8k16 f16 MMAs with f32 accumulators; V is stored transposed in shared memory so both
@@ -250,7 +258,7 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
 }
 
 template <int D>
-__device__ void attn_prefill(const float* qkv, int stride, const int* io, int t, int n_heads, int n_kv_heads,
+__device__ void attn_prefill(const float* qkv, int stride, const int* io, int tok0, int t, int n_heads, int n_kv_heads,
                              float scale, const __half* kc, const __half* vc, float* out) {
     constexpr int KS = D + 8;     // K row stride in halves (padding spreads a warp's rows over banks)
     constexpr int VS = FA_K + 8;  // V row stride in halves: V is stored transposed, one row per dim
@@ -258,7 +266,10 @@ __device__ void attn_prefill(const float* qkv, int stride, const int* io, int t,
     __shared__ __align__(16) __half vs[D * VS];
     int q0 = blockIdx.x * FA_Q, h = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
-    int pos0 = io[0];
+    int pos0 = map_pos(io, tok0);
+    const int* tab = map_table(io, tok0);
+    qkv += (size_t)tok0 * stride;
+    out += (size_t)tok0 * n_heads * D;
     int kv_dim = n_kv_heads * D, kvh = h / (n_heads / n_kv_heads);
     // This warp's 16 query rows as A fragments, pre-scaled; rows past the call read as zero.
     uint32_t qf[D / 16][4];
@@ -290,7 +301,7 @@ __device__ void attn_prefill(const float* qkv, int stride, const int* io, int t,
             int r = e / (D / 8), c = (e % (D / 8)) * 8;
             uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
             if (k0 + r < kend) {
-                size_t off = (size_t)(k0 + r) * kv_dim + kvh * D + c;
+                size_t off = kv_row(tab, k0 + r) * kv_dim + kvh * D + c;
                 kv4 = *(const uint4*)(kc + off);
                 vv4 = *(const uint4*)(vc + off);
             }
@@ -376,9 +387,9 @@ __device__ void attn_prefill(const float* qkv, int stride, const int* io, int t,
 
 #define ATTN_PREFILL(D)                                                                                        \
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_##D(                                         \
-        const float* qkv, int stride, const int* io, int t, int n_heads, int n_kv_heads, float scale,          \
+        const float* qkv, int stride, const int* io, int tok0, int t, int n_heads, int n_kv_heads, float scale, \
         const __half* kc, const __half* vc, float* out) {                                                      \
-        attn_prefill<D>(qkv, stride, io, t, n_heads, n_kv_heads, scale, kc, vc, out);                          \
+        attn_prefill<D>(qkv, stride, io, tok0, t, n_heads, n_kv_heads, scale, kc, vc, out);                    \
     }
 
 ATTN_PREFILL(64)
@@ -417,26 +428,29 @@ __device__ __forceinline__ void rotate_head(const float* row, int off, int i, in
     }
 }
 
-// The whole attention of one decoded token, in one launch: block (split, head) rotates its query
+// The whole attention of decoded tokens (one per sequence), in one launch: block (split, head,
+// token) rotates its query
 // (bias, per-head norm, rotary position), attends over its split of the cache like attn_partial
 // and counts itself done; the last of a head's splits merges them like attn_combine, with the
 // int8 groups for the output projection. The split holding the token itself computes the token's
 // key and value (rounded to f16 as the cache holds them) instead of reading them, and the first
 // query head of each KV group writes them to the cache for later tokens. This replaces rope_kv,
-// attn_partial and attn_combine in the captured decode step. cnt: one int per head, at 0.
+// attn_partial and attn_combine in the captured decode step. cnt: one int per head and token, at 0.
 // Shared memory: (7 · head_dim + chunk) floats.
-// The arguments up to vc are rope_kv's (stride unused: one row).
+// The arguments up to vc are rope_kv's.
 extern "C" __global__ void attn_decode(const float* qkv, int stride, const int* io, int n_heads, int n_kv_heads,
                                        int head_dim, const float* cos_t, const float* sin_t, int neox,
                                        const float* bias, const float* q_norm, const float* k_norm, float eps,
                                        __half* kc, __half* vc, float scale, int window, int chunk, int nsplit,
                                        float* part, float2* ml, int* cnt, float* out, int8_t* q8, float2* ds) {
     extern __shared__ float sm[];
-    int s = blockIdx.x, h = blockIdx.y, D = head_dim, tid = threadIdx.x;
-    int pos = io[0];
+    int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z, D = head_dim, tid = threadIdx.x;
+    int pos = map_pos(io, t);
+    const int* tab = map_table(io, t);
+    const float* row = qkv + (size_t)t * stride;
     int first = window > 0 ? max(0, pos - window + 1) : 0;
     int k0 = max(first, s * chunk), k1 = min(pos + 1, (s + 1) * chunk);
-    size_t idx = (size_t)h * nsplit + s;
+    size_t idx = ((size_t)t * n_heads + h) * nsplit + s;
     if (k0 < k1) {
         float* qs = sm;
         float* kcur = sm + D;
@@ -447,15 +461,15 @@ extern "C" __global__ void attn_decode(const float* qkv, int stride, const int* 
         bool own = k1 == pos + 1;
         const float* cr = cos_t + (size_t)pos * (D / 2);
         const float* sr = sin_t + (size_t)pos * (D / 2);
-        rotate_head(qkv, h * D, tid, D, neox, bias, q_norm, eps, cr, sr, scale, qs);
+        rotate_head(row, h * D, tid, D, neox, bias, q_norm, eps, cr, sr, scale, qs);
         if (own) {
-            rotate_head(qkv, q_dim + kvh * D, tid, D, neox, bias, k_norm, eps, cr, sr, 1.f, kcur);
+            rotate_head(row, q_dim + kvh * D, tid, D, neox, bias, k_norm, eps, cr, sr, 1.f, kcur);
             __syncthreads();
             bool writer = h % (n_heads / n_kv_heads) == 0;
-            size_t dst = (size_t)pos * kv_dim + kvh * D;
+            size_t dst = kv_row(tab, pos) * kv_dim + kvh * D;
             for (int d = tid; d < D; d += blockDim.x) {
                 int vo = q_dim + kv_dim + kvh * D + d;
-                __half kh = __float2half(kcur[d]), vh = __float2half(qkv[vo] + (bias ? bias[vo] : 0.f));
+                __half kh = __float2half(kcur[d]), vh = __float2half(row[vo] + (bias ? bias[vo] : 0.f));
                 kcur[d] = __half2float(kh);
                 vcur[d] = __half2float(vh);
                 if (writer) {
@@ -465,16 +479,16 @@ extern "C" __global__ void attn_decode(const float* qkv, int stride, const int* 
             }
         }
         __syncthreads();
-        float2 r = attend_split(qs, k0, k1 - k0, kv_dim, kvh, D, kc, vc, own ? kcur : nullptr, own ? vcur : nullptr, sc, red,
-                                part + idx * D);
+        float2 r = attend_split(qs, k0, k1 - k0, kv_dim, kvh, D, tab, kc, vc, own ? kcur : nullptr, own ? vcur : nullptr, sc,
+                                red, part + idx * D);
         if (tid == 0) ml[idx] = r;
     } else if (tid == 0) {
         ml[idx] = make_float2(-INFINITY, 0.f);
     }
 
     // The last split block of this head to finish merges all of them.
-    if (!block_finishes(cnt + h, nsplit)) return;
-    size_t base = (size_t)h * nsplit;
+    if (!block_finishes(cnt + t * n_heads + h, nsplit)) return;
+    size_t base = ((size_t)t * n_heads + h) * nsplit;
     float mx = -INFINITY;
     for (int i = 0; i < nsplit; i++) mx = fmaxf(mx, __ldcg(&ml[base + i]).x);
     for (int d = tid; d < D; d += blockDim.x) {
@@ -488,8 +502,8 @@ extern "C" __global__ void attn_decode(const float* qkv, int stride, const int* 
             }
         }
         float v = a / l;
-        int e = h * D + d;
+        size_t e = (size_t)t * n_heads * D + h * D + d;
         out[e] = v;
-        quantize_group(v, q8 + (e & ~31), ds + e / 32);
+        quantize_group(v, q8 + (e & ~(size_t)31), ds + e / 32);
     }
 }

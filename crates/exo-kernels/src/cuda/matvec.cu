@@ -4,54 +4,91 @@
 #include "reduce.cuh"
 
 // Rows per thread block in the quantized mat-vec: each thread's activation slice is read once
-// and used against this many weight rows.
+// and used against this many weight rows. Several tokens' activations cost more to load, so the
+// several-token kernels share them over more rows.
 #define MV_ROWS 2
+#define MV_ROWS_N 4
 #define MV_THREADS 64
+// Most tokens one mat-vec launch takes: each weight block read is used against all of them.
+#define MV_COLS 8
 
-// y[row] (+)= W[row] · x for the MV_ROWS rows of this block. Thread slices walk the row block by
-// block, so a warp reads consecutive bytes of a row; partial sums meet in shared memory.
-template <class T>
+// y[c·ldy + row] (+)= W[row] · x_c for the ROWS rows of this block and the NC tokens x_c (int8
+// rows of `cols`, one scale pair per 32). Thread slices walk the row block by block, so a warp
+// reads consecutive bytes of a row; partial sums meet in shared memory. Each weight slice is
+// loaded once and used for all NC tokens.
+template <class T, int NC, int ROWS>
 __device__ __forceinline__ void mv_q(const uint8_t* __restrict__ w, const int8_t* __restrict__ xq,
                                      const float2* __restrict__ xds, float* __restrict__ y, int rows,
-                                     int cols, int accumulate) {
-    int row0 = blockIdx.x * MV_ROWS;
+                                     int cols, int accumulate, int ldy) {
+    int row0 = blockIdx.x * ROWS;
     int nb = cols / T::QK;
     size_t row_bytes = (size_t)nb * T::BYTES;
-    float acc[MV_ROWS];
+    float acc[ROWS][NC];
 #pragma unroll
-    for (int r = 0; r < MV_ROWS; r++) acc[r] = 0.f;
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[r][c] = 0.f;
     int units = nb * T::PARTS;
     for (int u = threadIdx.x; u < units; u += MV_THREADS) {
         int blk = u / T::PARTS, p = u % T::PARTS;
-        const int8_t* xb = xq + (size_t)blk * T::QK;
-        const float2* db = xds + (size_t)blk * (T::QK / 32);
+        // A block's rows past the matrix end re-read its last row (their sums are never
+        // written), so no branch separates the rows' products and each token's activations
+        // are loaded once for all of them.
+        typename T::W wv[ROWS];
 #pragma unroll
-        for (int r = 0; r < MV_ROWS; r++) {
-            if (row0 + r < rows) acc[r] += T::dot(w + (size_t)(row0 + r) * row_bytes + (size_t)blk * T::BYTES, p, xb, db);
+        for (int r = 0; r < ROWS; r++)
+            wv[r] = T::load(w + (size_t)min(row0 + r, rows - 1) * row_bytes + (size_t)blk * T::BYTES, p);
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const int8_t* xc = xq + (size_t)c * cols + (size_t)blk * T::QK;
+            const float2* dc = xds + (size_t)c * (cols / 32) + (size_t)blk * (T::QK / 32);
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) acc[r][c] += T::dot(wv[r], p, xc, dc);
         }
     }
-    __shared__ float red[MV_ROWS][MV_THREADS / 32];
+    __shared__ float red[ROWS * NC][MV_THREADS / 32];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-    for (int r = 0; r < MV_ROWS; r++) {
-        float v = warp_sum(acc[r]);
-        if (lane == 0) red[r][warp] = v;
-    }
-    __syncthreads();
-    if (threadIdx.x < MV_ROWS && row0 + threadIdx.x < rows) {
-        float s = 0.f;
+    for (int r = 0; r < ROWS; r++)
 #pragma unroll
-        for (int i = 0; i < MV_THREADS / 32; i++) s += red[threadIdx.x][i];
-        int row = row0 + threadIdx.x;
-        y[row] = accumulate ? y[row] + s : s;
+        for (int c = 0; c < NC; c++) {
+            float v = warp_sum(acc[r][c]);
+            if (lane == 0) red[r * NC + c][warp] = v;
+        }
+    __syncthreads();
+    if (threadIdx.x < ROWS * NC) {
+        int r = threadIdx.x / NC, c = threadIdx.x % NC, row = row0 + r;
+        if (row < rows) {
+            float s = 0.f;
+#pragma unroll
+            for (int i = 0; i < MV_THREADS / 32; i++) s += red[threadIdx.x][i];
+            float* out = y + (size_t)c * ldy + row;
+            *out = accumulate ? *out + s : s;
+        }
     }
 }
 
-#define MV_KERNEL(name, T)                                                                          \
-    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                        \
-        name(const uint8_t* w, const int8_t* xq, const float2* xds, float* y, int rows, int cols,   \
-             int accumulate) {                                                                      \
-        mv_q<T>(w, xq, xds, y, rows, cols, accumulate);                                             \
+// Two kernels per weight type: one token (decode), and 2..MV_COLS tokens with the count picking
+// the unrolled variant. Kept apart because a kernel's register budget is that of its largest
+// variant, which would cut the occupancy of the one-token case.
+#define MV_KERNEL(name, T)                                                                            \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                          \
+        name(const uint8_t* w, const int8_t* xq, const float2* xds, float* y, int rows, int cols,     \
+             int accumulate, int, int ldy) {                                                          \
+        mv_q<T, 1, MV_ROWS>(w, xq, xds, y, rows, cols, accumulate, ldy);                              \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                          \
+        name##_n(const uint8_t* w, const int8_t* xq, const float2* xds, float* y, int rows, int cols, \
+                 int accumulate, int ncols, int ldy) {                                                \
+        switch (ncols) {                                                                              \
+            case 2: mv_q<T, 2, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
+            case 3: mv_q<T, 3, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
+            case 4: mv_q<T, 4, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
+            case 5: mv_q<T, 5, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
+            case 6: mv_q<T, 6, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
+            case 7: mv_q<T, 7, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
+            default: mv_q<T, 8, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;        \
+        }                                                                                             \
     }
 
 MV_KERNEL(mv_q4_k, Q4K)
@@ -171,8 +208,7 @@ extern "C" __global__ void dequant_f16(int type, const uint8_t* w, int rows, int
     }
 }
 
-// out[i] = scale · table[tokens[i]] for the batch's tokens; one block per token. `tokens` is
-// device memory so a captured decode graph picks up each step's token.
+// out[i] = (f16) x[i].
 extern "C" __global__ void f32_to_f16(const float* x, __half* out, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = __float2half(x[i]);
