@@ -3,11 +3,15 @@
 # 0.3.36 source release, the same llama.cpp the reference venv runs, for benchmarks that need
 # its parallel slots and continuous batching (llama-cpp-python's server runs one request at a
 # time). About 10-20 minutes on 2 cores, once; prints the binary's path.
+#
+#   bench/build-llama-server.sh [TARGET]   another tool of the same build, e.g. llama-batched-bench
+#                                          (a minute more once llama-server is built)
 # Output: $EXO_DEV_HOME/llama.cpp (default ~/.cache/exo-dev/llama.cpp).
 set -euo pipefail
 dev="${EXO_DEV_HOME:-$HOME/.cache/exo-dev}"
 root="$dev/llama.cpp"
-bin="$root/build/bin/llama-server"
+target="${1:-llama-server}"
+bin="$root/build/bin/$target"
 if [[ -x "$bin" ]]; then
     echo "$bin"
     exit 0
@@ -37,5 +41,5 @@ export PATH="$tools/bin:$PATH"
 cmake -S "$src/vendor/llama.cpp" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
-ninja -C "$root/build" -j "$(nproc)" llama-server >&2
+ninja -C "$root/build" -j "$(nproc)" "$target" >&2
 echo "$bin"

@@ -7,7 +7,11 @@
 # Prints llama-bench-style pp512 / tg128 figures for exo, llama.cpp and llama.cpp with flash
 # attention, with exo / peer ratios, for the random model and any GGUF files given; then the peak
 # GPU memory of each engine holding an 8K context of the random model (nvidia-smi's per-process
-# figure, sampled every 50 ms; f16 KV cache in both). JSON and logs go to $OUT (or /tmp/exo-gpu).
+# figure, sampled every 50 ms; f16 KV cache in both); then batched decode of the random model,
+# `exo bench --parallel 8,32` against `llama-batched-bench -npl 8,32` (prompt 512 and 128
+# generated tokens per sequence, flash attention off and on; PAR_REPS repetitions of exo, 2 by
+# default, each llama-batched-bench figure one run as that tool measures). JSON and logs go to
+# $OUT (or /tmp/exo-gpu).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/exo-gpu}
@@ -20,11 +24,11 @@ export PYTHONPATH="$work/site:${PYTHONPATH:-}"
 REPS=${REPS:-3}
 
 # llama.cpp builds in the background while the model is written.
-if [ ! -x "$work/llama.cpp/b/bin/llama-bench" ]; then
+if [ ! -x "$work/llama.cpp/b/bin/llama-bench" ] || [ ! -x "$work/llama.cpp/b/bin/llama-batched-bench" ]; then
   tar -xJf "$here/llama.cpp.tar.xz" -C "$work"
   (cd "$work/llama.cpp" && cmake -S . -B b -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=OFF -DCMAKE_BUILD_TYPE=Release >"$out/llama-build.log" 2>&1 && ninja -C b -j16 llama-bench >>"$out/llama-build.log" 2>&1) &
+    -DGGML_NATIVE=OFF -DCMAKE_BUILD_TYPE=Release >"$out/llama-build.log" 2>&1 && ninja -C b -j16 llama-bench llama-batched-bench >>"$out/llama-build.log" 2>&1) &
   build=$!
 else
   build=""
@@ -85,3 +89,43 @@ for fa in 0 1; do
   mem=$(peak_mib "$out/mem-llama-fa$fa.txt" "$llama_bench" -m "$model" -ngl 99 -fa $fa -p 512 -n 16 -r 1 -d 7664) || mem=failed
   echo "| llama.cpp -fa $fa | $mem |"
 done
+
+# Batched decode: B sequences of 512 prompt tokens, then 128 steps of one token each, every
+# sequence in each step (llama-batched-bench's default pattern). Its -c is the whole KV cache,
+# B·(512+128) tokens for the largest B; a smaller one silently skips that B.
+# The timeout bounds a build whose batched forward pass does not run on the GPU (the CPU of the
+# host would take many minutes over 32 x 512 prompt tokens of an 8B model).
+PAR_REPS=${PAR_REPS:-2}
+timeout "${PAR_TIMEOUT:-240}" "$work/exo" bench "$model" --device cuda --parallel 8,32 -p 512 -n 128 -r "$PAR_REPS" --json > "$out/exo-parallel.json" \
+  || echo "exo bench --parallel failed (exit $?; 124: it ran past PAR_TIMEOUT)" >&2
+for fa in 0 1; do
+  "$work/llama.cpp/b/bin/llama-batched-bench" -m "$model" -ngl 99 -fa $fa -c 20480 -npp 512 -ntg 128 -npl 8,32 \
+    --output-format jsonl > "$out/llama-parallel-fa$fa.jsonl" 2> "$out/llama-parallel-fa$fa.log" \
+    || echo "llama-batched-bench -fa $fa failed (exit $?)" >&2
+done
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+def rows(path, parse):
+    try:
+        return parse(open(path).read())
+    except (OSError, ValueError, KeyError) as e:
+        print(f"{path}: {e}")
+        return {}
+exo = rows(f"{out}/exo-parallel.json", lambda t: {r["b"]: r for r in json.loads(t)["parallel"]})
+peer = {fa: rows(f"{out}/llama-parallel-fa{fa}.jsonl",
+                 lambda t: {r["pl"]: {"s_pp": r["speed_pp"], "s_tg": r["speed_tg"], "s": r["speed"]}
+                            for r in map(json.loads, (l for l in t.splitlines() if l.startswith("{")))})
+        for fa in (0, 1)}
+print("\n| B | engine | S_PP t/s | S_TG t/s | S t/s | exo/peer S_TG |")
+print("|---:|---|---:|---:|---:|---:|")
+for b in (8, 32):
+    e = exo.get(b)
+    if e:
+        print(f"| {b} | exo --device cuda | {e['s_pp']:.0f} ± {e['s_pp_sd']:.0f} | {e['s_tg']:.1f} ± {e['s_tg_sd']:.1f} | {e['s']:.0f} | |")
+    for fa in (0, 1):
+        p = peer[fa].get(b)
+        if p:
+            ratio = f"{e['s_tg'] / p['s_tg']:.2f}" if e else ""
+            print(f"| {b} | llama.cpp -fa {fa} | {p['s_pp']:.0f} | {p['s_tg']:.1f} | {p['s']:.0f} | {ratio} |")
+PY

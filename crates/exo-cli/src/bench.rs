@@ -3,6 +3,9 @@
 //! As in llama-bench, `pp` evaluates `p` random tokens from an empty cache in one batch and `tg`
 //! decodes `n` tokens one at a time from an empty cache (feeding random tokens, no sampling), so
 //! the two tools' figures compare directly. Each test runs once to warm up, then `reps` times.
+//! With `--parallel`, it measures batched prefill and decode instead ([`parallel`]).
+
+mod parallel;
 
 use std::time::Instant;
 
@@ -45,6 +48,11 @@ pub struct BenchArgs {
     /// KV cache storage: f16 (llama-bench's default), q8_0 or f32.
     #[arg(long = "kv-type", default_value = "f16", value_parser = crate::parse_kv_type)]
     kv_type: exo_models::KvType,
+    /// Sequences prefilled and decoded together, a comma-separated list (e.g. 8,32): replaces
+    /// the pp/tg tests with llama-batched-bench's, each B with `-p` prompt and `-n` generated
+    /// tokens per sequence (alias --npl, llama-batched-bench's flag).
+    #[arg(long, alias = "npl", value_delimiter = ',', value_parser = parallel::parse_sequences)]
+    parallel: Vec<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -63,15 +71,22 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
     if a.reps == 0 {
         anyhow::bail!("--reps must be at least 1");
     }
+    let batched = !a.parallel.is_empty();
+    if batched {
+        parallel::check_flags(&a)?;
+    }
     let t_load = Instant::now();
     let opts = exo_models::LoadOptions {
         device: crate::model_path::device(&a.device)?,
         gpu_layers: a.gpu_layers,
-        gpu_ctx: Some(a.ctx_size.unwrap_or(a.n_prompt.max(a.n_gen + 1))),
+        gpu_ctx: Some(if batched { parallel::kv_tokens(&a) } else { a.ctx_size.unwrap_or(a.n_prompt.max(a.n_gen + 1)) }),
         ..Default::default()
     };
     let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
     let load_s = t_load.elapsed().as_secs_f64();
+    if batched {
+        return parallel::run(&a, &model, threads, load_s);
+    }
     let vocab = model.transformer.config().vocab_size as u32;
     let needed = a.n_prompt.max(a.n_gen + 1).max(1);
     let ctx = a.ctx_size.unwrap_or(needed);

@@ -159,6 +159,48 @@ fn bench_json_and_info() {
 }
 
 #[test]
+fn bench_parallel_reports_batched_bench_columns() {
+    let path = model_file(SMOLLM2);
+    // -b 16 under 3 prompts of 20 tokens: calls that end one prompt and start the next.
+    let args = ["bench", path.to_str().unwrap(), "--parallel", "1,3", "-p", "20", "-n", "4", "-b", "16", "-r", "1", "-t", "2", "--json"];
+    let o = exo(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = v["parallel"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    for (row, b) in rows.iter().zip([1.0, 3.0]) {
+        let f = |k: &str| row[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {row}"));
+        assert_eq!((f("pp"), f("tg"), f("b"), f("n_kv")), (20.0, 4.0, b, b * 24.0), "{row}");
+        // One repetition: each speed is exactly its tokens over its time.
+        for (speed, time, tokens) in [("s_pp", "t_pp", b * 20.0), ("s_tg", "t_tg", b * 4.0), ("s", "t", b * 24.0)] {
+            assert!(f(time) > 0.0 && f(time) < 60.0, "{time}: {row}");
+            assert!((f(speed) * f(time) / tokens - 1.0).abs() < 1e-6, "{speed} × {time} should be {tokens}: {row}");
+        }
+        assert!((f("t") - f("t_pp") - f("t_tg")).abs() < 1e-9, "{row}");
+    }
+    // The table form has llama-batched-bench's columns and one row per B.
+    let o = exo(&args[..args.len() - 1]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |"), "{table}");
+    assert!(table.contains("| 20 | 4 | 1 | 24 |") && table.contains("| 20 | 4 | 3 | 72 |"), "{table}");
+}
+
+#[test]
+fn bench_parallel_refuses_bad_inputs() {
+    let path = model_file(SMOLLM2);
+    let p = path.to_str().unwrap();
+    fails_with(&["bench", p, "--parallel", "0"], &["--parallel", "'0'", "at least 1"]);
+    fails_with(&["bench", p, "--npl", "2,x"], &["--parallel", "'x' is not a number of sequences"]);
+    fails_with(&["bench", p, "--parallel", "100000", "-p", "8000", "-n", "100"], &["--parallel 100000", "100000×8100 tokens", "MiB of memory available"]);
+    fails_with(&["bench", p, "--parallel", "300000000"], &["--parallel 300000000", "beyond any memory"]);
+    fails_with(&["bench", p, "--parallel", "2", "-p", "8000", "-n", "500"], &["-p 8000 + -n 500", "context size 8500", "8192"]);
+    fails_with(&["bench", p, "--parallel", "2", "-n", "0"], &["--parallel needs -p and -n", "-n 0"]);
+    fails_with(&["bench", p, "--parallel", "2", "-b", "0"], &["-b must be at least 1"]);
+    fails_with(&["bench", p, "--parallel", "2", "--ctx-size", "64"], &["--ctx-size does not apply with --parallel"]);
+}
+
+#[test]
 fn unknown_model_names_the_cache() {
     fails_with(&["run", "no-such-model", "hi"], &["no-such-model", "models"]);
 }
