@@ -192,7 +192,7 @@ fn bench_parallel_refuses_bad_inputs() {
     let p = path.to_str().unwrap();
     fails_with(&["bench", p, "--parallel", "0"], &["--parallel", "'0'", "at least 1"]);
     fails_with(&["bench", p, "--npl", "2,x"], &["--parallel", "'x' is not a number of sequences"]);
-    fails_with(&["bench", p, "--parallel", "100000", "-p", "8000", "-n", "100"], &["--parallel 100000", "100000×8100 tokens", "MiB of memory available"]);
+    fails_with(&["bench", p, "--parallel", "100000", "-p", "8000", "-n", "100"], &["--parallel 100000", "100000×8100 tokens", "MiB of host memory available"]);
     fails_with(&["bench", p, "--parallel", "300000000"], &["--parallel 300000000", "beyond any memory"]);
     fails_with(&["bench", p, "--parallel", "2", "-p", "8000", "-n", "500"], &["-p 8000 + -n 500", "context size 8500", "8192"]);
     fails_with(&["bench", p, "--parallel", "2", "-n", "0"], &["--parallel needs -p and -n", "-n 0"]);

@@ -475,14 +475,19 @@ fn engine_loop(shared: &Shared, mut scheduler: Scheduler) {
     }
 }
 
+/// Bytes of memory the system reports available (`MemAvailable` in /proc/meminfo), where it
+/// reports it.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// A quarter of the memory the system reports available, or 1 GiB where it reports nothing; with
 /// the model on a GPU, at most 90% of the device memory still free (its layers' KV rows live
 /// there).
 fn default_kv_memory(tf: &exo_models::Transformer) -> u64 {
-    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-    });
-    let host = available.map_or(1 << 30, |kib| kib * 1024 / 4);
+    let host = available_memory().map_or(1 << 30, |bytes| bytes / 4);
     match tf.device_free_memory() {
         Some(free) => host.min(free as u64 / 10 * 9),
         None => host,

@@ -34,7 +34,7 @@ pub mod stop;
 pub mod tools;
 
 pub use scheduler::ContextPolicy;
-pub use engine::{EngineConfig, EngineHandle, EngineLoad, Event, Finished, Request, RequestStream, SubmitError, Timings, Usage};
+pub use engine::{available_memory, EngineConfig, EngineHandle, EngineLoad, Event, Finished, Request, RequestStream, SubmitError, Timings, Usage};
 pub use logprobs::TokenLogprob;
 pub use prompt::Prompt;
 pub use sampler::{Sampler, SamplerConfig};

@@ -71,18 +71,20 @@ pub fn run(a: &BenchArgs, model: &exo_models::LoadedModel, threads: usize, load_
     let n_blocks = b_max.checked_mul(seq_blocks).filter(|&nb| u32::try_from(nb).is_ok());
     let bytes_per_token = tf.new_kv_cache(a.kv_type, 0)?.bytes_per_token();
     let cache_bytes = n_blocks.and_then(|nb| (nb * BLOCK_TOKENS).checked_mul(bytes_per_token));
-    let available = available_memory();
+    // The cache lives where the model's layers run: on the GPU when it holds them.
+    let available = tf.device_free_memory().map(|b| b as u64).or_else(exo_engine::available_memory);
     let (Some(n_blocks), Some(cache_bytes)) = (n_blocks, cache_bytes) else {
         bail!("--parallel {b_max} with -p {p} -n {n}: a KV cache of {b_max}×{} tokens is beyond any memory", p + n);
     };
     if let Some(avail) = available.filter(|&m| cache_bytes as u64 > m) {
         bail!(
-            "--parallel {b_max} with -p {p} -n {n} needs a KV cache of {b_max}×{} tokens = {} MiB ({} bytes per token, {}), more than the {} MiB of memory available; lower --parallel, -p or -n, or use --kv-type q8_0",
+            "--parallel {b_max} with -p {p} -n {n} needs a KV cache of {b_max}×{} tokens = {} MiB ({} bytes per token, {}), more than the {} MiB of {} memory available; lower --parallel, -p or -n, or use --kv-type q8_0",
             p + n,
             cache_bytes >> 20,
             bytes_per_token,
             a.kv_type.name(),
-            avail >> 20
+            avail >> 20,
+            if tf.device_free_memory().is_some() { "GPU" } else { "host" }
         );
     }
     let mut kv = tf.new_kv_cache(a.kv_type, n_blocks)?;
@@ -169,13 +171,6 @@ fn prefill(
         tf.forward_batch(kv, scratch, &segs)?;
     }
     Ok(())
-}
-
-/// Bytes of memory the system reports available (`MemAvailable`), where it reports it.
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 fn print(a: &BenchArgs, model: &exo_models::LoadedModel, threads: usize, load_s: f64, rows: &[Row]) {
