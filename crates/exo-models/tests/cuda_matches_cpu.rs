@@ -212,7 +212,9 @@ fn solo(m: &LoadedModel, prompt: &[u32], whole: bool, ctx: usize) -> (Vec<u32>, 
 /// queries take the tiled attention and its products the f16 GEMMs, like its reference fed in
 /// one call alone, and it then decodes with the others. Rows that went through a different
 /// product path than their reference (the others' tokens in that call, and what follows from
-/// their cache) are checked on greedy tokens only.
+/// their cache) are checked on greedy tokens only. Last, more copies of the first prompt than
+/// the mat-vec path takes decode together (their products through the GEMMs, their attention
+/// in the one-launch decode kernel), checked on greedy tokens.
 fn batched(name: &str, m: &LoadedModel, failures: &mut Vec<String>) {
     let tf = &m.transformer;
     let vocab = tf.config().vocab_size;
@@ -229,7 +231,8 @@ fn batched(name: &str, m: &LoadedModel, failures: &mut Vec<String>) {
     let refs: Vec<_> = (0..n).map(|s| solo(m, &prompts[s], s == long, ctx)).collect();
 
     let per_seq = ctx.div_ceil(BLOCK_TOKENS);
-    let mut kv = tf.new_kv_cache(KvType::F16, n * per_seq + 3).expect("kv cache");
+    let copies = exo_models::cuda::MATVEC_MAX_TOKENS + 1;
+    let mut kv = tf.new_kv_cache(KvType::F16, (n + copies) * per_seq + 3).expect("kv cache");
     let mut scratch = tf.new_scratch(256, ctx).expect("scratch");
     let tables: Vec<Vec<u32>> = (0..n).map(|s| (0..per_seq).map(|b| (n * b + s + 3) as u32).collect()).collect();
     let mut worst = 0f64;
@@ -305,6 +308,23 @@ fn batched(name: &str, m: &LoadedModel, failures: &mut Vec<String>) {
     // The long prompt joins (its reference row 0 is after the prompt), then all decode.
     for _ in 0..3 {
         feed(&[1, 1, 1], true, &mut fed, false, failures);
+    }
+
+    // Copies of the first prompt in blocks after the others', prompts in one call, then decode.
+    let first = &prompts[0];
+    let copy_tables: Vec<Vec<u32>> = (0..copies).map(|c| (0..per_seq).map(|b| ((n + c) * per_seq + b + 3) as u32).collect()).collect();
+    let batch: Vec<Segment> = copy_tables.iter().map(|t| Segment { tokens: first, pos0: 0, blocks: t, logits: Logits::Last }).collect();
+    tf.forward_batch(&mut kv, &mut scratch, &batch).expect("copies' prompts");
+    for c in 0..copies {
+        check(format!("copy {c} prompt"), scratch.logits_row(c), &refs[0].1[0], false, failures);
+    }
+    for step in 0..3 {
+        let tok = &refs[0].0[step..step + 1];
+        let batch: Vec<Segment> = copy_tables.iter().map(|t| Segment { tokens: tok, pos0: first.len() + step, blocks: t, logits: Logits::Last }).collect();
+        tf.forward_batch(&mut kv, &mut scratch, &batch).expect("copies' decode step");
+        for c in 0..copies {
+            check(format!("copy {c} step {}", step + 1), scratch.logits_row(c), &refs[0].1[step + 1], false, failures);
+        }
     }
     println!("{name}: batched calls vs single sequences: worst relative L2 {worst:.2e} over {n} sequences");
 }

@@ -429,14 +429,13 @@ __device__ __forceinline__ void rotate_head(const float* row, int off, int i, in
 }
 
 // The whole attention of decoded tokens (one per sequence), in one launch: block (split, head,
-// token) rotates its query
-// (bias, per-head norm, rotary position), attends over its split of the cache like attn_partial
-// and counts itself done; the last of a head's splits merges them like attn_combine, with the
-// int8 groups for the output projection. The split holding the token itself computes the token's
-// key and value (rounded to f16 as the cache holds them) instead of reading them, and the first
-// query head of each KV group writes them to the cache for later tokens. This replaces rope_kv,
-// attn_partial and attn_combine in the captured decode step. cnt: one int per head and token, at 0.
-// Shared memory: (7 · head_dim + chunk) floats.
+// token) rotates its query (bias, per-head norm, rotary position), attends over its split of the
+// cache like attn_partial and counts itself done; the last of a head's splits merges them like
+// attn_combine, with the int8 groups for the output projection when q8 is set. The split holding
+// the token itself computes the token's key and value (rounded to f16 as the cache holds them)
+// instead of reading them, and the first query head of each KV group writes them to the cache for
+// later tokens. This replaces rope_kv, attn_partial and attn_combine in the captured decode step.
+// cnt: one int per head and token, at 0. Shared memory: (7 · head_dim + chunk) floats.
 // The arguments up to vc are rope_kv's.
 extern "C" __global__ void attn_decode(const float* qkv, int stride, const int* io, int n_heads, int n_kv_heads,
                                        int head_dim, const float* cos_t, const float* sin_t, int neox,
@@ -504,6 +503,6 @@ extern "C" __global__ void attn_decode(const float* qkv, int stride, const int* 
         float v = a / l;
         size_t e = (size_t)t * n_heads * D + h * D + d;
         out[e] = v;
-        quantize_group(v, q8 + (e & ~(size_t)31), ds + e / 32);
+        if (q8) quantize_group(v, q8 + (e & ~(size_t)31), ds + e / 32);
     }
 }
