@@ -140,7 +140,7 @@ impl CudaModel {
             }
         };
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<GpuMatrix, ModelError> {
-            let (ty, bytes) = w.raw_matrix(name, rows, cols)?;
+            let (ty, bytes) = w.device_matrix(name, rows, cols)?;
             Ok(gpu.matrix(name, ty, rows, cols, &bytes)?)
         };
         let mut largest = 0;
@@ -386,7 +386,7 @@ impl CudaModel {
 fn layers_that_fit(c: &ModelConfig, w: &Weights, free: usize, ctx: usize) -> Result<usize, ModelError> {
     let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
     let bytes = |name: &str, rows: usize, cols: usize| -> Result<usize, ModelError> {
-        let (ty, _) = w.raw_matrix(name, rows, cols)?;
+        let ty = w.device_type(name, rows, cols)?;
         Ok(ty.row_bytes(cols).unwrap_or(cols * 4) * rows)
     };
     let head = bytes(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
@@ -427,7 +427,7 @@ fn projection(gpu: &Gpu, w: &Weights, parts: &[(String, usize)], cols: usize) ->
     let mut runs: Vec<Run> = Vec::new();
     let mut offset = 0;
     for (name, rows) in parts {
-        let (ty, bytes) = w.raw_matrix(name, *rows, cols)?;
+        let (ty, bytes) = w.device_matrix(name, *rows, cols)?;
         match runs.last_mut() {
             Some(r) if r.ty == ty => {
                 r.data.extend_from_slice(&bytes);

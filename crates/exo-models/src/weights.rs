@@ -23,6 +23,24 @@ pub enum WeightFile {
     Hf(HfModelDir),
 }
 
+/// A matrix's bytes for a device: the file's, or re-quantized ones.
+pub enum DeviceBytes {
+    /// The stored bytes, mapped from the file.
+    File(exo_formats::TensorBytes),
+    /// Bytes made at load.
+    Requantized(Vec<u8>),
+}
+
+impl std::ops::Deref for DeviceBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            DeviceBytes::File(b) => b,
+            DeviceBytes::Requantized(v) => v,
+        }
+    }
+}
+
 /// A type per matrix, as `--quantize auto` chooses them ([`crate::auto`]), each with the column
 /// importance its scales are chosen for ([`exo_quant::quantize_weighted`]), as `exo quantize`
 /// writes the same mix.
@@ -122,6 +140,47 @@ impl<'a> Weights<'a> {
             }
             _ => Ok(m),
         }
+    }
+
+    /// The storage type a `rows × cols` matrix takes on a device that reads GGUF blocks in
+    /// place: the file's, or the one `--quantize` or a quantization mix asks for. A format with
+    /// no GGUF layout (nf4, fp8, int8, ...) is refused, naming it: the GPU has no kernels for it.
+    pub fn device_type(&self, name: &str, rows: usize, cols: usize) -> Result<GgmlType, ModelError> {
+        let (ty, _) = self.raw_matrix(name, rows, cols)?;
+        if self.dequantize {
+            return Ok(GgmlType::F32);
+        }
+        if let Some((to, _)) = self.mix.as_deref().and_then(|mix| mix.get(name)) {
+            return Ok(to);
+        }
+        match self.quantize {
+            Some(QuantFormat::Ggml(to)) if to.row_bytes(cols).is_some() => Ok(to),
+            Some(f) if f != QuantFormat::Ggml(ty) && f.row_bytes(cols).is_some() => Err(ModelError::Device(format!(
+                "--quantize {}: the GPU has no kernels for this format (use a GGUF type such as q4_K, q6_K or q8_0 there, or --device cpu)",
+                f.name()
+            ))),
+            _ => Ok(ty),
+        }
+    }
+
+    /// A `rows × cols` matrix in GGUF block layout as [`Weights::device_type`] says: the file's
+    /// bytes, or its values re-quantized (with the mix's importance weights when it has them).
+    pub fn device_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<(GgmlType, DeviceBytes), ModelError> {
+        let to = self.device_type(name, rows, cols)?;
+        let (ty, bytes) = self.raw_matrix(name, rows, cols)?;
+        if to == ty {
+            return Ok((ty, DeviceBytes::File(bytes)));
+        }
+        let values = Matrix::new(name, ty, rows, cols, bytes)?.to_f32();
+        let importance = self.mix.as_deref().and_then(|mix| mix.get(name)).and_then(|(_, w)| w);
+        let f = QuantFormat::Ggml(to);
+        let packed = match (to, importance) {
+            (GgmlType::F32, _) => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            (_, Some(w)) => exo_quant::quantize_weighted(f, &values, cols, w),
+            (_, None) => exo_quant::quantize(f, &values, cols),
+        }
+        .map_err(|e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) })?;
+        Ok((to, DeviceBytes::Requantized(packed)))
     }
 
     /// The storage type and stored bytes (GGUF block layout) of a `rows × cols` matrix, for

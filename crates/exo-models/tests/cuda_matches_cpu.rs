@@ -328,3 +328,36 @@ fn batched(name: &str, m: &LoadedModel, failures: &mut Vec<String>) {
     }
     println!("{name}: batched calls vs single sequences: worst relative L2 {worst:.2e} over {n} sequences");
 }
+
+/// `--quantize` applies to the GPU's copy of the weights as to the CPU's: both re-quantize the
+/// file to q8_0 and must then agree as the file's own types do (the CPU's quantized path the
+/// yardstick, as in gpu_forward_matches_cpu); a format the GPU has no kernels for is refused by
+/// name instead of being ignored.
+#[test]
+fn gpu_requantizes_like_the_cpu() {
+    let Ok(paths) = std::env::var("EXO_GPU_MODELS") else {
+        eprintln!("EXO_GPU_MODELS unset: nothing to compare");
+        return;
+    };
+    let q8 = exo_quant::QuantFormat::from_name("q8_0").expect("q8_0 is a format");
+    let mut failures = Vec::new();
+    for path in paths.split(',').filter(|p| !p.is_empty()) {
+        let path = std::path::Path::new(path);
+        let cpu = load(path, &LoadOptions { quantize: Some(q8), ..Default::default() }).expect("CPU load");
+        let reference = load(path, &LoadOptions { dequantize: true, ..Default::default() }).expect("dequantized CPU load");
+        let gpu = load(path, &LoadOptions { device: Device::Cuda(0), quantize: Some(q8), ..Default::default() }).expect("GPU load");
+        let name = format!("{} (--quantize q8_0)", path.file_name().unwrap_or_default().to_string_lossy());
+        let (gpu_err, cpu_err) = compare(&name, PROMPTS[0], &cpu, &gpu, &reference, &mut failures);
+        let limit = MAX_REL_ERR.max(CPU_ERR_FACTOR * cpu_err);
+        if gpu_err > limit {
+            failures.push(format!("{name}: GPU logits {gpu_err:.3e} from the dequantized reference, over {limit:.3e}"));
+        }
+        let nf4 = exo_quant::QuantFormat::from_name("nf4").expect("nf4 is a format");
+        match load(path, &LoadOptions { device: Device::Cuda(0), quantize: Some(nf4), ..Default::default() }) {
+            Ok(_) => failures.push(format!("{name}: --quantize nf4 loaded on the GPU, which has no nf4 kernels")),
+            Err(e) if e.to_string().contains("--quantize nf4") => {}
+            Err(e) => failures.push(format!("{name}: --quantize nf4 on the GPU failed without naming the format: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
