@@ -58,6 +58,24 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// A `--json` result: the fields every one has (the model, where it ran, its load time), then
+/// the test's own `fields` (a JSON object).
+fn json_result(model: &exo_models::LoadedModel, threads: usize, load_s: f64, fields: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "model": model.info.path.display().to_string(),
+        "arch": model.transformer.config().arch.name(),
+        "params": model.info.n_params,
+        "weight_bytes": model.transformer.weight_bytes(),
+        "threads": threads,
+        "device": model.transformer.device(),
+        "load_s": load_s,
+    });
+    if let (Some(all), serde_json::Value::Object(own)) = (v.as_object_mut(), fields) {
+        all.extend(own);
+    }
+    v
+}
+
 /// Mean and sample standard deviation.
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
@@ -133,13 +151,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
     let (tg_m, tg_sd) = if tg.is_empty() { (0.0, 0.0) } else { mean_sd(&tg) };
     let cfg = model.transformer.config();
     if a.json {
-        let v = serde_json::json!({
-            "model": model.info.path.display().to_string(),
-            "arch": cfg.arch.name(),
-            "params": model.info.n_params,
-            "weight_bytes": model.transformer.weight_bytes(),
-            "threads": threads,
-            "device": model.transformer.device(),
+        let fields = serde_json::json!({
             "n_prompt": a.n_prompt,
             "n_gen": a.n_gen,
             "ctx_size": ctx,
@@ -148,9 +160,8 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
             "pp_tps_sd": pp_sd,
             "tg_tps": tg_m,
             "tg_tps_sd": tg_sd,
-            "load_s": load_s,
         });
-        println!("{v}");
+        println!("{}", json_result(&model, threads, load_s, fields));
     } else {
         let size = model.transformer.weight_bytes() as f64 / (1u64 << 20) as f64;
         let params = model.info.n_params as f64 / 1e6;

@@ -61,19 +61,24 @@ fn near_tie(v: &[f32]) -> bool {
     s[0] - s[1] < TIE_FRACTION * spread.max(1e-6)
 }
 
+/// The GGUF files `EXO_GPU_MODELS` names (comma-separated); none when it is unset.
+fn gpu_models() -> Vec<std::path::PathBuf> {
+    let paths = std::env::var("EXO_GPU_MODELS").unwrap_or_else(|_| {
+        eprintln!("EXO_GPU_MODELS unset: nothing to compare");
+        String::new()
+    });
+    paths.split(',').filter(|p| !p.is_empty()).map(Into::into).collect()
+}
+
 fn state(m: &LoadedModel, ctx: usize) -> State {
     m.transformer.new_state(ctx, 64).expect("state")
 }
 
 #[test]
 fn gpu_forward_matches_cpu() {
-    let Ok(paths) = std::env::var("EXO_GPU_MODELS") else {
-        eprintln!("EXO_GPU_MODELS unset: nothing to compare");
-        return;
-    };
     let mut failures = Vec::new();
-    for path in paths.split(',').filter(|p| !p.is_empty()) {
-        let path = std::path::Path::new(path);
+    for path in gpu_models() {
+        let path = path.as_path();
         let cpu = load(path, &LoadOptions::default()).expect("CPU load");
         let reference = load(path, &LoadOptions { dequantize: true, ..Default::default() }).expect("dequantized CPU load");
         // The whole model on the GPU, then the last half only (the CPU runs the first half).
@@ -159,13 +164,9 @@ const BATCH_STEPS: usize = 10;
 
 #[test]
 fn gpu_batches_match_single_sequences() {
-    let Ok(paths) = std::env::var("EXO_GPU_MODELS") else {
-        eprintln!("EXO_GPU_MODELS unset: nothing to compare");
-        return;
-    };
     let mut failures = Vec::new();
-    for path in paths.split(',').filter(|p| !p.is_empty()) {
-        let path = std::path::Path::new(path);
+    for path in gpu_models() {
+        let path = path.as_path();
         // The whole model on the GPU only: with the first layers on the CPU, its batched and
         // single-token paths sum in different orders, which the mixed-type llama's random
         // weights amplified to 34% and another greedy token on a 5-token prompt (2e-4 on the
@@ -335,14 +336,10 @@ fn batched(name: &str, m: &LoadedModel, failures: &mut Vec<String>) {
 /// name instead of being ignored.
 #[test]
 fn gpu_requantizes_like_the_cpu() {
-    let Ok(paths) = std::env::var("EXO_GPU_MODELS") else {
-        eprintln!("EXO_GPU_MODELS unset: nothing to compare");
-        return;
-    };
     let q8 = exo_quant::QuantFormat::from_name("q8_0").expect("q8_0 is a format");
     let mut failures = Vec::new();
-    for path in paths.split(',').filter(|p| !p.is_empty()) {
-        let path = std::path::Path::new(path);
+    for path in gpu_models() {
+        let path = path.as_path();
         let cpu = load(path, &LoadOptions { quantize: Some(q8), ..Default::default() }).expect("CPU load");
         let reference = load(path, &LoadOptions { dequantize: true, ..Default::default() }).expect("dequantized CPU load");
         let gpu = load(path, &LoadOptions { device: Device::Cuda(0), quantize: Some(q8), ..Default::default() }).expect("GPU load");

@@ -192,22 +192,15 @@ fn print(a: &BenchArgs, model: &exo_models::LoadedModel, threads: usize, load_s:
                 serde_json::Value::Object(o)
             })
             .collect();
-        let v = serde_json::json!({
-            "model": model.info.path.display().to_string(),
-            "arch": cfg.arch.name(),
-            "params": model.info.n_params,
-            "weight_bytes": model.transformer.weight_bytes(),
-            "threads": threads,
-            "device": model.transformer.device(),
+        let fields = serde_json::json!({
             "kv_type": a.kv_type.name(),
             "n_prompt": p,
             "n_gen": n,
             "batch": a.batch,
             "reps": a.reps,
-            "load_s": load_s,
             "parallel": results,
         });
-        println!("{v}");
+        println!("{}", super::json_result(model, threads, load_s, fields));
         return;
     }
     println!(

@@ -115,26 +115,40 @@ __device__ __forceinline__ float deq(int type, const uint8_t* b, int i) {
 // activation, `xds` at its first group of 32. Split so that a mat-vec over several tokens reads
 // the weights once and runs `dot` per token.
 
+// Q4_K and Q5_K share their scales: sub-blocks 2j and 2j+1's 6-bit scale and min under the
+// block's d and dmin. Fills a slice's d0, d1 (scales times d), m (dmin, on the h == 0 slice only:
+// the min term covers a whole group of 32, so that slice adds it for both halves), m0 and m1.
+template <class W>
+__device__ __forceinline__ void k_scales(const uint8_t* b, int j, int h, W& w) {
+    int sc0, sc1;
+    scale_min_k4(2 * j, b + 4, &sc0, &w.m0);
+    scale_min_k4(2 * j + 1, b + 4, &sc1, &w.m1);
+    float2 dm = __half22float2(*(const half2*)b);
+    w.d0 = dm.x * sc0;
+    w.d1 = dm.x * sc1;
+    w.m = h == 0 ? dm.y : 0.f;
+}
+
+// A Q4_K/Q5_K slice's contribution from its low- and high-half integer dot products sl, sh.
+template <class W>
+__device__ __forceinline__ float k_sum(const W& w, int j, int sl, int sh, const float2* xds) {
+    float2 a = xds[2 * j], c = xds[2 * j + 1];
+    return w.d0 * a.x * sl + w.d1 * c.x * sh - w.m * (w.m0 * a.y + w.m1 * c.y);
+}
+
 // Q4_K: 8 slices of 32 weights (16 low nibbles of sub-block 2j, 16 high of 2j+1).
 struct Q4K {
     static constexpr int QK = 256, PARTS = 8, BYTES = 144;
     struct W {
         int4 v;
-        float d0, d1, m;  // both sub-blocks' scales times d; the min term's d·dmin (0 on h == 1)
+        float d0, d1, m;  // see k_scales
         int m0, m1;
     };
     __device__ static W load(const uint8_t* b, int p) {
         int j = p >> 1, h = p & 1;
         W w;
         w.v = *(const int4*)(b + 16 + 32 * j + 16 * h);
-        int sc0, sc1;
-        scale_min_k4(2 * j, b + 4, &sc0, &w.m0);
-        scale_min_k4(2 * j + 1, b + 4, &sc1, &w.m1);
-        float2 dm = __half22float2(*(const half2*)b);
-        w.d0 = dm.x * sc0;
-        w.d1 = dm.x * sc1;
-        // The min term covers a whole group of 32: the h == 0 slice adds it for both halves.
-        w.m = h == 0 ? dm.y : 0.f;
+        k_scales(b, j, h, w);
         return w;
     }
     __device__ static float dot(const W& w, int p, const int8_t* xq, const float2* xds) {
@@ -149,8 +163,7 @@ struct Q4K {
         sh = __dp4a((w.v.y >> 4) & 0x0F0F0F0F, xh.y, sh);
         sh = __dp4a((w.v.z >> 4) & 0x0F0F0F0F, xh.z, sh);
         sh = __dp4a((w.v.w >> 4) & 0x0F0F0F0F, xh.w, sh);
-        float2 a = xds[2 * j], c = xds[2 * j + 1];
-        return w.d0 * a.x * sl + w.d1 * c.x * sh - w.m * (w.m0 * a.y + w.m1 * c.y);
+        return k_sum(w, j, sl, sh, xds);
     }
 };
 
@@ -173,13 +186,7 @@ struct Q5K {
             w.lo[i] = (vv[i] & 0x0F0F0F0F) | (((hh[i] >> s0) & 0x01010101) << 4);
             w.hi[i] = ((vv[i] >> 4) & 0x0F0F0F0F) | (((hh[i] >> s1) & 0x01010101) << 4);
         }
-        int sc0, sc1;
-        scale_min_k4(s0, b + 4, &sc0, &w.m0);
-        scale_min_k4(s1, b + 4, &sc1, &w.m1);
-        float2 dm = __half22float2(*(const half2*)b);
-        w.d0 = dm.x * sc0;
-        w.d1 = dm.x * sc1;
-        w.m = h == 0 ? dm.y : 0.f;
+        k_scales(b, j, h, w);
         return w;
     }
     __device__ static float dot(const W& w, int p, const int8_t* xq, const float2* xds) {
@@ -194,8 +201,7 @@ struct Q5K {
         sh = __dp4a(w.hi[1], xh.y, sh);
         sh = __dp4a(w.hi[2], xh.z, sh);
         sh = __dp4a(w.hi[3], xh.w, sh);
-        float2 a = xds[2 * j], c = xds[2 * j + 1];
-        return w.d0 * a.x * sl + w.d1 * c.x * sh - w.m * (w.m0 * a.y + w.m1 * c.y);
+        return k_sum(w, j, sl, sh, xds);
     }
 };
 
