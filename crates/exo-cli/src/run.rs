@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// Fewest tokens a draft model drafts per step.
     #[arg(long, default_value_t = SpecConfig::default().draft_min, requires = "speculation")]
     draft_min: usize,
+    /// Speculate on every step. By default exo measures both ways as it decodes and decodes
+    /// plainly while speculation is slower (a draft model nearly as slow as the target).
+    #[arg(long, requires = "speculation")]
+    spec_always: bool,
 }
 
 /// Draft-free speculation methods.
@@ -138,7 +142,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
     };
     params.sampler.validate().map_err(anyhow::Error::msg)?;
     let mut session = Session::with_kv_type(&model, ctx, BATCH, a.kv_type).context("--ctx-size")?;
-    let spec = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min, ..SpecConfig::default() };
+    let spec = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min, gate: !a.spec_always };
     if let Some(draft) = &a.draft {
         let draft = Arc::new(crate::model_path::load(draft).context("--draft")?);
         session.set_drafter(Some(Drafter::model(&model, draft, ctx, BATCH, spec)?));

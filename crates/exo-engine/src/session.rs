@@ -11,6 +11,7 @@ use crate::constrain::Constraint;
 use crate::decode::Decoder;
 use crate::logprobs::TokenLogprob;
 use crate::sampler::SamplerConfig;
+use crate::spec_gate::SpecGate;
 use crate::speculative::{Drafter, SpecStats};
 use crate::EngineError;
 
@@ -95,6 +96,8 @@ pub struct Session {
     state: State,
     cached: Vec<u32>,
     drafter: Option<Drafter>,
+    /// Whether speculation pays here, measured step by step (`None`: always speculate).
+    gate: Option<SpecGate>,
 }
 
 impl Session {
@@ -109,13 +112,23 @@ impl Session {
     /// [`Session::new`] with KV rows stored as `kv_type` (f32 is exact; q8_0 takes about half
     /// of f16's memory).
     pub fn with_kv_type(model: &LoadedModel, ctx: usize, batch: usize, kv_type: KvType) -> Result<Self, EngineError> {
-        Ok(Self { state: model.transformer.new_state_with(ctx, batch, kv_type)?, cached: Vec::with_capacity(ctx), drafter: None })
+        Ok(Self { state: model.transformer.new_state_with(ctx, batch, kv_type)?, cached: Vec::with_capacity(ctx), drafter: None, gate: None })
     }
 
     /// Decodes speculatively with `drafter` from now on (`None`: plainly). A model drafter must
-    /// have been made for this session's context size and batch.
+    /// have been made for this session's context size and batch. Unless its config turns the
+    /// gate off, steps speculate only while that measures faster than plain decoding, as in the
+    /// scheduler (`spec_gate`): a draft model about as slow as the target (on a GPU, where small
+    /// models are bound by launches, not bandwidth) then costs a few probe steps, not every step.
     pub fn set_drafter(&mut self, drafter: Option<Drafter>) {
+        self.gate = drafter.as_ref().filter(|d| d.config().gate).map(|_| SpecGate::new(1));
         self.drafter = drafter;
+    }
+
+    /// Steps decoded plainly and speculatively (`[plain, speculative]`) by the speculation gate
+    /// since the drafter was set.
+    pub fn spec_gate_steps(&self) -> [u64; 2] {
+        self.gate.as_ref().map_or([0; 2], |g| g.steps)
     }
 
     /// Context size in tokens.
@@ -261,6 +274,8 @@ impl Session {
         let mut step_tokens = vec![dec.sampler_mut().sample(self.state.last_logits(), &self.cached)];
         dec.mark_first_token();
         let mut reason = None;
+        // The first step's draft model reads the prompt, which says nothing of later steps.
+        let mut first = true;
         // Each step's tokens: the pending token, fed by the next step, is the last of them.
         'steps: while !step_tokens.is_empty() {
             let base = self.cached.len();
@@ -291,7 +306,15 @@ impl Session {
             let left = params.max_tokens - dec.out.tokens.len() - 1;
             let limit = room.min(self.state.max_batch() - 1).min(left);
             step_tokens.clear();
+            // A step the gate keeps plain drafts nothing: it feeds the pending token alone.
+            let speculate = self.gate.as_mut().is_none_or(|g| g.decide(1));
+            let t = Instant::now();
+            let limit = if speculate { limit } else { 0 };
             drafter.step(model, &mut self.state, &mut self.cached, pending, limit, dec.sampler_mut(), &mut stats, &mut step_tokens)?;
+            if let Some(g) = self.gate.as_mut() {
+                g.record(1, speculate, t.elapsed().as_secs_f64(), step_tokens.len(), !first);
+            }
+            first = false;
         }
         dec.out.speculation = Some(stats);
         Ok(reason)

@@ -33,9 +33,9 @@ pub struct SpecConfig {
     /// Fewest tokens a model drafter drafts per step (`--draft-min`); prompt lookup drafts
     /// fewer when the match it found ends sooner.
     pub draft_min: usize,
-    /// The scheduler speculates only at batch sizes where it measures that speculation is
-    /// faster (see `spec_gate`); `false` (`--spec-always`): every step speculates. A single
-    /// session always speculates.
+    /// Speculate only where it measures faster (see `spec_gate`): the scheduler per batch size,
+    /// a [`crate::Session`] for its one sequence; `false` (`--spec-always`): every step
+    /// speculates.
     pub gate: bool,
 }
 
@@ -188,6 +188,11 @@ struct ModelDrafter {
 }
 
 impl Drafter {
+    /// The speculation settings it was made with.
+    pub(crate) fn config(&self) -> SpecConfig {
+        self.length.cfg
+    }
+
     /// Drafts with the model `draft` for sequences of up to `ctx` tokens fed `batch` at a time
     /// (the target session's sizes). Fails if the pair does not pass [`check_pair`] or the
     /// draft cannot hold `ctx` tokens.

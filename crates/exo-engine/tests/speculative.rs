@@ -151,7 +151,9 @@ fn smollm2_sampled_tokens_follow_the_target_distribution() {
     // distribution depend on the drafted history.
     let sampler = SamplerConfig { temperature: 1.5, top_k: 4, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.1, ..SamplerConfig::default() };
     let joint = common::token_distribution(&model, &prompt, &sampler, 2);
-    let cfg = SpecConfig { draft_max: 2, draft_min: 1, ..SpecConfig::default() };
+    // Every step speculates: the gate would soon decode the self-draft plainly (it costs what
+    // the target does), leaving too few drafts to test.
+    let cfg = SpecConfig { draft_max: 2, draft_min: 1, gate: false };
     let n = 600;
     for (name, drafter) in [
         ("prompt lookup", Drafter::ngram(cfg).unwrap()),
@@ -180,6 +182,36 @@ fn smollm2_sampled_tokens_follow_the_target_distribution() {
         eprintln!("{name}: {stats:?}, chi-square {stat:.1} over {df} degrees of freedom");
         assert!(stats.drafted > n as usize / 2, "{name}: too few drafts to test anything: {stats:?}");
         assert!(stat < common::critical(df), "{name}: chi-square {stat:.1} over {df} degrees of freedom");
+    }
+}
+
+/// A draft model slower than its target (the 1.5B drafting for its 0.5B sibling): the session's
+/// gate measures speculation losing and decodes most steps plainly, with the same answer as
+/// plain decoding; with the gate off (`--spec-always`) every step speculates.
+#[test]
+fn session_gate_decodes_plainly_when_the_draft_is_slower_than_the_target() {
+    exo_kernels::threads::set_threads(1).unwrap();
+    let target = common::model("qwen2.5-coder-0.5b-instruct");
+    let draft = Arc::new(common::model("qwen2.5-coder-1.5b-instruct"));
+    let prompt = chat(&target, "Write a Python function that checks whether a string is a palindrome.");
+    let params = GenerateParams { max_tokens: 48, ignore_eos: true, sampler: SamplerConfig::greedy(), ..Default::default() };
+    let mut plain = Session::new(&target, CTX, BATCH).unwrap();
+    let want = generate(&target, &mut plain, &prompt, &params);
+    for gate in [true, false] {
+        let cfg = SpecConfig { draft_max: 4, draft_min: 1, gate };
+        let mut session = Session::new(&target, CTX, BATCH).unwrap();
+        session.set_drafter(Some(Drafter::model(&target, Arc::clone(&draft), CTX, BATCH, cfg).unwrap()));
+        let got = generate(&target, &mut session, &prompt, &params);
+        assert_eq!(got.tokens, want.tokens, "gate {gate}: tokens differ from plain decoding");
+        let [plain_steps, spec_steps] = session.spec_gate_steps();
+        let stats = got.speculation.unwrap();
+        eprintln!("gate {gate}: {plain_steps} plain and {spec_steps} speculative steps, {stats:?}");
+        if gate {
+            assert!(plain_steps > 2 * spec_steps, "gate on: {plain_steps} plain vs {spec_steps} speculative steps");
+        } else {
+            assert_eq!([plain_steps, spec_steps], [0, 0], "gate off: the session counted gate steps");
+            assert!(stats.steps > 0 && stats.drafted >= stats.steps, "gate off: {stats:?}");
+        }
     }
 }
 
