@@ -143,8 +143,10 @@ impl<'a> Weights<'a> {
     }
 
     /// The storage type a `rows × cols` matrix takes on a device that reads GGUF blocks in
-    /// place: the file's, or the one `--quantize` or a quantization mix asks for. A format with
-    /// no GGUF layout (nf4, fp8, int8, ...) is refused, naming it: the GPU has no kernels for it.
+    /// place: the file's, or the one `--quantize` or a quantization mix asks for. INT8 and INT4
+    /// travel as the Q8_0 and Q4_1 blocks that hold exactly their values (as on the CPU); nf4
+    /// and fp8, which no GGUF type holds, are refused, naming the format: the GPU has no
+    /// kernels for them.
     pub fn device_type(&self, name: &str, rows: usize, cols: usize) -> Result<GgmlType, ModelError> {
         let (ty, _) = self.raw_matrix(name, rows, cols)?;
         if self.dequantize {
@@ -155,8 +157,10 @@ impl<'a> Weights<'a> {
         }
         match self.quantize {
             Some(QuantFormat::Ggml(to)) if to.row_bytes(cols).is_some() => Ok(to),
+            Some(QuantFormat::Int8) if QuantFormat::Int8.row_bytes(cols).is_some() => Ok(GgmlType::Q8_0),
+            Some(QuantFormat::Int4) if QuantFormat::Int4.row_bytes(cols).is_some() => Ok(GgmlType::Q4_1),
             Some(f) if f != QuantFormat::Ggml(ty) && f.row_bytes(cols).is_some() => Err(ModelError::Device(format!(
-                "--quantize {}: the GPU has no kernels for this format (use a GGUF type such as q4_K, q6_K or q8_0 there, or --device cpu)",
+                "--quantize {}: the GPU has no kernels for this format (use int8, int4 or a GGUF type such as q4_K, q6_K or q8_0 there, or --device cpu)",
                 f.name()
             ))),
             _ => Ok(ty),
@@ -168,18 +172,24 @@ impl<'a> Weights<'a> {
     pub fn device_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<(GgmlType, DeviceBytes), ModelError> {
         let to = self.device_type(name, rows, cols)?;
         let (ty, bytes) = self.raw_matrix(name, rows, cols)?;
-        if to == ty {
+        // INT8/INT4 re-quantize even a file already in their carrier type: their groups differ.
+        let int = self.mix.is_none() && matches!(self.quantize, Some(QuantFormat::Int8 | QuantFormat::Int4));
+        if to == ty && !int {
             return Ok((ty, DeviceBytes::File(bytes)));
         }
         let values = Matrix::new(name, ty, rows, cols, bytes)?.to_f32();
         let importance = self.mix.as_deref().and_then(|mix| mix.get(name)).and_then(|(_, w)| w);
-        let f = QuantFormat::Ggml(to);
-        let packed = match (to, importance) {
-            (GgmlType::F32, _) => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            (_, Some(w)) => exo_quant::quantize_weighted(f, &values, cols, w),
-            (_, None) => exo_quant::quantize(f, &values, cols),
-        }
-        .map_err(|e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) })?;
+        let quant_err = |e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) };
+        let packed = match (self.quantize, to, importance) {
+            (_, GgmlType::F32, _) => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            (_, _, Some(w)) => exo_quant::quantize_weighted(QuantFormat::Ggml(to), &values, cols, w).map_err(quant_err)?,
+            (Some(QuantFormat::Int8), _, None) => exo_quant::int::int8_to_q8_0(&exo_quant::quantize(QuantFormat::Int8, &values, cols).map_err(quant_err)?),
+            (Some(QuantFormat::Int4), _, None) => {
+                let int4 = exo_quant::quantize(QuantFormat::Int4, &values, cols).map_err(quant_err)?;
+                exo_quant::int::int4_to_q4_1(&int4).ok_or_else(|| ModelError::Device(format!("--quantize int4: a scale of '{name}' is too large for the GPU's Q4_1 blocks (use --device cpu)")))?
+            }
+            (_, _, None) => exo_quant::quantize(QuantFormat::Ggml(to), &values, cols).map_err(quant_err)?,
+        };
         Ok((to, DeviceBytes::Requantized(packed)))
     }
 
