@@ -12,7 +12,9 @@
 //! budget, the calibration text and [`PLAN_VERSION`]; a later load with the same inputs reads it
 //! and only packs the matrices. A cache that cannot be read, does not parse or does not fit the
 //! model is reported and measured again; one that cannot be written is reported, and the load
-//! goes on.
+//! goes on. Writing a plan deletes the model's plans that no load can use again: those made for
+//! an earlier version of the model file or by another exo version (plans for other budgets or
+//! calibration texts stay).
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
@@ -170,7 +172,10 @@ pub fn load(path: &Path, opts: &LoadOptions, auto: &AutoQuant) -> Result<(Loaded
                 let QuantFormat::Ggml(ty) = c.format else { unreachable!("candidates are ggml types") };
                 mix.set(name.clone(), ty, stats.importance(name, tied));
             }
-            let saved = write_cache(&cache, &identity, &mix, plan.error()).map(|()| cache);
+            let saved = write_cache(&cache, &identity, &mix, plan.error()).map(|()| {
+                remove_stale_plans(path, &identity);
+                cache
+            });
             (mix, plan.error(), PlanSource::Measured { seconds: started.elapsed().as_secs_f64(), saved })
         }
     };
@@ -185,6 +190,7 @@ pub fn load(path: &Path, opts: &LoadOptions, auto: &AutoQuant) -> Result<(Loaded
 }
 
 /// The inputs a cached plan depends on.
+#[derive(Clone)]
 struct Identity {
     model_bytes: u64,
     model_mtime_ns: u64,
@@ -291,6 +297,34 @@ fn write_cache(path: &Path, id: &Identity, mix: &QuantMix, predicted_kl: f64) ->
     })
 }
 
+/// Deletes the plans next to `model` (`MODEL.exo-plan-*.json`) made for another version of the
+/// file or by another exo version than `id`'s: no load can use them again. Plans that cannot be
+/// read are left alone (they may be another process's, half-way through its rename).
+fn remove_stale_plans(model: &Path, id: &Identity) {
+    /// The fields that tie a plan to a file and an exo version.
+    #[derive(Deserialize)]
+    struct Header {
+        version: u32,
+        model_bytes: u64,
+        model_mtime_ns: u64,
+    }
+    let (Some(dir), Some(name)) = (model.parent(), model.file_name()) else { return };
+    let prefix = format!("{}.exo-plan-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        if !file.starts_with(&prefix) || !file.ends_with(".json") {
+            continue;
+        }
+        let Some(h) = std::fs::read_to_string(e.path()).ok().and_then(|t| serde_json::from_str::<Header>(&t).ok()) else { continue };
+        if h.version != PLAN_VERSION || h.model_bytes != id.model_bytes || h.model_mtime_ns != id.model_mtime_ns {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!("cannot delete the stale quantization plan {} ({err})", e.path().display());
+            }
+        }
+    }
+}
+
 fn io_err(path: &Path, e: &std::io::Error) -> ModelError {
     ModelError::Config { file: path.display().to_string(), what: format!("cannot read the file's size and time: {e}") }
 }
@@ -347,6 +381,34 @@ mod tests {
         short.set("blk.0.attn_q.weight".into(), GgmlType::Q8_0, Some(vec![1.0; 3]));
         write_cache(&cache, &id, &short, 0.25).unwrap();
         assert!(read_cache(&cache, &id, &g).unwrap_err().contains("importance of the wrong length"));
+    }
+
+    #[test]
+    fn stale_plans_are_deleted_and_plans_for_other_budgets_kept() {
+        let (p, g) = smollm2();
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        std::fs::copy(&p, &model).unwrap();
+        let auto = AutoQuant { budget: 200_000_000, calibration: "text".into() };
+        let id = identity(&model, &auto).unwrap();
+        let other_budget = identity(&model, &AutoQuant { budget: 150_000_000, ..auto.clone() }).unwrap();
+        let old_file = Identity { model_mtime_ns: id.model_mtime_ns - 1, ..other_budget.clone() };
+        let old_exo = dir.path().join("m.gguf.exo-plan-0000000000000001.json");
+        let mix = q8_mix(&g);
+        for (i, path) in [(&id, cache_path(&model, &id)), (&other_budget, cache_path(&model, &other_budget)), (&old_file, cache_path(&model, &old_file))] {
+            write_cache(&path, i, &mix, 0.1).unwrap();
+        }
+        write_cache(&old_exo, &id, &mix, 0.1).unwrap();
+        let text = std::fs::read_to_string(&old_exo).unwrap().replacen(&format!("\"version\":{PLAN_VERSION}"), "\"version\":0", 1);
+        std::fs::write(&old_exo, text).unwrap();
+        let unrelated = dir.path().join("other.gguf.exo-plan-0000000000000002.json");
+        std::fs::write(&unrelated, "{}").unwrap();
+
+        remove_stale_plans(&model, &id);
+        assert!(cache_path(&model, &id).is_file() && cache_path(&model, &other_budget).is_file());
+        assert!(!cache_path(&model, &old_file).exists(), "a plan for an earlier version of the file stayed");
+        assert!(!old_exo.exists(), "a plan of another exo version stayed");
+        assert!(unrelated.is_file(), "another model's file was touched");
     }
 
     #[test]
