@@ -26,7 +26,14 @@ SHAPES = {
     "llama3-8b-q4_k_m": ("llama", 32, 4096, 32, 8, 14336, 500000.0, 8192, 1e-5, False, False, "q4_k_m"),
     "qwen2.5-1.5b-q4_k_m": ("qwen2", 28, 1536, 12, 2, 8960, 1000000.0, 32768, 1e-6, True, True, "q4_k_m"),
     "llama-mixed": ("llama", 9, 1024, 8, 2, 2816, 10000.0, 4096, 1e-5, False, False, "mixed"),
+    # Gemma 3's layout (256-wide heads, per-head q/k norms, norms after attention and feed-forward,
+    # tied embeddings, sliding-window layers) at a width k-quants take, with a 32-token window so
+    # that the test prompts reach past it.
+    "gemma3-mixed": ("gemma3", 8, 1024, 4, 1, 2816, 1000000.0, 32768, 1e-6, False, True, "mixed"),
 }
+# Extra metadata per architecture: per-head size and the sliding window.
+GEMMA3_HEAD_DIM = 256
+GEMMA3_WINDOW = 32
 
 # (elements, bytes) per block and the byte offsets of f16 scale fields with their magnitudes.
 BLOCKS = {
@@ -92,12 +99,17 @@ def model(tok_path, shape, out, seed, types=None):
     w.add_rope_freq_base(theta)
     w.add_layer_norm_rms_eps(eps)
     w.add_vocab_size(vocab)
+    gemma = arch == "gemma3"
+    if gemma:
+        w.add_key_length(GEMMA3_HEAD_DIM)
+        w.add_value_length(GEMMA3_HEAD_DIM)
+        w.add_sliding_window(GEMMA3_WINDOW)
     for key, field in tok.fields.items():
         if key.startswith("tokenizer."):
             vtype = field.types[0]
             w.add_key_value(key, field.contents(), vtype, field.types[-1] if vtype == GGUFValueType.ARRAY else None)
 
-    head_dim = hidden // heads
+    head_dim = GEMMA3_HEAD_DIM if gemma else hidden // heads
     mixed = iter((types or MIXED) * 1000)
 
     def qtype(name, layer=None):
@@ -121,11 +133,18 @@ def model(tok_path, shape, out, seed, types=None):
             add(f"blk.{i}.{part}.weight", rows, hidden, qtype(part, i))
             if bias:
                 w.add_tensor(f"blk.{i}.{part}.bias", (0.05 * rng.standard_normal(rows)).astype(np.float32))
+        if gemma:
+            norm(f"blk.{i}.attn_q_norm.weight", head_dim)
+            norm(f"blk.{i}.attn_k_norm.weight", head_dim)
         add(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, qtype("attn_output", i))
+        if gemma:
+            norm(f"blk.{i}.post_attention_norm.weight", hidden)
         norm(f"blk.{i}.ffn_norm.weight", hidden)
         add(f"blk.{i}.ffn_gate.weight", ffn, hidden, qtype("ffn_gate", i))
         add(f"blk.{i}.ffn_up.weight", ffn, hidden, qtype("ffn_up", i))
         add(f"blk.{i}.ffn_down.weight", hidden, ffn, qtype("ffn_down", i))
+        if gemma:
+            norm(f"blk.{i}.post_ffw_norm.weight", hidden)
     norm("output_norm.weight", hidden)
     if not tied:
         add("output.weight", vocab, hidden, qtype("output"))

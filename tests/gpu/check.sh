@@ -1,8 +1,9 @@
 #!/bin/sh
 # On a GPU machine, from the folder tests/gpu/pack.sh filled: GPU-vs-CPU forward check
 # (crates/exo-models/tests/cuda_matches_cpu.rs) on random-weight models of real shapes (a
-# Qwen2.5-1.5B-shaped Q4_K_M and a small llama with every GPU weight type), plus any GGUF files
-# given as arguments (real models).
+# Qwen2.5-1.5B-shaped Q4_K_M, a small llama with every GPU weight type, and a small Gemma 3 with
+# 256-wide heads, q/k and post norms and a 32-token sliding window), plus any GGUF files given as
+# arguments (real models).
 #
 #   sh .gpu/check.sh [MODEL.gguf ...]
 #
@@ -22,7 +23,7 @@ export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13
 python3 -c 'import gguf' 2>/dev/null || { python3 -m pip install -q --no-index --no-deps --target "$work/site" "$here"/gguf-*.whl; }
 export PYTHONPATH="$work/site:${PYTHONPATH:-}"
 models=""
-for shape in llama-mixed qwen2.5-1.5b-q4_k_m; do
+for shape in llama-mixed qwen2.5-1.5b-q4_k_m gemma3-mixed; do
   [ -f "$work/$shape.gguf" ] || python3 "$here/gguf_random.py" model --tokenizer "$here/tok.gguf" --shape "$shape" --out "$work/$shape.gguf"
   models="$models,$work/$shape.gguf"
 done
