@@ -22,7 +22,7 @@ test_bin=$(cargo test --profile fast -j "${JOBS:-1}" --features cuda -p exo-mode
   | "$py" -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable")][-1])')
 xz -T0 -6 -c "$target/fast/exo" > "$dir/exo.xz"
 xz -T0 -6 -c "$test_bin" > "$dir/cuda_matches_cpu.xz"
-cp bench/gguf_random.py bench/cuda_vs_llamacpp.sh bench/cuda_kernel_times.py tests/gpu/check.sh "$dir/"
+cp bench/gguf_random.py bench/cuda_vs_llamacpp.sh bench/cuda_kernel_times.py bench/spec_decode.py bench/_spec_prompts.py bench/_machine.py tests/gpu/check.sh "$dir/"
 ver=$("$py" -c 'import importlib.metadata as m; print(m.version("gguf"))')
 [ -n "$(ls "$dir"/gguf-"$ver"-*.whl 2>/dev/null)" ] || "$py" -m pip download -q --no-deps --only-binary=:all: -d "$dir" "gguf==$ver"
 [ -f "$dir/tok.gguf" ] || "$py" bench/gguf_random.py tokenizer "$HOME/.exo/models/qwen2.5-coder-1.5b-instruct.gguf" "$dir/tok.gguf"
