@@ -215,7 +215,7 @@ impl CudaModel {
             k.push(g.alloc(bytes, &format!("layer {i} key cache ({n_blocks} blocks)"))?);
             v.push(g.alloc(bytes, &format!("layer {i} value cache ({n_blocks} blocks)"))?);
         }
-        Ok(CudaKv { k, v, n_blocks, per_token: self.layers.len() * 2 * kvd * 2 })
+        Ok(CudaKv { k, v, per_token: self.layers.len() * 2 * kvd * 2 })
     }
 
     /// Device working buffers for calls of up to `max_tokens` tokens at positions below
@@ -242,16 +242,18 @@ impl CudaModel {
         }
         if call.decode {
             let key = (t, call.n_out, kv.k.first().map_or(0, DeviceBuf::ptr));
-            if !s.graphs.iter().any(|(k, _)| *k == key) {
-                self.gpu.begin_capture()?;
-                let captured = self.step(kv, s, &call);
-                let graph = self.gpu.end_capture();
-                captured?;
-                s.graphs.push((key, graph?));
-            }
-            if let Some((_, g)) = s.graphs.iter().find(|(k, _)| *k == key) {
-                g.launch()?;
-            }
+            let i = match s.graphs.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    self.gpu.begin_capture()?;
+                    let captured = self.step(kv, s, &call);
+                    let graph = self.gpu.end_capture();
+                    captured?;
+                    s.graphs.push((key, graph?));
+                    s.graphs.len() - 1
+                }
+            };
+            s.graphs[i].1.launch()?;
         } else {
             self.step(kv, s, &call)?;
         }
@@ -447,16 +449,10 @@ fn projection(gpu: &Gpu, w: &Weights, parts: &[(String, usize)], cols: usize) ->
 pub struct CudaKv {
     k: Vec<DeviceBuf>,
     v: Vec<DeviceBuf>,
-    n_blocks: usize,
     per_token: usize,
 }
 
 impl CudaKv {
-    /// Blocks in the cache.
-    pub fn n_blocks(&self) -> usize {
-        self.n_blocks
-    }
-
     /// Bytes of device memory one position takes across the device's layers.
     pub fn bytes_per_token(&self) -> usize {
         self.per_token

@@ -266,16 +266,10 @@ impl Transformer {
     /// for the layers the CPU runs, f16 rows in device memory for the GPU's.
     pub fn new_kv_cache(&self, ty: KvType, n_blocks: usize) -> Result<KvCache, ModelError> {
         let c = &self.config;
-        let host = exo_kernels::kv::KvCache::new(ty, self.cpu_layers(), c.n_kv_heads, c.head_dim, n_blocks)?;
-        #[cfg(feature = "cuda")]
-        if let Some(g) = &self.gpu {
-            return Ok(KvCache { host, n_blocks, gpu: Some(g.new_kv(n_blocks)?) });
-        }
         Ok(KvCache {
-            host,
-            n_blocks,
+            host: exo_kernels::kv::KvCache::new(ty, self.cpu_layers(), c.n_kv_heads, c.head_dim, n_blocks)?,
             #[cfg(feature = "cuda")]
-            gpu: None,
+            gpu: self.gpu.as_ref().map(|g| g.new_kv(n_blocks)).transpose()?,
         })
     }
 
@@ -557,8 +551,8 @@ pub struct Segment<'a> {
 /// CPU runs live in host memory, those of the GPU's layers in device memory, both under the same
 /// block ids.
 pub struct KvCache {
+    /// Also holds the block count when it has no layers (the GPU runs them all).
     host: exo_kernels::kv::KvCache,
-    n_blocks: usize,
     #[cfg(feature = "cuda")]
     gpu: Option<crate::cuda::CudaKv>,
 }
@@ -566,7 +560,7 @@ pub struct KvCache {
 impl KvCache {
     /// Blocks in the cache.
     pub fn n_blocks(&self) -> usize {
-        self.n_blocks
+        self.host.n_blocks()
     }
 
     /// Bytes one position takes across all layers, host and device (keys and values).
