@@ -23,6 +23,17 @@ pub enum WeightFile {
     Hf(HfModelDir),
 }
 
+/// What loading does to a matrix ([`Weights::matrix`]).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// The file's bytes as they are.
+    Keep,
+    /// Widened to f32 (the reference float path).
+    Dequantize,
+    /// Re-packed in this format, with these column importances when the mix has them.
+    Pack(QuantFormat, Option<&'a [f32]>),
+}
+
 /// A matrix's bytes for a device: the file's, or re-quantized ones.
 pub enum DeviceBytes {
     /// The stored bytes, mapped from the file.
@@ -112,6 +123,33 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// What loading does to matrix `name` (stored as `ty`, rows of `cols`): the reference float
+    /// path widens it (unless it is f32 already); a quantization mix, else `--quantize`, re-packs
+    /// it where its format differs from the file's and fits the rows; otherwise the file's bytes
+    /// stay.
+    fn target(&self, name: &str, ty: GgmlType, cols: usize) -> Target<'_> {
+        if self.dequantize {
+            return if ty == GgmlType::F32 { Target::Keep } else { Target::Dequantize };
+        }
+        if let Some((to, importance)) = self.mix.as_deref().and_then(|mix| mix.get(name)) {
+            return if to == ty { Target::Keep } else { Target::Pack(QuantFormat::Ggml(to), importance) };
+        }
+        match self.quantize {
+            Some(f) if f != QuantFormat::Ggml(ty) && f.row_bytes(cols).is_some() => Target::Pack(f, None),
+            _ => Target::Keep,
+        }
+    }
+
+    /// The values of `m` packed as `f` (weighted by `importance` when given).
+    fn pack(name: &str, m: &Matrix, f: QuantFormat, importance: Option<&[f32]>) -> Result<Vec<u8>, ModelError> {
+        let values = m.to_f32();
+        let packed = match importance {
+            Some(w) => exo_quant::quantize_weighted(f, &values, m.cols(), w),
+            None => exo_quant::quantize(f, &values, m.cols()),
+        };
+        Ok(packed.map_err(|e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) })?)
+    }
+
     /// A `rows × cols` matrix (`rows` output features).
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix, ModelError> {
         let (ty, dims, bytes) = self.raw(name)?;
@@ -119,76 +157,50 @@ impl<'a> Weights<'a> {
             return Err(self.shape_err(name, &[rows, cols], &dims));
         }
         let m = Matrix::new(name, ty, rows, cols, bytes)?;
-        let quant_err = |e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) };
-        if let Some((to, importance)) = self.mix.as_deref().and_then(|mix| mix.get(name)).filter(|_| !self.dequantize) {
-            if to == ty {
-                return Ok(m);
-            }
-            let f = QuantFormat::Ggml(to);
-            let values = m.to_f32();
-            let packed = match importance {
-                Some(w) => exo_quant::quantize_weighted(f, &values, cols, w),
-                None => exo_quant::quantize(f, &values, cols),
-            };
-            return Ok(Matrix::from_quant(name, f, rows, cols, &packed.map_err(quant_err)?)?);
-        }
-        match self.quantize {
-            _ if self.dequantize => Ok(if ty != GgmlType::F32 { m.dequantized() } else { m }),
-            Some(f) if f != QuantFormat::Ggml(ty) && f.row_bytes(cols).is_some() => {
-                let packed = exo_quant::quantize(f, &m.to_f32(), cols).map_err(quant_err)?;
-                Ok(Matrix::from_quant(name, f, rows, cols, &packed)?)
-            }
-            _ => Ok(m),
-        }
+        Ok(match self.target(name, ty, cols) {
+            Target::Keep => m,
+            Target::Dequantize => m.dequantized(),
+            Target::Pack(f, importance) => Matrix::from_quant(name, f, rows, cols, &Self::pack(name, &m, f, importance)?)?,
+        })
     }
 
     /// The storage type a `rows × cols` matrix takes on a device that reads GGUF blocks in
-    /// place: the file's, or the one `--quantize` or a quantization mix asks for. INT8 and INT4
-    /// travel as the Q8_0 and Q4_1 blocks that hold exactly their values (as on the CPU); nf4
-    /// and fp8, which no GGUF type holds, are refused, naming the format: the GPU has no
-    /// kernels for them.
+    /// place: the one [`Weights::matrix`] would hold. INT8 and INT4 travel as the Q8_0 and Q4_1
+    /// blocks that hold exactly their values (as on the CPU); nf4 and fp8, which no GGUF type
+    /// holds, are refused, naming the format: the GPU has no kernels for them.
     pub fn device_type(&self, name: &str, rows: usize, cols: usize) -> Result<GgmlType, ModelError> {
         let (ty, _) = self.raw_matrix(name, rows, cols)?;
-        if self.dequantize {
-            return Ok(GgmlType::F32);
-        }
-        if let Some((to, _)) = self.mix.as_deref().and_then(|mix| mix.get(name)) {
-            return Ok(to);
-        }
-        match self.quantize {
-            Some(QuantFormat::Ggml(to)) if to.row_bytes(cols).is_some() => Ok(to),
-            Some(QuantFormat::Int8) if QuantFormat::Int8.row_bytes(cols).is_some() => Ok(GgmlType::Q8_0),
-            Some(QuantFormat::Int4) if QuantFormat::Int4.row_bytes(cols).is_some() => Ok(GgmlType::Q4_1),
-            Some(f) if f != QuantFormat::Ggml(ty) && f.row_bytes(cols).is_some() => Err(ModelError::Device(format!(
+        match self.target(name, ty, cols) {
+            Target::Keep => Ok(ty),
+            Target::Dequantize => Ok(GgmlType::F32),
+            Target::Pack(QuantFormat::Ggml(to), _) => Ok(to),
+            Target::Pack(QuantFormat::Int8, _) => Ok(GgmlType::Q8_0),
+            Target::Pack(QuantFormat::Int4, _) => Ok(GgmlType::Q4_1),
+            Target::Pack(f, _) => Err(ModelError::Device(format!(
                 "--quantize {}: the GPU has no kernels for this format (use int8, int4 or a GGUF type such as q4_K, q6_K or q8_0 there, or --device cpu)",
                 f.name()
             ))),
-            _ => Ok(ty),
         }
     }
 
     /// A `rows × cols` matrix in GGUF block layout as [`Weights::device_type`] says: the file's
-    /// bytes, or its values re-quantized (with the mix's importance weights when it has them).
+    /// bytes, or its values re-packed as [`Weights::matrix`] packs them.
     pub fn device_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<(GgmlType, DeviceBytes), ModelError> {
         let to = self.device_type(name, rows, cols)?;
         let (ty, bytes) = self.raw_matrix(name, rows, cols)?;
-        // INT8/INT4 re-quantize even a file already in their carrier type: their groups differ.
-        let int = self.mix.is_none() && matches!(self.quantize, Some(QuantFormat::Int8 | QuantFormat::Int4));
-        if to == ty && !int {
-            return Ok((ty, DeviceBytes::File(bytes)));
-        }
-        let values = Matrix::new(name, ty, rows, cols, bytes)?.to_f32();
-        let importance = self.mix.as_deref().and_then(|mix| mix.get(name)).and_then(|(_, w)| w);
-        let quant_err = |e| exo_kernels::KernelError::Quant { name: name.to_string(), source: Box::new(e) };
-        let packed = match (self.quantize, to, importance) {
-            (_, GgmlType::F32, _) => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            (_, _, Some(w)) => exo_quant::quantize_weighted(QuantFormat::Ggml(to), &values, cols, w).map_err(quant_err)?,
-            (Some(QuantFormat::Int8), _, None) => exo_quant::int::int8_to_q8_0(&exo_quant::quantize(QuantFormat::Int8, &values, cols).map_err(quant_err)?),
-            (Some(QuantFormat::Int4), _, None) => {
-                let int4 = exo_quant::quantize(QuantFormat::Int4, &values, cols).map_err(quant_err)?;
-                exo_quant::int::int4_to_q4_1(&int4).ok_or_else(|| ModelError::Device(format!("--quantize int4: a scale of '{name}' is too large for the GPU's Q4_1 blocks (use --device cpu)")))?
-            }
-            (_, _, None) => exo_quant::quantize(QuantFormat::Ggml(to), &values, cols).map_err(quant_err)?,
+        let target = self.target(name, ty, cols);
+        let m = match target {
+            Target::Keep => return Ok((ty, DeviceBytes::File(bytes))),
+            _ => Matrix::new(name, ty, rows, cols, bytes)?,
+        };
+        let packed = match target {
+            Target::Pack(QuantFormat::Int8, w) => exo_quant::int::int8_to_q8_0(&Self::pack(name, &m, QuantFormat::Int8, w)?),
+            Target::Pack(QuantFormat::Int4, w) => exo_quant::int::int4_to_q4_1(&Self::pack(name, &m, QuantFormat::Int4, w)?).ok_or_else(|| {
+                ModelError::Device(format!("--quantize int4: a scale of '{name}' is too large for the GPU's Q4_1 blocks (use --device cpu)"))
+            })?,
+            Target::Pack(f, w) => Self::pack(name, &m, f, w)?,
+            // Dequantize (Keep returned above).
+            _ => m.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect(),
         };
         Ok((to, DeviceBytes::Requantized(packed)))
     }
