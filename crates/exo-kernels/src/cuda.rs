@@ -62,37 +62,24 @@ pub fn device_count() -> usize {
 /// Weight types with GPU kernels: the quantized ones have a mat-vec on int8 activations, the
 /// float ones a plain one; all dequantize to f16 for GEMMs.
 pub fn supported(ty: GgmlType) -> bool {
-    mv_kernel(ty).is_some() || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    mv_kernel(ty, 1).is_some() || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
-/// The quantized mat-vec kernel for one token of `ty` weights; its `_n` twin takes 2..8.
-fn mv_kernel(ty: GgmlType) -> Option<&'static str> {
-    Some(match ty {
-        GgmlType::Q4K => "mv_q4_k",
-        GgmlType::Q5K => "mv_q5_k",
-        GgmlType::Q6K => "mv_q6_k",
-        GgmlType::Q8_0 => "mv_q8_0",
-        GgmlType::Q4_0 => "mv_q4_0",
-        GgmlType::Q4_1 => "mv_q4_1",
-        GgmlType::Q5_0 => "mv_q5_0",
-        GgmlType::Q5_1 => "mv_q5_1",
-        _ => return None,
-    })
-}
+/// The quantized mat-vec kernels of each type: for one token, and its `_n` twin for 2..8.
+const MV_KERNELS: [(GgmlType, &str, &str); 8] = [
+    (GgmlType::Q4K, "mv_q4_k", "mv_q4_k_n"),
+    (GgmlType::Q5K, "mv_q5_k", "mv_q5_k_n"),
+    (GgmlType::Q6K, "mv_q6_k", "mv_q6_k_n"),
+    (GgmlType::Q8_0, "mv_q8_0", "mv_q8_0_n"),
+    (GgmlType::Q4_0, "mv_q4_0", "mv_q4_0_n"),
+    (GgmlType::Q4_1, "mv_q4_1", "mv_q4_1_n"),
+    (GgmlType::Q5_0, "mv_q5_0", "mv_q5_0_n"),
+    (GgmlType::Q5_1, "mv_q5_1", "mv_q5_1_n"),
+];
 
-/// [`mv_kernel`]'s several-token twin.
-fn mv_kernel_n(ty: GgmlType) -> Option<&'static str> {
-    Some(match ty {
-        GgmlType::Q4K => "mv_q4_k_n",
-        GgmlType::Q5K => "mv_q5_k_n",
-        GgmlType::Q6K => "mv_q6_k_n",
-        GgmlType::Q8_0 => "mv_q8_0_n",
-        GgmlType::Q4_0 => "mv_q4_0_n",
-        GgmlType::Q4_1 => "mv_q4_1_n",
-        GgmlType::Q5_0 => "mv_q5_0_n",
-        GgmlType::Q5_1 => "mv_q5_1_n",
-        _ => return None,
-    })
+/// The quantized mat-vec kernel for `tokens` tokens (1..=8) of `ty` weights.
+fn mv_kernel(ty: GgmlType, tokens: usize) -> Option<&'static str> {
+    MV_KERNELS.iter().find(|k| k.0 == ty).map(|k| if tokens == 1 { k.1 } else { k.2 })
 }
 
 /// A device allocation. `ptr` is its address, stable for the buffer's life.
@@ -240,8 +227,9 @@ impl Gpu {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| GpuError::at("creating a cuBLAS handle (is libcublas on LD_LIBRARY_PATH?)", e))?;
         let mut modules = Vec::new();
         let mut named = Vec::new();
+        let matvec: Vec<&'static str> = MV_KERNELS.iter().flat_map(|k| [k.1, k.2]).chain(["mv_float", "dequant_f16", "f32_to_f16"]).collect();
         for (src, names) in [
-            (MATVEC_PTX, &["mv_q4_k", "mv_q5_k", "mv_q6_k", "mv_q8_0", "mv_q4_0", "mv_q4_1", "mv_q5_0", "mv_q5_1", "mv_q4_k_n", "mv_q5_k_n", "mv_q6_k_n", "mv_q8_0_n", "mv_q4_0_n", "mv_q4_1_n", "mv_q5_0_n", "mv_q5_1_n", "mv_float", "dequant_f16", "f32_to_f16"][..]),
+            (MATVEC_PTX, &matvec[..]),
             (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap"][..]),
         ] {
             let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
@@ -329,11 +317,11 @@ impl Gpu {
     pub fn matvec(&self, m: &GpuMatrix, x: Act, t: usize, y: u64, ldy: usize, accumulate: bool) -> Result<()> {
         let acc = Arg::I(accumulate as i32);
         let (rows, cols) = (m.rows as i32, m.cols as i32);
-        let per_launch = if mv_kernel(m.ty).is_some() { MV_COLS } else { 1 };
+        let per_launch = if mv_kernel(m.ty, 1).is_some() { MV_COLS } else { 1 };
         for c0 in (0..t).step_by(per_launch) {
             let n = per_launch.min(t - c0);
             let yc = y + (c0 * ldy * 4) as u64;
-            match if n == 1 { mv_kernel(m.ty) } else { mv_kernel_n(m.ty) } {
+            match mv_kernel(m.ty, n) {
                 Some(k) => {
                     let (q8, ds) = (x.q8 + (c0 * m.cols) as u64, x.ds + (c0 * m.cols / 32 * 8) as u64);
                     let args = [Arg::P(m.buf.ptr), Arg::P(q8), Arg::P(ds), Arg::P(yc), Arg::I(rows), Arg::I(cols), acc, Arg::I(n as i32), Arg::I(ldy as i32)];
