@@ -72,7 +72,8 @@ pub fn run(a: &BenchArgs, model: &exo_models::LoadedModel, threads: usize, load_
     let bytes_per_token = tf.new_kv_cache(a.kv_type, 0)?.bytes_per_token();
     let cache_bytes = n_blocks.and_then(|nb| (nb * BLOCK_TOKENS).checked_mul(bytes_per_token));
     // The cache lives where the model's layers run: on the GPU when it holds them.
-    let available = tf.device_free_memory().map(|b| b as u64).or_else(exo_engine::available_memory);
+    let device_free = tf.device_free_memory();
+    let available = device_free.map(|b| b as u64).or_else(exo_engine::available_memory);
     let (Some(n_blocks), Some(cache_bytes)) = (n_blocks, cache_bytes) else {
         bail!("--parallel {b_max} with -p {p} -n {n}: a KV cache of {b_max}×{} tokens is beyond any memory", p + n);
     };
@@ -84,7 +85,7 @@ pub fn run(a: &BenchArgs, model: &exo_models::LoadedModel, threads: usize, load_
             bytes_per_token,
             a.kv_type.name(),
             avail >> 20,
-            if tf.device_free_memory().is_some() { "GPU" } else { "host" }
+            if device_free.is_some() { "GPU" } else { "host" }
         );
     }
     let mut kv = tf.new_kv_cache(a.kv_type, n_blocks)?;
