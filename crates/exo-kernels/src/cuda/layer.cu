@@ -12,9 +12,9 @@
 #include "reduce.cuh"
 
 // out = x / rms(x) · w for each row (grid y; input row rows[y] when rows is set, else y), plus
-// its int8 groups when q is set. The gridDim.x
-// blocks of a row each sum the whole row's squares (a re-read from L2 that costs less than a
-// second launch) and normalise their own slice: at one token this spreads the row over many SMs.
+// its int8 groups when q is set. The gridDim.x blocks of a row each sum the whole row's squares
+// (a re-read from L2 that costs less than a second launch) and normalise their own slice: at one
+// token this spreads the row over many SMs.
 extern "C" __global__ void rms_norm_rows(const float* x, const int* rows, const float* w, float* out, int8_t* q,
                                          float2* ds, int n, float eps) {
     size_t r = blockIdx.y;
@@ -95,12 +95,12 @@ extern "C" __global__ void rope_kv(float* qkv, int stride, const int* io, int n_
 
 // One split of flash-decoding for the query in qs (scaled, in shared memory): the softmax-weighted
 // sum of the values over keys [k0, k0 + n) of KV head kvh in the sequence with block table tab,
-// written unnormalised to out, and the
-// split's (max, sum of exponentials) returned. Each thread scores whole keys (no shuffles; q is
-// broadcast from shared memory); for the weighted sum of values each warp takes every nw-th key
-// with its lanes across the head, and the warps' sums meet in shared memory. When kcur is set,
-// the last key is the token being decoded, read from kcur/vcur (shared memory) instead of the
-// cache. sc holds n floats, red (blockDim.x / 32) · head_dim.
+// written unnormalised to out, and the split's (max, sum of exponentials) returned. Each thread
+// scores whole keys (no shuffles; q is broadcast from shared memory); for the weighted sum of
+// values each warp takes every nw-th key with its lanes across the head, and the warps' sums meet
+// in shared memory. When kcur is set, the last key is the token being decoded, read from
+// kcur/vcur (shared memory) instead of the cache. sc holds n floats, red (blockDim.x / 32) ·
+// head_dim.
 __device__ float2 attend_split(const float* qs, int k0, int n, int kv_dim, int kvh, int head_dim, const int* tab,
                                const __half* kc, const __half* vc, const float* kcur, const float* vcur, float* sc,
                                float* red, float* out) {
