@@ -241,6 +241,7 @@ fn absurd_context_sizes_are_refused() {
     fails_with(&["run", p, "hi", "--raw", "--gpu-layers", "lots"], &["--gpu-layers 'lots'", "auto or a number of layers"]);
     // Draft lengths without a way to draft would be silently ignored.
     fails_with(&["run", p, "hi", "--raw", "--draft-max", "4"], &["--draft-max", "--draft", "--spec"]);
+    fails_with(&["run", p, "hi", "--raw", "--spec-always"], &["--spec-always", "--draft", "--spec"]);
     fails_with(&["serve", "-m", p, "--draft-min", "2"], &["--draft-min", "--draft", "--spec"]);
     fails_with(&["serve", "-m", p, "--spec-always"], &["--spec-always", "--draft", "--spec"]);
 }
