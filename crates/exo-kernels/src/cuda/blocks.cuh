@@ -34,6 +34,18 @@ __device__ __forceinline__ int ld2(const uint8_t* p) {
 
 __device__ __forceinline__ int ld4(const uint8_t* p) { return *(const int*)p; }
 
+// The 16 bytes at p, which is only 2-byte aligned, as four words: five aligned word loads
+// re-joined by funnel shifts (a shift of 0 when p is word-aligned), instead of eight 16-bit
+// loads. Reads up to 4 bytes past the 16; callers keep that inside the block.
+__device__ __forceinline__ void ld16_a2(const uint8_t* p, int out[4]) {
+    const uint32_t* w = (const uint32_t*)((uintptr_t)p & ~(uintptr_t)3);
+    uint32_t sh = ((uintptr_t)p & 3) * 8, a[5];
+#pragma unroll
+    for (int i = 0; i < 5; i++) a[i] = w[i];
+#pragma unroll
+    for (int i = 0; i < 4; i++) out[i] = (int)__funnelshift_r(a[i], a[i + 1], sh);
+}
+
 // Scale and min of sub-block j (0..7) of a Q4_K/Q5_K block: 6 bits each, packed into 12 bytes.
 __device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
     if (j < 4) {
@@ -115,6 +127,21 @@ __device__ __forceinline__ float deq(int type, const uint8_t* b, int i) {
 // activation, `xds` at its first group of 32. Split so that a mat-vec over several tokens reads
 // the weights once and runs `dot` per token.
 
+// Byte k (0..3) of a 32-bit word.
+__device__ __forceinline__ int byte_of(uint32_t w, int k) { return (w >> (8 * k)) & 0xFF; }
+
+// scale_min_k4 on the 12 scale bytes held in registers (q0 = bytes 0-3, q1 = 4-7, q2 = 8-11).
+__device__ __forceinline__ void scale_min_k4_reg(int j, uint32_t q0, uint32_t q1, uint32_t q2, int* sc, int* m) {
+    if (j < 4) {
+        *sc = byte_of(q0, j) & 63;
+        *m = byte_of(q1, j) & 63;
+    } else {
+        int k = j - 4, hi = byte_of(q2, k);
+        *sc = (hi & 0xF) | ((byte_of(q0, k) >> 6) << 4);
+        *m = (hi >> 4) | ((byte_of(q1, k) >> 6) << 4);
+    }
+}
+
 // Q4_K and Q5_K share their scales: sub-blocks 2j and 2j+1's 6-bit scale and min under the
 // block's d and dmin. Fills a slice's d0, d1 (scales times d), m (dmin, on the h == 0 slice only:
 // the min term covers a whole group of 32, so that slice adds it for both halves), m0 and m1.
@@ -124,6 +151,21 @@ __device__ __forceinline__ void k_scales(const uint8_t* b, int j, int h, W& w) {
     scale_min_k4(2 * j, b + 4, &sc0, &w.m0);
     scale_min_k4(2 * j + 1, b + 4, &sc1, &w.m1);
     float2 dm = __half22float2(*(const half2*)b);
+    w.d0 = dm.x * sc0;
+    w.d1 = dm.x * sc1;
+    w.m = h == 0 ? dm.y : 0.f;
+}
+
+// k_scales with the block's first 16 bytes (d, dmin, the 12 scale bytes) in one vector load:
+// both block sizes are multiples of 16 bytes, so every block starts 16-byte aligned. Fewer
+// load instructions, more registers; the one-token kernel has registers to spare.
+template <class W>
+__device__ __forceinline__ void k_scales16(const uint8_t* b, int j, int h, W& w) {
+    uint4 hdr = *(const uint4*)b;
+    int sc0, sc1;
+    scale_min_k4_reg(2 * j, hdr.y, hdr.z, hdr.w, &sc0, &w.m0);
+    scale_min_k4_reg(2 * j + 1, hdr.y, hdr.z, hdr.w, &sc1, &w.m1);
+    float2 dm = __half22float2(*(const half2*)&hdr.x);
     w.d0 = dm.x * sc0;
     w.d1 = dm.x * sc1;
     w.m = h == 0 ? dm.y : 0.f;
@@ -164,6 +206,46 @@ struct Q4K {
         sh = __dp4a((w.v.z >> 4) & 0x0F0F0F0F, xh.z, sh);
         sh = __dp4a((w.v.w >> 4) & 0x0F0F0F0F, xh.w, sh);
         return k_sum(w, j, sl, sh, xds);
+    }
+};
+
+// Q4_K for one token: 4 slices of 64 weights (the 32 low nibbles of sub-block 2j, the 32 high
+// of 2j+1), so each header load and scale decode serves 32 bytes of weights. The several-token
+// kernels take Q4K, whose smaller slices leave registers for more tokens.
+struct Q4K64 {
+    static constexpr int QK = 256, PARTS = 4, BYTES = 144;
+    struct W {
+        int4 a, b;
+        float d0, d1, m;  // see k_scales
+        int m0, m1;
+    };
+    __device__ static W load(const uint8_t* b, int p) {
+        W w;
+        w.a = *(const int4*)(b + 16 + 32 * p);
+        w.b = *(const int4*)(b + 32 + 32 * p);
+        k_scales16(b, p, 0, w);
+        return w;
+    }
+    __device__ static float dot(const W& w, int p, const int8_t* xq, const float2* xds) {
+        const int4* x = (const int4*)(xq + 64 * p);
+        int4 l0 = x[0], l1 = x[1], h0 = x[2], h1 = x[3];
+        int sl = __dp4a(w.a.x & 0x0F0F0F0F, l0.x, 0);
+        sl = __dp4a(w.a.y & 0x0F0F0F0F, l0.y, sl);
+        sl = __dp4a(w.a.z & 0x0F0F0F0F, l0.z, sl);
+        sl = __dp4a(w.a.w & 0x0F0F0F0F, l0.w, sl);
+        sl = __dp4a(w.b.x & 0x0F0F0F0F, l1.x, sl);
+        sl = __dp4a(w.b.y & 0x0F0F0F0F, l1.y, sl);
+        sl = __dp4a(w.b.z & 0x0F0F0F0F, l1.z, sl);
+        sl = __dp4a(w.b.w & 0x0F0F0F0F, l1.w, sl);
+        int sh = __dp4a((w.a.x >> 4) & 0x0F0F0F0F, h0.x, 0);
+        sh = __dp4a((w.a.y >> 4) & 0x0F0F0F0F, h0.y, sh);
+        sh = __dp4a((w.a.z >> 4) & 0x0F0F0F0F, h0.z, sh);
+        sh = __dp4a((w.a.w >> 4) & 0x0F0F0F0F, h0.w, sh);
+        sh = __dp4a((w.b.x >> 4) & 0x0F0F0F0F, h1.x, sh);
+        sh = __dp4a((w.b.y >> 4) & 0x0F0F0F0F, h1.y, sh);
+        sh = __dp4a((w.b.z >> 4) & 0x0F0F0F0F, h1.z, sh);
+        sh = __dp4a((w.b.w >> 4) & 0x0F0F0F0F, h1.w, sh);
+        return k_sum(w, p, sl, sh, xds);
     }
 };
 
@@ -217,10 +299,14 @@ struct Q6K {
         const uint8_t* ql = b + 64 * n + (g & 1) * 32 + hh * 16;
         const uint8_t* qh = b + 128 + 32 * n + hh * 16;
         int shl = (g >> 1) * 4, shh = 2 * g;
+        // ql and qh end at most 98 and 34 bytes before the block's end: room for ld16_a2.
+        int lo[4], hi[4];
+        ld16_a2(ql, lo);
+        ld16_a2(qh, hi);
         W w;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            int q = ((ld2(ql + 4 * i) >> shl) & 0x0F0F0F0F) | (((ld2(qh + 4 * i) >> shh) & 0x03030303) << 4);
+            int q = ((lo[i] >> shl) & 0x0F0F0F0F) | (((hi[i] >> shh) & 0x03030303) << 4);
             w.q[i] = (int)__vsubss4(q, 0x20202020);
         }
         w.d = f16_at(b + 208) * (int8_t)b[192 + 8 * n + hh + 2 * g];
