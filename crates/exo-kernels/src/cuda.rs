@@ -32,10 +32,10 @@ type Result<T> = std::result::Result<T, GpuError>;
 const MATVEC_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/matvec.ptx"));
 const LAYER_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer.ptx"));
 
-/// Rows per block and threads per block of the quantized mat-vec kernels (`MV_ROWS`,
-/// `MV_THREADS` in matvec.cu).
+/// Rows per block of the one-token quantized mat-vec kernels and most threads per block of all
+/// of them (`MV_ROWS`, `MV_THREADS` in matvec.cu).
 const MV_ROWS: u32 = 2;
-const MV_THREADS: u32 = 64;
+const MV_THREADS: usize = 256;
 /// Rows per block of the several-token kernels (`MV_ROWS_N`).
 const MV_ROWS_N: u32 = 4;
 /// Most tokens one quantized mat-vec launch takes (`MV_COLS` in matvec.cu).
@@ -62,24 +62,56 @@ pub fn device_count() -> usize {
 /// Weight types with GPU kernels: the quantized ones have a mat-vec on int8 activations, the
 /// float ones a plain one; all dequantize to f16 for GEMMs.
 pub fn supported(ty: GgmlType) -> bool {
-    mv_kernel(ty, 1).is_some() || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    mv_kernels(ty).is_some() || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
-/// The quantized mat-vec kernels of each type: for one token, and its `_n` twin for 2..8.
-const MV_KERNELS: [(GgmlType, &str, &str); 8] = [
-    (GgmlType::Q4K, "mv_q4_k", "mv_q4_k_n"),
-    (GgmlType::Q5K, "mv_q5_k", "mv_q5_k_n"),
-    (GgmlType::Q6K, "mv_q6_k", "mv_q6_k_n"),
-    (GgmlType::Q8_0, "mv_q8_0", "mv_q8_0_n"),
-    (GgmlType::Q4_0, "mv_q4_0", "mv_q4_0_n"),
-    (GgmlType::Q4_1, "mv_q4_1", "mv_q4_1_n"),
-    (GgmlType::Q5_0, "mv_q5_0", "mv_q5_0_n"),
-    (GgmlType::Q5_1, "mv_q5_1", "mv_q5_1_n"),
+/// A quantized type's mat-vec kernels: for one token, and its `_n` twin for 2..8, with the
+/// slices the one-token kernel splits a block into (a thread takes one slice per step:
+/// `T::PARTS` in blocks.cuh).
+struct MvKernels {
+    ty: GgmlType,
+    one: &'static str,
+    several: &'static str,
+    slices: usize,
+}
+
+const fn mv(ty: GgmlType, one: &'static str, several: &'static str, slices: usize) -> MvKernels {
+    MvKernels { ty, one, several, slices }
+}
+
+const MV_KERNELS: [MvKernels; 8] = [
+    mv(GgmlType::Q4K, "mv_q4_k", "mv_q4_k_n", 4),
+    mv(GgmlType::Q5K, "mv_q5_k", "mv_q5_k_n", 8),
+    mv(GgmlType::Q6K, "mv_q6_k", "mv_q6_k_n", 16),
+    mv(GgmlType::Q8_0, "mv_q8_0", "mv_q8_0_n", 2),
+    mv(GgmlType::Q4_0, "mv_q4_0", "mv_q4_0_n", 1),
+    mv(GgmlType::Q4_1, "mv_q4_1", "mv_q4_1_n", 1),
+    mv(GgmlType::Q5_0, "mv_q5_0", "mv_q5_0_n", 1),
+    mv(GgmlType::Q5_1, "mv_q5_1", "mv_q5_1_n", 1),
 ];
 
-/// The quantized mat-vec kernel for `tokens` tokens (1..=8) of `ty` weights.
-fn mv_kernel(ty: GgmlType, tokens: usize) -> Option<&'static str> {
-    MV_KERNELS.iter().find(|k| k.0 == ty).map(|k| if tokens == 1 { k.1 } else { k.2 })
+/// The quantized mat-vec kernels of `ty` weights.
+fn mv_kernels(ty: GgmlType) -> Option<&'static MvKernels> {
+    MV_KERNELS.iter().find(|k| k.ty == ty)
+}
+
+/// Threads per block of the quantized mat-vecs of `m`: 64, doubled while a one-token launch
+/// holds fewer than two threads per thread slot of the GPU and each thread keeps at least two
+/// slices of a row. Each thread waits on its loads one slice at a time, so a matrix of few rows
+/// (a 1024-row value projection) needs more threads per row to keep enough bytes in flight;
+/// one of many rows (the LM head) loses to the longer reduction. Measured with `cargo bench
+/// --bench cuda_matvec` on an H200: Q6_K 1024×4096 7.5 -> 3.8 µs, 4096×14336 29.9 -> 24.4 µs.
+/// The several-token kernels take the same count, so that where both split blocks alike a
+/// token's sums are added in the same order by either (the batched forward pass is checked
+/// against single tokens on the GPU with random-weight models that amplify any difference).
+fn mv_threads(m: &GpuMatrix, k: &MvKernels, thread_slots: usize) -> u32 {
+    let blocks = m.rows.div_ceil(MV_ROWS as usize);
+    let slices = m.cols / m.ty.block_size() * k.slices;
+    let mut threads = 64;
+    while threads < MV_THREADS && blocks * threads < 2 * thread_slots && 2 * threads <= slices {
+        threads *= 2;
+    }
+    threads as u32
 }
 
 /// A device allocation. `ptr` is its address, stable for the buffer's life.
@@ -197,6 +229,8 @@ pub struct Gpu {
     blas: CudaBlas,
     kernels: Kernels,
     ordinal: usize,
+    /// Threads the device can hold at once (multiprocessors × threads per multiprocessor).
+    thread_slots: usize,
 }
 
 impl Gpu {
@@ -227,7 +261,7 @@ impl Gpu {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| GpuError::at("creating a cuBLAS handle (is libcublas on LD_LIBRARY_PATH?)", e))?;
         let mut modules = Vec::new();
         let mut named = Vec::new();
-        let matvec: Vec<&'static str> = MV_KERNELS.iter().flat_map(|k| [k.1, k.2]).chain(["mv_float", "dequant_f16", "f32_to_f16"]).collect();
+        let matvec: Vec<&'static str> = MV_KERNELS.iter().flat_map(|k| [k.one, k.several]).chain(["mv_float", "dequant_f16", "f32_to_f16"]).collect();
         for (src, names) in [
             (MATVEC_PTX, &matvec[..]),
             (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap"][..]),
@@ -238,7 +272,10 @@ impl Gpu {
             }
             modules.push(m);
         }
-        Ok(Self { ctx, stream, blas, kernels: Kernels { _modules: modules, named }, ordinal })
+        let sms = cap(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let per_sm = cap(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?;
+        let thread_slots = (sms.max(1) * per_sm.max(1)) as usize;
+        Ok(Self { ctx, stream, blas, kernels: Kernels { _modules: modules, named }, ordinal, thread_slots })
     }
 
     /// Bytes of device memory free now (this process's allocations already taken).
@@ -317,16 +354,16 @@ impl Gpu {
     pub fn matvec(&self, m: &GpuMatrix, x: Act, t: usize, y: u64, ldy: usize, accumulate: bool) -> Result<()> {
         let acc = Arg::I(accumulate as i32);
         let (rows, cols) = (m.rows as i32, m.cols as i32);
-        let per_launch = if mv_kernel(m.ty, 1).is_some() { MV_COLS } else { 1 };
+        let per_launch = if mv_kernels(m.ty).is_some() { MV_COLS } else { 1 };
         for c0 in (0..t).step_by(per_launch) {
             let n = per_launch.min(t - c0);
             let yc = y + (c0 * ldy * 4) as u64;
-            match mv_kernel(m.ty, n) {
+            match mv_kernels(m.ty) {
                 Some(k) => {
                     let (q8, ds) = (x.q8 + (c0 * m.cols) as u64, x.ds + (c0 * m.cols / 32 * 8) as u64);
                     let args = [Arg::P(m.buf.ptr), Arg::P(q8), Arg::P(ds), Arg::P(yc), Arg::I(rows), Arg::I(cols), acc, Arg::I(n as i32), Arg::I(ldy as i32)];
-                    let per_block = if n == 1 { MV_ROWS } else { MV_ROWS_N } as usize;
-                    self.launch(k, (m.rows.div_ceil(per_block) as u32, 1, 1), MV_THREADS, 0, &args)?
+                    let (name, rows_per_block) = if n == 1 { (k.one, MV_ROWS) } else { (k.several, MV_ROWS_N) };
+                    self.launch(name, (m.rows.div_ceil(rows_per_block as usize) as u32, 1, 1), mv_threads(m, k, self.thread_slots), 0, &args)?
                 }
                 None => {
                     let xc = x.f32 + (c0 * m.cols * 4) as u64;

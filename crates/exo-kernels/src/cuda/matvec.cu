@@ -8,7 +8,8 @@
 // several-token kernels share them over more rows.
 #define MV_ROWS 2
 #define MV_ROWS_N 4
-#define MV_THREADS 64
+// Most threads per block; the launch picks 64..MV_THREADS by the matrix's shape (cuda.rs).
+#define MV_THREADS 256
 // Most tokens one mat-vec launch takes: each weight block read is used against all of them.
 #define MV_COLS 8
 
@@ -29,7 +30,7 @@ __device__ __forceinline__ void mv_q(const uint8_t* __restrict__ w, const int8_t
 #pragma unroll
         for (int c = 0; c < NC; c++) acc[r][c] = 0.f;
     int units = nb * T::PARTS;
-    for (int u = threadIdx.x; u < units; u += MV_THREADS) {
+    for (int u = threadIdx.x; u < units; u += blockDim.x) {
         int blk = u / T::PARTS, p = u % T::PARTS;
         // A block's rows past the matrix end re-read its last row (their sums are never
         // written), so no branch separates the rows' products and each token's activations
@@ -47,6 +48,7 @@ __device__ __forceinline__ void mv_q(const uint8_t* __restrict__ w, const int8_t
         }
     }
     __shared__ float red[ROWS * NC][MV_THREADS / 32];
+    int nw = blockDim.x >> 5;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int r = 0; r < ROWS; r++)
@@ -61,44 +63,45 @@ __device__ __forceinline__ void mv_q(const uint8_t* __restrict__ w, const int8_t
         if (row < rows) {
             float s = 0.f;
 #pragma unroll
-            for (int i = 0; i < MV_THREADS / 32; i++) s += red[threadIdx.x][i];
+            for (int i = 0; i < nw; i++) s += red[threadIdx.x][i];
             float* out = y + (size_t)c * ldy + row;
             *out = accumulate ? *out + s : s;
         }
     }
 }
 
-// Two kernels per weight type: one token (decode), and 2..MV_COLS tokens with the count picking
-// the unrolled variant. Kept apart because a kernel's register budget is that of its largest
-// variant, which would cut the occupancy of the one-token case.
-#define MV_KERNEL(name, T)                                                                            \
+// Two kernels per weight type: one token (decode) on slices of T1, and 2..MV_COLS tokens on
+// slices of TN with the count picking the unrolled variant. Kept apart because a kernel's
+// register budget is that of its largest variant, which would cut the occupancy of the
+// one-token case.
+#define MV_KERNEL(name, T1, TN)                                                                       \
     extern "C" __global__ void __launch_bounds__(MV_THREADS)                                          \
         name(const uint8_t* w, const int8_t* xq, const float2* xds, float* y, int rows, int cols,     \
              int accumulate, int, int ldy) {                                                          \
-        mv_q<T, 1, MV_ROWS>(w, xq, xds, y, rows, cols, accumulate, ldy);                              \
+        mv_q<T1, 1, MV_ROWS>(w, xq, xds, y, rows, cols, accumulate, ldy);                             \
     }                                                                                                 \
     extern "C" __global__ void __launch_bounds__(MV_THREADS)                                          \
         name##_n(const uint8_t* w, const int8_t* xq, const float2* xds, float* y, int rows, int cols, \
                  int accumulate, int ncols, int ldy) {                                                \
         switch (ncols) {                                                                              \
-            case 2: mv_q<T, 2, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
-            case 3: mv_q<T, 3, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
-            case 4: mv_q<T, 4, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
-            case 5: mv_q<T, 5, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
-            case 6: mv_q<T, 6, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
-            case 7: mv_q<T, 7, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;         \
-            default: mv_q<T, 8, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;        \
+            case 2: mv_q<TN, 2, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;        \
+            case 3: mv_q<TN, 3, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;        \
+            case 4: mv_q<TN, 4, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;        \
+            case 5: mv_q<TN, 5, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;        \
+            case 6: mv_q<TN, 6, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;        \
+            case 7: mv_q<TN, 7, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;        \
+            default: mv_q<TN, 8, MV_ROWS_N>(w, xq, xds, y, rows, cols, accumulate, ldy); break;       \
         }                                                                                             \
     }
 
-MV_KERNEL(mv_q4_k, Q4K)
-MV_KERNEL(mv_q5_k, Q5K)
-MV_KERNEL(mv_q6_k, Q6K)
-MV_KERNEL(mv_q8_0, Q80)
-MV_KERNEL(mv_q4_0, Legacy<T_Q4_0>)
-MV_KERNEL(mv_q4_1, Legacy<T_Q4_1>)
-MV_KERNEL(mv_q5_0, Legacy<T_Q5_0>)
-MV_KERNEL(mv_q5_1, Legacy<T_Q5_1>)
+MV_KERNEL(mv_q4_k, Q4K64, Q4K)
+MV_KERNEL(mv_q5_k, Q5K, Q5K)
+MV_KERNEL(mv_q6_k, Q6K, Q6K)
+MV_KERNEL(mv_q8_0, Q80, Q80)
+MV_KERNEL(mv_q4_0, Legacy<T_Q4_0>, Legacy<T_Q4_0>)
+MV_KERNEL(mv_q4_1, Legacy<T_Q4_1>, Legacy<T_Q4_1>)
+MV_KERNEL(mv_q5_0, Legacy<T_Q5_0>, Legacy<T_Q5_0>)
+MV_KERNEL(mv_q5_1, Legacy<T_Q5_1>, Legacy<T_Q5_1>)
 
 // Float weights (f32, f16, bf16) against f32 activations: one warp per row.
 extern "C" __global__ void mv_float(int type, const uint8_t* w, const float* x, float* y, int rows, int cols,
