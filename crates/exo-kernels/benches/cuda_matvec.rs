@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use exo_formats::GgmlType;
-use exo_kernels::cuda::{Act, Gpu, GpuMatrix};
+use exo_kernels::cuda::{Act, Gpu, GpuError, GpuMatrix};
 use rand::{Rng, SeedableRng};
 
 /// Bytes of copies per class: several times the H100/H200's 50 MB L2.
@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bytes as f64 / 1e6
         );
         for t in tokens {
-            let us = time_launches(&gpu, &mats, |m| gpu.matvec(m, act, t, y.ptr(), rows, false))?;
+            let us = time_each(&gpu, &mats, |m| gpu.matvec(m, act, t, y.ptr(), rows, false))?;
             print!(" {us:.2} | {:.0} |", bytes as f64 / us / 1e3);
             if t == 1 {
                 token_us += us * per_token as f64;
@@ -82,6 +82,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!();
     }
+    // The small kernels between the mat-vecs: their time is mostly launch and ramp-up.
+    let hidden = gpu.alloc(4096 * 4, "hidden")?;
+    let norm_w = gpu.alloc(4096 * 4, "norm weight")?;
+    let gu = gpu.alloc(2 * 14336 * 4, "gate and up")?;
+    let out = gpu.alloc(14336 * 4, "activation out")?;
+    let one = [()];
+    let norm_us = time_each(&gpu, &one, |_| gpu.rms_norm(hidden.ptr(), 0, norm_w.ptr(), Act::new(out.ptr(), xq.ptr(), xds.ptr()), 1, 4096, 1e-5))?;
+    let glu_us = time_each(&gpu, &one, |_| gpu.glu(gu.ptr(), 14336, 1, false, Act::new(out.ptr(), xq.ptr(), xds.ptr())))?;
+    println!("\nrms_norm of 4096 with int8 groups: {norm_us:.2} us; SwiGLU of 14336 with int8 groups: {glu_us:.2} us");
     println!(
         "\none token's mat-vecs: {:.0} us for {:.2} GB, {:.0} GB/s ({:.0} tokens/s if nothing else ran)",
         token_us,
@@ -92,17 +101,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Microseconds per launch of `launch` over `mats` in turn, from a captured graph of at least
-/// 64 launches replayed for at least 0.3 s after warm-up replays.
-fn time_launches(
-    gpu: &Gpu,
-    mats: &[GpuMatrix],
-    launch: impl Fn(&GpuMatrix) -> Result<(), exo_kernels::cuda::GpuError>,
-) -> Result<f64, Box<dyn std::error::Error>> {
-    let rounds = 64usize.div_ceil(mats.len());
+/// Microseconds per launch of `launch` over `items` (matrices, or anything a launch takes) in
+/// turn, from a captured graph of at least 64 launches replayed for at least 0.3 s after warm-up
+/// replays.
+fn time_each<T>(gpu: &Gpu, items: &[T], launch: impl Fn(&T) -> Result<(), GpuError>) -> Result<f64, Box<dyn std::error::Error>> {
+    let rounds = 64usize.div_ceil(items.len());
     gpu.begin_capture()?;
     for _ in 0..rounds {
-        for m in mats {
+        for m in items {
             launch(m)?;
         }
     }
@@ -121,5 +127,5 @@ fn time_launches(
         }
     }
     gpu.sync()?;
-    Ok(start.elapsed().as_secs_f64() * 1e6 / (replays * rounds * mats.len()) as f64)
+    Ok(start.elapsed().as_secs_f64() * 1e6 / (replays * rounds * items.len()) as f64)
 }
