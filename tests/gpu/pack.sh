@@ -20,8 +20,11 @@ export RUSTFLAGS=${RUSTFLAGS:--C target-cpu=x86-64-v3}
 cargo build --profile fast -j "${JOBS:-1}" --features cuda --bin exo
 test_bin=$(cargo test --profile fast -j "${JOBS:-1}" --features cuda -p exo-models --test cuda_matches_cpu --no-run --message-format=json 2>/dev/null \
   | "$py" -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable")][-1])')
-xz -T0 -6 -c "$target/fast/exo" > "$dir/exo.xz"
-xz -T0 -6 -c "$test_bin" > "$dir/cuda_matches_cpu.xz"
+# Debug info is four fifths of each binary; the carry to the device is limited.
+for b in "$target/fast/exo:exo" "$test_bin:cuda_matches_cpu"; do
+  strip --strip-debug -o "$dir/${b##*:}" "${b%:*}"
+  xz -T0 -6 -f "$dir/${b##*:}"
+done
 cp bench/gguf_random.py bench/cuda_vs_llamacpp.sh bench/cuda_kernel_times.py bench/spec_decode.py bench/_spec_prompts.py bench/_machine.py tests/gpu/check.sh "$dir/"
 ver=$("$py" -c 'import importlib.metadata as m; print(m.version("gguf"))')
 [ -n "$(ls "$dir"/gguf-"$ver"-*.whl 2>/dev/null)" ] || "$py" -m pip download -q --no-deps --only-binary=:all: -d "$dir" "gguf==$ver"
