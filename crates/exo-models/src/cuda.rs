@@ -241,7 +241,7 @@ impl CudaModel {
             s.graphs.clear();
         }
         if call.decode {
-            let key = (t, call.n_out, kv.k.first().map_or(0, DeviceBuf::ptr));
+            let key = (t, call.n_out, call.decode_splits, kv.k.first().map_or(0, DeviceBuf::ptr));
             let i = match s.graphs.iter().position(|(k, _)| *k == key) {
                 Some(i) => i,
                 None => {
@@ -295,8 +295,7 @@ impl CudaModel {
             let rope = self.rope_args(s, l, li, &heads);
             let attn = AttnArgs { heads: &heads, scale: c.attn_scale, window, skip_tiled: tiled, part: s.part.ptr(), ml: s.ml.ptr() };
             if call.decode {
-                let nsplit = s.max_pos.div_ceil(DECODE_CHUNK);
-                g.attention_decode(&rope, &attn, t, DECODE_CHUNK, nsplit, s.counters.ptr(), act(&s.att, t))?;
+                g.attention_decode(&rope, &attn, t, DECODE_CHUNK, call.decode_splits, s.counters.ptr(), act(&s.att, t))?;
             } else {
                 g.rope_kv(&rope, t)?;
                 if !tiled || call.tiled_tokens < t {
@@ -470,6 +469,10 @@ struct Call {
     tiled: Vec<(usize, usize)>,
     /// Tokens in those segments.
     tiled_tokens: usize,
+    /// Attention splits of a decode step: enough for its longest sequence, rounded up to a power
+    /// of two so that a few captured graphs serve every length (a grid over the whole context
+    /// would launch blocks that exit at once, most of them at long contexts and large batches).
+    decode_splits: usize,
     /// Rows of logits wanted, and the offset (in `i32`s) of their row list in the map.
     n_out: usize,
     out_rows: usize,
@@ -506,8 +509,9 @@ pub struct CudaScratch {
     ml: DeviceBuf,
     logits: DeviceBuf,
     n_logits: usize,
-    /// Decode steps captured once and replayed, keyed by (tokens, logits rows, KV cache).
-    graphs: Vec<((usize, usize, u64), GpuGraph)>,
+    /// Decode steps captured once and replayed, keyed by (tokens, logits rows, attention splits,
+    /// KV cache).
+    graphs: Vec<((usize, usize, usize, u64), GpuGraph)>,
     host_logits: OnceLock<Vec<f32>>,
 }
 
@@ -570,7 +574,9 @@ impl CudaScratch {
         m.resize(tab_off + segments.len() * width, 0);
         m[..4].copy_from_slice(&[width as i32, seq_off as i32, tab_off as i32, t as i32]);
         let decode = t <= DECODE_GRAPH_MAX && segments.iter().all(|g| g.tokens.len() == 1);
-        let mut call = Call { t, decode, tiled: vec![], tiled_tokens: 0, n_out: 0, out_rows: out_off };
+        let longest = segments.iter().map(|g| g.pos0 + g.tokens.len()).max().unwrap_or(1);
+        let decode_splits = longest.div_ceil(DECODE_CHUNK).next_power_of_two().min(self.max_pos.div_ceil(DECODE_CHUNK));
+        let mut call = Call { t, decode, decode_splits, tiled: vec![], tiled_tokens: 0, n_out: 0, out_rows: out_off };
         let mut row = 0;
         for (si, g) in segments.iter().enumerate() {
             let n = g.tokens.len();
