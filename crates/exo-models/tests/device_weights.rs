@@ -28,13 +28,14 @@ fn cpu_values(file: &WeightFile, f: QuantFormat) -> (usize, usize, Vec<f32>) {
 fn int_formats_reach_the_gpu_as_ggml_blocks_with_the_same_values() {
     let file = file();
     for (format, carrier) in [("int8", GgmlType::Q8_0), ("int4", GgmlType::Q4_1), ("q4_K", GgmlType::Q4K)] {
+        let carrier = QuantFormat::Ggml(carrier);
         let f = QuantFormat::from_name(format).unwrap();
         let (rows, cols, want) = cpu_values(&file, f);
         let w = Weights::new(&file, Arch::Llama, false).with_quantize(Some(f));
         assert_eq!(w.device_type(NAME, rows, cols).unwrap(), carrier, "{format}");
         let (ty, bytes) = w.device_matrix(NAME, rows, cols).unwrap();
         assert_eq!(ty, carrier, "{format}");
-        let got = exo_quant::dequantize(QuantFormat::Ggml(ty), &bytes, cols).unwrap();
+        let got = exo_quant::dequantize(ty, &bytes, cols).unwrap();
         assert_eq!(got.len(), want.len(), "{format}");
         let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert_eq!(diff, 0.0, "{format}: the GPU's values differ from the CPU's by up to {diff}");
