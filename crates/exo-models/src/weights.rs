@@ -166,8 +166,8 @@ impl<'a> Weights<'a> {
 
     /// The storage format a `rows × cols` matrix takes on a device that reads the stored blocks
     /// in place: the one [`Weights::matrix`] would hold. INT8 and INT4 travel as the Q8_0 and
-    /// Q4_1 blocks that hold exactly their values (as on the CPU); nf4 and fp8 are refused,
-    /// naming the format.
+    /// Q4_1 blocks that hold exactly their values (as on the CPU); NF4 and FP8 in exo's own
+    /// layouts, which the GPU has kernels for.
     pub fn device_type(&self, name: &str, rows: usize, cols: usize) -> Result<QuantFormat, ModelError> {
         let (ty, _) = self.raw_matrix(name, rows, cols)?;
         Ok(match self.target(name, ty, cols) {
@@ -175,13 +175,7 @@ impl<'a> Weights<'a> {
             Target::Dequantize => QuantFormat::Ggml(GgmlType::F32),
             Target::Pack(QuantFormat::Int8, _) => QuantFormat::Ggml(GgmlType::Q8_0),
             Target::Pack(QuantFormat::Int4, _) => QuantFormat::Ggml(GgmlType::Q4_1),
-            Target::Pack(f @ QuantFormat::Ggml(_), _) => f,
-            Target::Pack(f, _) => {
-                return Err(ModelError::Device(format!(
-                    "--quantize {}: the GPU has no kernels for this format (use int8, int4 or a GGUF type such as q4_K, q6_K or q8_0 there, or --device cpu)",
-                    f.name()
-                )))
-            }
+            Target::Pack(f, _) => f,
         })
     }
 
