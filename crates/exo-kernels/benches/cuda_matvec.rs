@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use exo_formats::GgmlType;
 use exo_kernels::cuda::{Act, Gpu, GpuError, GpuMatrix};
+use exo_quant::QuantFormat;
 use rand::{Rng, SeedableRng};
 
 /// Bytes of copies per class: several times the H100/H200's 50 MB L2.
@@ -64,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|i| {
                 let mut data = vec![0u8; bytes];
                 rng.fill(&mut data[..]);
-                gpu.matrix(&format!("{what} {i}"), ty, rows, cols, &data)
+                gpu.matrix(&format!("{what} {i}"), QuantFormat::Ggml(ty), rows, cols, &data)
             })
             .collect::<Result<Vec<GpuMatrix>, _>>()?;
         print!(

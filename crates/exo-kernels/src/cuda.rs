@@ -4,7 +4,8 @@
 //! device allocations ([`DeviceBuf`]) addressed by raw pointers, so the forward pass can hand out
 //! offsets into them (q/k/v inside one projection output) and a decode step can be captured as a
 //! CUDA graph ([`Gpu::begin_capture`]) and replayed with every pointer fixed. Weight matrices
-//! ([`GpuMatrix`]) keep their GGUF block layout; the mat-vec kernels read the blocks in place.
+//! ([`GpuMatrix`]) keep their stored block layout (GGUF's, or exo-quant's for NF4 and FP8); the
+//! mat-vec kernels read the blocks in place.
 //!
 //! The driver and cuBLAS are opened with `dlopen` on first use, so a build with this module still
 //! starts on a machine without an NVIDIA driver: [`device_count`] reports 0 there.
@@ -15,6 +16,7 @@ use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use exo_formats::GgmlType;
+use exo_quant::QuantFormat;
 
 /// A failed CUDA operation, naming what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +61,26 @@ pub fn device_count() -> usize {
     CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
 }
 
-/// Weight types with GPU kernels: the quantized ones have a mat-vec on int8 activations, the
-/// float ones a plain one; all dequantize to f16 for GEMMs.
-pub fn supported(ty: GgmlType) -> bool {
-    mv_kernels(ty).is_some() || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+/// Weight formats with GPU kernels: ggml's quantized types have a mat-vec on int8 activations,
+/// the float types and exo's NF4 and FP8 one on f32 activations; all dequantize to f16 for GEMMs.
+pub fn supported(f: QuantFormat) -> bool {
+    match f {
+        QuantFormat::Ggml(ty) => mv_kernels(f).is_some() || matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16),
+        QuantFormat::Nf4 | QuantFormat::Fp8E4M3 => true,
+        QuantFormat::Int8 | QuantFormat::Int4 => false,
+    }
+}
+
+/// The kernels' id of a format: ggml's type id, or the ids blocks.cuh gives exo's own formats
+/// (`T_NF4`, `T_FP8`). INT8 and INT4 get none that a kernel knows: [`supported`] refuses them
+/// before any matrix of theirs exists.
+fn type_id(f: QuantFormat) -> i32 {
+    match f {
+        QuantFormat::Ggml(ty) => ty.id() as i32,
+        QuantFormat::Nf4 => 1001,
+        QuantFormat::Fp8E4M3 => 1002,
+        QuantFormat::Int8 | QuantFormat::Int4 => -1,
+    }
 }
 
 /// A quantized type's mat-vec kernels: for one token, and its `_n` twin for 2..8, with the
@@ -90,8 +108,11 @@ const MV_KERNELS: [MvKernels; 8] = [
     mv(GgmlType::Q5_1, "mv_q5_1", "mv_q5_1_n", 1),
 ];
 
-/// The quantized mat-vec kernels of `ty` weights.
-fn mv_kernels(ty: GgmlType) -> Option<&'static MvKernels> {
+/// The quantized mat-vec kernels of `f` weights; `None` for the formats read on f32 activations
+/// one token at a time (`mv_float`, and `mv_lut` for NF4 and FP8, whose arguments differ from
+/// these kernels').
+fn mv_kernels(f: QuantFormat) -> Option<&'static MvKernels> {
+    let QuantFormat::Ggml(ty) = f else { return None };
     MV_KERNELS.iter().find(|k| k.ty == ty)
 }
 
@@ -106,7 +127,7 @@ fn mv_kernels(ty: GgmlType) -> Option<&'static MvKernels> {
 /// against single tokens on the GPU with random-weight models that amplify any difference).
 fn mv_threads(m: &GpuMatrix, k: &MvKernels, thread_slots: usize) -> u32 {
     let blocks = m.rows.div_ceil(MV_ROWS as usize);
-    let slices = m.cols / m.ty.block_size() * k.slices;
+    let slices = m.cols / k.ty.block_size() * k.slices;
     let mut threads = 64;
     while threads < MV_THREADS && blocks * threads < 2 * thread_slots && 2 * threads <= slices {
         threads *= 2;
@@ -139,17 +160,18 @@ impl DeviceBuf {
     }
 }
 
-/// A weight matrix on the device, `rows` output features by `cols` inputs, in its GGUF layout.
+/// A weight matrix on the device, `rows` output features by `cols` inputs, in its file layout
+/// (GGUF blocks, or exo-quant's for NF4 and FP8).
 pub struct GpuMatrix {
-    ty: GgmlType,
+    ty: QuantFormat,
     rows: usize,
     cols: usize,
     buf: Arc<DeviceBuf>,
 }
 
 impl GpuMatrix {
-    /// Storage type.
-    pub fn ty(&self) -> GgmlType {
+    /// Storage format.
+    pub fn ty(&self) -> QuantFormat {
         self.ty
     }
 
@@ -261,7 +283,7 @@ impl Gpu {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| GpuError::at("creating a cuBLAS handle (is libcublas on LD_LIBRARY_PATH?)", e))?;
         let mut modules = Vec::new();
         let mut named = Vec::new();
-        let matvec: Vec<&'static str> = MV_KERNELS.iter().flat_map(|k| [k.one, k.several]).chain(["mv_float", "dequant_f16", "f32_to_f16"]).collect();
+        let matvec: Vec<&'static str> = MV_KERNELS.iter().flat_map(|k| [k.one, k.several]).chain(["mv_float", "mv_lut", "dequant_f16", "f32_to_f16"]).collect();
         for (src, names) in [
             (MATVEC_PTX, &matvec[..]),
             (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap"][..]),
@@ -321,10 +343,10 @@ impl Gpu {
         self.stream.synchronize().map_err(|e| GpuError::at("synchronize", e))
     }
 
-    /// Uploads a weight matrix from its GGUF bytes; `name` is the tensor's, for errors.
-    pub fn matrix(&self, name: &str, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<GpuMatrix> {
+    /// Uploads a weight matrix from its stored bytes; `name` is the tensor's, for errors.
+    pub fn matrix(&self, name: &str, ty: QuantFormat, rows: usize, cols: usize, bytes: &[u8]) -> Result<GpuMatrix> {
         if !supported(ty) {
-            return Err(GpuError(format!("tensor '{name}' has type {}, which has no GPU kernel (supported: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, f16, bf16, f32)", ty.name())));
+            return Err(GpuError(format!("tensor '{name}' has type {}, which has no GPU kernel (supported: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, nf4, fp8, f16, bf16, f32)", ty.name())));
         }
         let expect = ty.row_bytes(cols).map(|r| r * rows);
         if expect != Some(bytes.len()) || !cols.is_multiple_of(32) {
@@ -367,8 +389,9 @@ impl Gpu {
                 }
                 None => {
                     let xc = x.f32 + (c0 * m.cols * 4) as u64;
-                    let args = [Arg::I(m.ty.id() as i32), Arg::P(m.buf.ptr), Arg::P(xc), Arg::P(yc), Arg::I(rows), Arg::I(cols), acc];
-                    self.launch("mv_float", (m.rows.div_ceil(4) as u32, 1, 1), 128, 0, &args)?
+                    let args = [Arg::I(type_id(m.ty)), Arg::P(m.buf.ptr), Arg::P(xc), Arg::P(yc), Arg::I(rows), Arg::I(cols), acc];
+                    let kernel = if matches!(m.ty, QuantFormat::Ggml(_)) { "mv_float" } else { "mv_lut" };
+                    self.launch(kernel, (m.rows.div_ceil(4) as u32, 1, 1), 128, 0, &args)?
                 }
             }
         }
@@ -388,7 +411,7 @@ impl Gpu {
         for r0 in (0..m.rows).step_by(chunk) {
             let rows = chunk.min(m.rows - r0);
             let w = m.buf.ptr + (r0 * row_bytes) as u64;
-            self.launch("dequant_f16", ((rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(m.ty.id() as i32), Arg::P(w), Arg::I(rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;
+            self.launch("dequant_f16", ((rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(type_id(m.ty)), Arg::P(w), Arg::I(rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;
             // Column-major view: Yᵀ (rows × t) = W (rows × cols, stored as its transpose) · Xᵀ.
             // SAFETY: sizes are those of the buffers above; the handle runs on our stream.
             unsafe {

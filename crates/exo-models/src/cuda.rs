@@ -416,7 +416,7 @@ fn layers_that_fit(c: &ModelConfig, w: &Weights, free: usize, ctx: usize) -> Res
 
 /// Consecutive parts of one storage type, gathered for one upload.
 struct Run<'a> {
-    ty: exo_formats::GgmlType,
+    ty: exo_quant::QuantFormat,
     data: Vec<u8>,
     rows: usize,
     start: usize,

@@ -164,33 +164,29 @@ impl<'a> Weights<'a> {
         })
     }
 
-    /// The storage type a `rows × cols` matrix takes on a device that reads GGUF blocks in
-    /// place: the one [`Weights::matrix`] would hold. INT8 and INT4 travel as the Q8_0 and Q4_1
-    /// blocks that hold exactly their values (as on the CPU); nf4 and fp8, which no GGUF type
-    /// holds, are refused, naming the format: the GPU has no kernels for them.
-    pub fn device_type(&self, name: &str, rows: usize, cols: usize) -> Result<GgmlType, ModelError> {
+    /// The storage format a `rows × cols` matrix takes on a device that reads the stored blocks
+    /// in place: the one [`Weights::matrix`] would hold. INT8 and INT4 travel as the Q8_0 and
+    /// Q4_1 blocks that hold exactly their values (as on the CPU); NF4 and FP8 in exo's own
+    /// layouts, which the GPU has kernels for.
+    pub fn device_type(&self, name: &str, rows: usize, cols: usize) -> Result<QuantFormat, ModelError> {
         let (ty, _) = self.raw_matrix(name, rows, cols)?;
-        match self.target(name, ty, cols) {
-            Target::Keep => Ok(ty),
-            Target::Dequantize => Ok(GgmlType::F32),
-            Target::Pack(QuantFormat::Ggml(to), _) => Ok(to),
-            Target::Pack(QuantFormat::Int8, _) => Ok(GgmlType::Q8_0),
-            Target::Pack(QuantFormat::Int4, _) => Ok(GgmlType::Q4_1),
-            Target::Pack(f, _) => Err(ModelError::Device(format!(
-                "--quantize {}: the GPU has no kernels for this format (use int8, int4 or a GGUF type such as q4_K, q6_K or q8_0 there, or --device cpu)",
-                f.name()
-            ))),
-        }
+        Ok(match self.target(name, ty, cols) {
+            Target::Keep => QuantFormat::Ggml(ty),
+            Target::Dequantize => QuantFormat::Ggml(GgmlType::F32),
+            Target::Pack(QuantFormat::Int8, _) => QuantFormat::Ggml(GgmlType::Q8_0),
+            Target::Pack(QuantFormat::Int4, _) => QuantFormat::Ggml(GgmlType::Q4_1),
+            Target::Pack(f, _) => f,
+        })
     }
 
-    /// A `rows × cols` matrix in GGUF block layout as [`Weights::device_type`] says: the file's
-    /// bytes, or its values re-packed as [`Weights::matrix`] packs them.
-    pub fn device_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<(GgmlType, DeviceBytes), ModelError> {
+    /// A `rows × cols` matrix in the layout [`Weights::device_type`] says: the file's bytes, or
+    /// its values re-packed as [`Weights::matrix`] packs them.
+    pub fn device_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<(QuantFormat, DeviceBytes), ModelError> {
         let to = self.device_type(name, rows, cols)?;
         let (ty, bytes) = self.raw_matrix(name, rows, cols)?;
         let target = self.target(name, ty, cols);
         let m = match target {
-            Target::Keep => return Ok((ty, DeviceBytes::File(bytes))),
+            Target::Keep => return Ok((to, DeviceBytes::File(bytes))),
             _ => Matrix::new(name, ty, rows, cols, bytes)?,
         };
         let packed = match target {

@@ -331,17 +331,16 @@ fn batched(name: &str, m: &LoadedModel, failures: &mut Vec<String>) {
 }
 
 /// `--quantize` applies to the GPU's copy of the weights as to the CPU's: both re-quantize the
-/// file to q8_0, int8 and int4 (the last two as the Q8_0 and Q4_1 blocks holding their exact
-/// values) and must then agree as the file's own types do (the CPU's quantized path the
-/// yardstick, as in gpu_forward_matches_cpu); a format the GPU has no kernels for is refused by
-/// name instead of being ignored.
+/// file to each format (int8 and int4 as the Q8_0 and Q4_1 blocks holding their exact values,
+/// nf4 and fp8 in exo's layouts through their own kernels) and must then agree as the file's own
+/// types do (the CPU's quantized path the yardstick, as in gpu_forward_matches_cpu).
 #[test]
 fn gpu_requantizes_like_the_cpu() {
     let mut failures = Vec::new();
     for path in gpu_models() {
         let path = path.as_path();
         let reference = load(path, &LoadOptions { dequantize: true, ..Default::default() }).expect("dequantized CPU load");
-        for format in ["q8_0", "int8", "int4"] {
+        for format in ["q8_0", "int8", "int4", "nf4", "fp8"] {
             let q = exo_quant::QuantFormat::from_name(format).expect("a format");
             let cpu = load(path, &LoadOptions { quantize: Some(q), ..Default::default() }).expect("CPU load");
             let gpu = load(path, &LoadOptions { device: Device::Cuda(0), quantize: Some(q), ..Default::default() }).expect("GPU load");
@@ -351,13 +350,6 @@ fn gpu_requantizes_like_the_cpu() {
             if gpu_err > limit {
                 failures.push(format!("{name}: GPU logits {gpu_err:.3e} from the dequantized reference, over {limit:.3e}"));
             }
-        }
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-        let nf4 = exo_quant::QuantFormat::from_name("nf4").expect("nf4 is a format");
-        match load(path, &LoadOptions { device: Device::Cuda(0), quantize: Some(nf4), ..Default::default() }) {
-            Ok(_) => failures.push(format!("{name}: --quantize nf4 loaded on the GPU, which has no nf4 kernels")),
-            Err(e) if e.to_string().contains("--quantize nf4") => {}
-            Err(e) => failures.push(format!("{name}: --quantize nf4 on the GPU failed without naming the format: {e}")),
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");

@@ -22,6 +22,24 @@
 #define T_Q5_K 13
 #define T_Q6_K 14
 #define T_BF16 30
+// exo's own formats (exo-quant), which no ggml type id names: ids outside ggml's range.
+#define T_NF4 1001
+#define T_FP8 1002
+
+// NF4's sixteen levels (exo_quant::nf4::LEVELS), in code order.
+__constant__ float NF4_LEVELS[16] = {-1.0f, -0.6961928f, -0.52507305f, -0.3949175f, -0.28444138f, -0.18477343f,
+                                     -0.091050036f, 0.0f, 0.0795803f, 0.1609302f, 0.2461123f, 0.33791524f,
+                                     0.44070983f, 0.562617f, 0.72295684f, 1.0f};
+
+// An E4M3FN byte (4 exponent bits, bias 7, 3 mantissa bits, NaN at S.1111.111) as a float.
+__device__ __forceinline__ float fp8_e4m3(uint8_t b) {
+    int e = (b >> 3) & 0xF, m = b & 7;
+    float v = (b & 0x7F) == 0x7F ? NAN : e == 0 ? m * 0.001953125f : ldexpf(1.0f + m * 0.125f, e - 7);
+    return (b & 0x80) ? -v : v;
+}
+
+// Bytes of a row of `cols` values of `type` (FP8 rows start with their f32 scale).
+__device__ __forceinline__ size_t row_size(int type, int cols);
 
 __device__ __forceinline__ float f16_at(const uint8_t* p) {
     return __half2float(__ushort_as_half(*(const unsigned short*)p));
@@ -81,6 +99,13 @@ __device__ __forceinline__ BlockInfo block_info(int type) {
         case T_Q5_K: return {256, 176};
         default: return {256, 210};  // T_Q6_K
     }
+}
+
+__device__ __forceinline__ size_t row_size(int type, int cols) {
+    if (type == T_NF4) return (size_t)(cols / 64) * 34;
+    if (type == T_FP8) return 4 + (size_t)cols;
+    BlockInfo bi = block_info(type);
+    return (size_t)(cols / bi.qk) * bi.bytes;
 }
 
 // Element i of the block at b.

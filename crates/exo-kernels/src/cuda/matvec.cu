@@ -116,6 +116,29 @@ extern "C" __global__ void mv_float(int type, const uint8_t* w, const float* x, 
     if (lane == 0) y[row] = accumulate ? y[row] + s : s;
 }
 
+// NF4 and FP8 weights against f32 activations: one warp per row, each lane a run of values
+// through the format's level table (NF4) or decoding (FP8), in f32 as the CPU computes them.
+extern "C" __global__ void mv_lut(int type, const uint8_t* w, const float* x, float* y, int rows, int cols,
+                                  int accumulate) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const uint8_t* wr = w + (size_t)row * row_size(type, cols);
+    float s = 0.f;
+    if (type == T_NF4) {
+        // A lane per pair of values: byte j of a block holds values 2j (low) and 2j+1 (high).
+        for (int p = lane; p < cols / 2; p += 32) {
+            const uint8_t* b = wr + (size_t)(p / 32) * 34;
+            uint8_t q = b[2 + p % 32];
+            s += f16_at(b) * (NF4_LEVELS[q & 0xF] * x[2 * p] + NF4_LEVELS[q >> 4] * x[2 * p + 1]);
+        }
+    } else {
+        for (int c = lane; c < cols; c += 32) s += fp8_e4m3(wr[4 + c]) * x[c];
+        s *= *(const float*)wr;
+    }
+    s = warp_sum(s);
+    if (lane == 0) y[row] = accumulate ? y[row] + s : s;
+}
+
 // Values c0..c0+31 of a row (c0 a multiple of 32) widened to f32, the storage type known at
 // compile time so that the block's scales are decoded once per group, not once per value.
 template <int TYPE>
@@ -155,6 +178,20 @@ __device__ __forceinline__ void group32(const uint8_t* row, int c0, float* v) {
             int q = ((ql[l] >> ((g >> 1) * 4)) & 0xF) | (((qh[l] >> (2 * g)) & 3) << 4);
             v[l] = (l < 16 ? s0 : s1) * (float)(q - 32);
         }
+    } else if constexpr (TYPE == T_NF4) {
+        const uint8_t* b = row + (size_t)(c0 / 64) * 34;
+        float d = f16_at(b);
+        const uint8_t* q = b + 2 + (c0 % 64) / 2;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            v[2 * i] = d * NF4_LEVELS[q[i] & 0xF];
+            v[2 * i + 1] = d * NF4_LEVELS[q[i] >> 4];
+        }
+    } else if constexpr (TYPE == T_FP8) {
+        // The FP8 rows' 4-byte scale leaves the codes unaligned for vector loads.
+        float scale = *(const float*)row;
+#pragma unroll
+        for (int i = 0; i < 32; i++) v[i] = scale * fp8_e4m3(row[4 + c0 + i]);
     } else if constexpr (TYPE == T_Q8_0) {
         const uint8_t* b = row + (size_t)(c0 / 32) * 34;
         float d = f16_at(b);
@@ -174,8 +211,7 @@ __device__ __forceinline__ void group32(const uint8_t* row, int c0, float* v) {
 // 16-byte stores.
 template <int TYPE>
 __device__ void dequant_rows(const uint8_t* w, int rows, int cols, __half* out) {
-    BlockInfo bi = block_info(TYPE);
-    size_t row_bytes = (size_t)(cols / bi.qk) * bi.bytes;
+    size_t row_bytes = row_size(TYPE, cols);
     int per_row = cols / 32;
     size_t groups = (size_t)rows * per_row;
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (size_t)gridDim.x * blockDim.x) {
@@ -207,6 +243,8 @@ extern "C" __global__ void dequant_f16(int type, const uint8_t* w, int rows, int
         case T_Q8_0: dequant_rows<T_Q8_0>(w, rows, cols, out); break;
         case T_Q4_K: dequant_rows<T_Q4_K>(w, rows, cols, out); break;
         case T_Q5_K: dequant_rows<T_Q5_K>(w, rows, cols, out); break;
+        case T_NF4: dequant_rows<T_NF4>(w, rows, cols, out); break;
+        case T_FP8: dequant_rows<T_FP8>(w, rows, cols, out); break;
         default: dequant_rows<T_Q6_K>(w, rows, cols, out); break;
     }
 }
