@@ -203,6 +203,15 @@ __device__ __forceinline__ float k_sum(const W& w, int j, int sl, int sh, const 
     return w.d0 * a.x * sl + w.d1 * c.x * sh - w.m * (w.m0 * a.y + w.m1 * c.y);
 }
 
+// acc plus the dot product of 16 int8 activations x with the low (shift 0) or high (shift 4)
+// nibbles of the 16 bytes v.
+__device__ __forceinline__ int dot_nibbles(int4 v, int4 x, int shift, int acc) {
+    acc = __dp4a((v.x >> shift) & 0x0F0F0F0F, x.x, acc);
+    acc = __dp4a((v.y >> shift) & 0x0F0F0F0F, x.y, acc);
+    acc = __dp4a((v.z >> shift) & 0x0F0F0F0F, x.z, acc);
+    return __dp4a((v.w >> shift) & 0x0F0F0F0F, x.w, acc);
+}
+
 // Q4_K: 8 slices of 32 weights (16 low nibbles of sub-block 2j, 16 high of 2j+1).
 struct Q4K {
     static constexpr int QK = 256, PARTS = 8, BYTES = 144;
@@ -222,15 +231,7 @@ struct Q4K {
         int j = p >> 1, h = p & 1;
         int4 xl = *(const int4*)(xq + 64 * j + 16 * h);
         int4 xh = *(const int4*)(xq + 64 * j + 32 + 16 * h);
-        int sl = __dp4a(w.v.x & 0x0F0F0F0F, xl.x, 0);
-        sl = __dp4a(w.v.y & 0x0F0F0F0F, xl.y, sl);
-        sl = __dp4a(w.v.z & 0x0F0F0F0F, xl.z, sl);
-        sl = __dp4a(w.v.w & 0x0F0F0F0F, xl.w, sl);
-        int sh = __dp4a((w.v.x >> 4) & 0x0F0F0F0F, xh.x, 0);
-        sh = __dp4a((w.v.y >> 4) & 0x0F0F0F0F, xh.y, sh);
-        sh = __dp4a((w.v.z >> 4) & 0x0F0F0F0F, xh.z, sh);
-        sh = __dp4a((w.v.w >> 4) & 0x0F0F0F0F, xh.w, sh);
-        return k_sum(w, j, sl, sh, xds);
+        return k_sum(w, j, dot_nibbles(w.v, xl, 0, 0), dot_nibbles(w.v, xh, 4, 0), xds);
     }
 };
 
@@ -254,22 +255,8 @@ struct Q4K64 {
     __device__ static float dot(const W& w, int p, const int8_t* xq, const float2* xds) {
         const int4* x = (const int4*)(xq + 64 * p);
         int4 l0 = x[0], l1 = x[1], h0 = x[2], h1 = x[3];
-        int sl = __dp4a(w.a.x & 0x0F0F0F0F, l0.x, 0);
-        sl = __dp4a(w.a.y & 0x0F0F0F0F, l0.y, sl);
-        sl = __dp4a(w.a.z & 0x0F0F0F0F, l0.z, sl);
-        sl = __dp4a(w.a.w & 0x0F0F0F0F, l0.w, sl);
-        sl = __dp4a(w.b.x & 0x0F0F0F0F, l1.x, sl);
-        sl = __dp4a(w.b.y & 0x0F0F0F0F, l1.y, sl);
-        sl = __dp4a(w.b.z & 0x0F0F0F0F, l1.z, sl);
-        sl = __dp4a(w.b.w & 0x0F0F0F0F, l1.w, sl);
-        int sh = __dp4a((w.a.x >> 4) & 0x0F0F0F0F, h0.x, 0);
-        sh = __dp4a((w.a.y >> 4) & 0x0F0F0F0F, h0.y, sh);
-        sh = __dp4a((w.a.z >> 4) & 0x0F0F0F0F, h0.z, sh);
-        sh = __dp4a((w.a.w >> 4) & 0x0F0F0F0F, h0.w, sh);
-        sh = __dp4a((w.b.x >> 4) & 0x0F0F0F0F, h1.x, sh);
-        sh = __dp4a((w.b.y >> 4) & 0x0F0F0F0F, h1.y, sh);
-        sh = __dp4a((w.b.z >> 4) & 0x0F0F0F0F, h1.z, sh);
-        sh = __dp4a((w.b.w >> 4) & 0x0F0F0F0F, h1.w, sh);
+        int sl = dot_nibbles(w.b, l1, 0, dot_nibbles(w.a, l0, 0, 0));
+        int sh = dot_nibbles(w.b, h1, 4, dot_nibbles(w.a, h0, 4, 0));
         return k_sum(w, p, sl, sh, xds);
     }
 };
