@@ -31,7 +31,8 @@ pub struct BenchArgs {
     #[arg(short = 't', long)]
     threads: Option<usize>,
     /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
-    /// else the CPU), cpu, cuda or cuda:N.
+    /// else the CPU), cpu, cuda, cuda:N, metal or metal:N (Apple GPUs, in a build with the
+    /// metal feature: the matrix products run there).
     #[arg(long, default_value = "auto")]
     device: String,
     /// With a GPU: how many of the model's layers it runs, the last ones (auto: as many as fit

@@ -80,7 +80,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     auto_quant: crate::model_path::AutoQuantArgs,
     /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
-    /// else the CPU), cpu, cuda or cuda:N. On a GPU the KV cache lives in device memory.
+    /// else the CPU), cpu, cuda, cuda:N, metal or metal:N (Apple GPUs, in a build with the
+    /// metal feature: the matrix products run there). On a CUDA GPU the KV cache lives in device
+    /// memory.
     #[arg(long, default_value = "auto")]
     device: String,
     /// With a GPU: how many of each model's layers it runs, the last ones (auto: as many as fit

@@ -229,6 +229,15 @@ fn bad_flags_and_models_are_refused_before_serving() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("--device cuda:0") && err.contains("cuda"), "{err}");
     }
+    // Likewise an Apple GPU without the metal feature (every Linux build).
+    if !cfg!(feature = "metal") {
+        let o = exo(&["serve", "-m", SMOLLM2, "--device", "metal"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("--device metal:0") && err.contains("without the metal feature"), "{err}");
+    }
+    let o = exo(&["serve", "-m", SMOLLM2, "--device", "metal:x"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--device 'metal:x'") && err.contains("metal:N"), "{err}");
 }
 
 /// Status code and body of `GET path`, over a plain socket.

@@ -30,6 +30,8 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "metal")]
+pub mod metal;
 pub mod dense;
 pub mod kquant_q4k;
 pub mod kquant_q8q6;

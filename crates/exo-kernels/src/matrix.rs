@@ -18,6 +18,10 @@ use crate::threads::parallel_for;
 /// Errors from building or applying a [`Matrix`].
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// A Metal device or product failed (the message names the tensor or device).
+    #[cfg(feature = "metal")]
+    #[error("metal: {0}")]
+    Metal(String),
     /// A KV cache that cannot be built as asked (the message names the setting and the limit).
     #[error("KV cache: {0}")]
     KvCache(String),
@@ -131,6 +135,9 @@ pub struct Matrix {
     cols: usize,
     row_bytes: usize,
     data: MatrixData,
+    /// A copy on an Apple GPU that takes this matrix's products ([`Matrix::offload`]).
+    #[cfg(feature = "metal")]
+    metal: Option<std::sync::Arc<crate::metal::MetalMatrix>>,
 }
 
 impl Matrix {
@@ -154,7 +161,17 @@ impl Matrix {
         } else {
             MatrixData::Owned(std::sync::Arc::new(bytes_to_words(&bytes)))
         };
-        Ok(Self { name: name.to_string(), format: QuantFormat::Ggml(ty), ty, rows, cols, row_bytes, data })
+        Ok(Self {
+            name: name.to_string(),
+            format: QuantFormat::Ggml(ty),
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+            #[cfg(feature = "metal")]
+            metal: None,
+        })
     }
 
     /// A matrix of type `ty` copied from bytes in ggml layout (weights built or converted in memory).
@@ -162,7 +179,17 @@ impl Matrix {
         let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
         let data = pack(ty, rows, cols, bytes)
             .unwrap_or_else(|| MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes))));
-        Ok(Self { name: name.to_string(), format: QuantFormat::Ggml(ty), ty, rows, cols, row_bytes, data })
+        Ok(Self {
+            name: name.to_string(),
+            format: QuantFormat::Ggml(ty),
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+            #[cfg(feature = "metal")]
+            metal: None,
+        })
     }
 
     /// A matrix of rows packed by [`exo_quant::quantize`] in `format`.
@@ -203,6 +230,8 @@ impl Matrix {
                 cols,
                 row_bytes,
                 data: MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes))),
+                #[cfg(feature = "metal")]
+                metal: None,
             }),
         }
     }
@@ -228,7 +257,16 @@ impl Matrix {
             cols,
             row_bytes: cols * 4,
             data: MatrixData::Owned(std::sync::Arc::new(words)),
+            #[cfg(feature = "metal")]
+            metal: None,
         })
+    }
+
+    /// Sends this matrix's products to `gpu`, a copy of the same weights on an Apple GPU; the
+    /// host copy stays for row lookups and dequantization.
+    #[cfg(feature = "metal")]
+    pub fn offload(&mut self, gpu: crate::metal::MetalMatrix) {
+        self.metal = Some(std::sync::Arc::new(gpu));
     }
 
     /// Tensor name (for messages).
@@ -287,6 +325,10 @@ impl Matrix {
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
         self.check_len("activations", x.len(), m * self.cols)?;
         self.check_len("output", out.len(), m * self.rows)?;
+        #[cfg(feature = "metal")]
+        if let Some(gpu) = &self.metal {
+            return gpu.matmul(x, m, out);
+        }
         if let MatrixData::Packed(p) = &self.data {
             p.matmul(x, m, out);
             return Ok(());

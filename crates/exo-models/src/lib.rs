@@ -173,19 +173,25 @@ pub enum Device {
     Cpu,
     /// CUDA device `n` (needs a build with the `cuda` feature).
     Cuda(usize),
+    /// Apple GPU `n` (needs a build with the `metal` feature): the matrix products run there,
+    /// the rest of the forward pass on the CPU.
+    Metal(usize),
 }
 
 impl Device {
-    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`; `auto` is the first CUDA device when this build
-    /// has the `cuda` feature and a device is present, else the CPU.
+    /// Parses `auto`, `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`; `auto` is the first CUDA
+    /// device when this build has the `cuda` feature and a device is present, else the CPU
+    /// (never Metal, whose speed against the CPU path is unmeasured).
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         match s {
             "cpu" => Ok(Device::Cpu),
             "auto" => Ok(if cuda_devices() > 0 { Device::Cuda(0) } else { Device::Cpu }),
             "cuda" => Ok(Device::Cuda(0)),
-            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => Ok(Device::Cuda(n)),
-                _ => Err(ModelError::Device(format!("--device '{s}': expected auto, cpu, cuda or cuda:N"))),
+            "metal" => Ok(Device::Metal(0)),
+            _ => match (s.strip_prefix("cuda:").map(str::parse::<usize>), s.strip_prefix("metal:").map(str::parse::<usize>)) {
+                (Some(Ok(n)), _) => Ok(Device::Cuda(n)),
+                (_, Some(Ok(n))) => Ok(Device::Metal(n)),
+                _ => Err(ModelError::Device(format!("--device '{s}': expected auto, cpu, cuda, cuda:N, metal or metal:N"))),
             },
         }
     }
@@ -196,6 +202,7 @@ impl std::fmt::Display for Device {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Metal(n) => write!(f, "metal:{n}"),
         }
     }
 }

@@ -78,6 +78,31 @@ impl Projections {
             Self::Apart(ms) => ms.iter_mut().collect(),
         }
     }
+
+    /// Gives each matrix the GPU copy `upload` makes of the parts it holds (the `parts` this
+    /// was loaded from, in order), where it makes one.
+    #[cfg(feature = "metal")]
+    fn offload(
+        &mut self,
+        parts: &[(String, usize)],
+        upload: impl Fn(&[(String, usize)]) -> Result<Option<exo_kernels::metal::MetalMatrix>, ModelError>,
+    ) -> Result<(), ModelError> {
+        match self {
+            Self::Stacked { matrix, .. } => {
+                if let Some(gpu) = upload(parts)? {
+                    matrix.offload(gpu);
+                }
+            }
+            Self::Apart(ms) => {
+                for (m, part) in ms.iter_mut().zip(parts) {
+                    if let Some(gpu) = upload(std::slice::from_ref(part))? {
+                        m.offload(gpu);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One decoder block's weights.
@@ -187,8 +212,66 @@ impl Transformer {
             Device::Cuda(_) => {
                 return Err(ModelError::Device(format!("--device {}: this exo was built without the cuda feature", opts.device)));
             }
+            #[cfg(feature = "metal")]
+            Device::Metal(n) => t.offload_to_metal(w, n)?,
+            #[cfg(not(feature = "metal"))]
+            Device::Metal(_) => {
+                return Err(ModelError::Device(format!("--device {}: this exo was built without the metal feature", opts.device)));
+            }
         }
         Ok(t)
+    }
+
+    /// Gives every layer matrix and the LM head a copy on Apple GPU `ordinal` that takes their
+    /// products, in the types `--quantize` gives them (the device's share of [`Weights`]'s
+    /// rule, as for CUDA); matrices in a format candle's Metal kernels lack (nf4, fp8) keep
+    /// their products on the CPU.
+    #[cfg(feature = "metal")]
+    fn offload_to_metal(&mut self, w: &Weights, ordinal: usize) -> Result<(), ModelError> {
+        use exo_formats::GgmlType;
+        use exo_kernels::metal::{MetalDevice, MetalMatrix};
+        use exo_quant::QuantFormat;
+        let dev = MetalDevice::new(ordinal)?;
+        let c = &self.config;
+        let (h, q, kv, f, vocab) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab_size);
+        // The parts stacked into one matrix, in one type that candle multiplies; None otherwise.
+        let upload = |parts: &[(String, usize)], cols: usize| -> Result<Option<MetalMatrix>, ModelError> {
+            let (mut ty, mut bytes, mut rows) = (None, Vec::new(), 0);
+            for (name, r) in parts {
+                let (format, b) = w.device_matrix(name, *r, cols)?;
+                let t = match format {
+                    QuantFormat::Ggml(t) => t,
+                    QuantFormat::Int8 => GgmlType::Q8_0,
+                    QuantFormat::Int4 => GgmlType::Q4_1,
+                    QuantFormat::Nf4 | QuantFormat::Fp8E4M3 => return Ok(None),
+                };
+                if !MetalMatrix::supported(t) || ty.is_some_and(|x| x != t) {
+                    return Ok(None);
+                }
+                ty = Some(t);
+                bytes.extend_from_slice(&b);
+                rows += r;
+            }
+            let Some(ty) = ty else { return Ok(None) };
+            let name = parts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join("+");
+            Ok(Some(MetalMatrix::new(&dev, &name, ty, rows, cols, &bytes)?))
+        };
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let n = |part: &str| format!("blk.{i}.{part}");
+            l.qkv.offload(&[(n("attn_q.weight"), q), (n("attn_k.weight"), kv), (n("attn_v.weight"), kv)], |p| upload(p, h))?;
+            l.gate_up.offload(&[(n("ffn_gate.weight"), f), (n("ffn_up.weight"), f)], |p| upload(p, h))?;
+            if let Some(gpu) = upload(&[(n("attn_output.weight"), h)], q)? {
+                l.wo.offload(gpu);
+            }
+            if let Some(gpu) = upload(&[(n("ffn_down.weight"), h)], f)? {
+                l.w_down.offload(gpu);
+            }
+        }
+        let head = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
+        if let Some(gpu) = upload(&[(head.to_string(), vocab)], h)? {
+            self.output.offload(gpu);
+        }
+        Ok(())
     }
 
     /// Layers the CPU runs: all, or those before the GPU's.
