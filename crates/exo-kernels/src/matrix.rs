@@ -161,9 +161,14 @@ impl Matrix {
         } else {
             MatrixData::Owned(std::sync::Arc::new(bytes_to_words(&bytes)))
         };
-        Ok(Self {
+        Ok(Self::assemble(name, QuantFormat::Ggml(ty), ty, rows, cols, row_bytes, data))
+    }
+
+    /// The fields as given, with no GPU copy.
+    fn assemble(name: &str, format: QuantFormat, ty: GgmlType, rows: usize, cols: usize, row_bytes: usize, data: MatrixData) -> Self {
+        Self {
             name: name.to_string(),
-            format: QuantFormat::Ggml(ty),
+            format,
             ty,
             rows,
             cols,
@@ -171,7 +176,7 @@ impl Matrix {
             data,
             #[cfg(feature = "metal")]
             metal: None,
-        })
+        }
     }
 
     /// A matrix of type `ty` copied from bytes in ggml layout (weights built or converted in memory).
@@ -179,17 +184,7 @@ impl Matrix {
         let row_bytes = check_size(name, ty, rows, cols, bytes.len())?;
         let data = pack(ty, rows, cols, bytes)
             .unwrap_or_else(|| MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes))));
-        Ok(Self {
-            name: name.to_string(),
-            format: QuantFormat::Ggml(ty),
-            ty,
-            rows,
-            cols,
-            row_bytes,
-            data,
-            #[cfg(feature = "metal")]
-            metal: None,
-        })
+        Ok(Self::assemble(name, QuantFormat::Ggml(ty), ty, rows, cols, row_bytes, data))
     }
 
     /// A matrix of rows packed by [`exo_quant::quantize`] in `format`.
@@ -222,17 +217,10 @@ impl Matrix {
                     as_ggml(GgmlType::Q8_0, &q8)
                 }
             },
-            QuantFormat::Nf4 | QuantFormat::Fp8E4M3 => Ok(Self {
-                name: name.to_string(),
-                format,
-                ty: GgmlType::I8,
-                rows,
-                cols,
-                row_bytes,
-                data: MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes))),
-                #[cfg(feature = "metal")]
-                metal: None,
-            }),
+            QuantFormat::Nf4 | QuantFormat::Fp8E4M3 => {
+                let data = MatrixData::Owned(std::sync::Arc::new(bytes_to_words(bytes)));
+                Ok(Self::assemble(name, format, GgmlType::I8, rows, cols, row_bytes, data))
+            }
         }
     }
 
@@ -249,17 +237,8 @@ impl Matrix {
             });
         }
         let words = values.into_iter().map(f32::to_bits).collect();
-        Ok(Self {
-            name: name.to_string(),
-            format: QuantFormat::Ggml(GgmlType::F32),
-            ty: GgmlType::F32,
-            rows,
-            cols,
-            row_bytes: cols * 4,
-            data: MatrixData::Owned(std::sync::Arc::new(words)),
-            #[cfg(feature = "metal")]
-            metal: None,
-        })
+        let data = MatrixData::Owned(std::sync::Arc::new(words));
+        Ok(Self::assemble(name, QuantFormat::Ggml(GgmlType::F32), GgmlType::F32, rows, cols, cols * 4, data))
     }
 
     /// Sends this matrix's products to `gpu`, a copy of the same weights on an Apple GPU; the
