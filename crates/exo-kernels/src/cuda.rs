@@ -116,7 +116,7 @@ fn mv_kernels(f: QuantFormat) -> Option<&'static MvKernels> {
     MV_KERNELS.iter().find(|k| k.ty == ty)
 }
 
-/// Threads per block of the quantized mat-vecs of `m`: 64, doubled while a one-token launch
+/// Threads per block of the quantized mat-vecs of a `rows` × `cols` matrix: 64, doubled while a one-token launch
 /// holds fewer than two threads per thread slot of the GPU and each thread keeps at least two
 /// slices of a row. Each thread waits on its loads one slice at a time, so a matrix of few rows
 /// (a 1024-row value projection) needs more threads per row to keep enough bytes in flight;
@@ -125,9 +125,9 @@ fn mv_kernels(f: QuantFormat) -> Option<&'static MvKernels> {
 /// The several-token kernels take the same count, so that where both split blocks alike a
 /// token's sums are added in the same order by either (the batched forward pass is checked
 /// against single tokens on the GPU with random-weight models that amplify any difference).
-fn mv_threads(m: &GpuMatrix, k: &MvKernels, thread_slots: usize) -> u32 {
-    let blocks = m.rows.div_ceil(MV_ROWS as usize);
-    let slices = m.cols / k.ty.block_size() * k.slices;
+fn mv_threads(rows: usize, cols: usize, k: &MvKernels, thread_slots: usize) -> u32 {
+    let blocks = rows.div_ceil(MV_ROWS as usize);
+    let slices = cols / k.ty.block_size() * k.slices;
     let mut threads = 64;
     while threads < MV_THREADS && blocks * threads < 2 * thread_slots && 2 * threads <= slices {
         threads *= 2;
@@ -385,7 +385,7 @@ impl Gpu {
                     let (q8, ds) = (x.q8 + (c0 * m.cols) as u64, x.ds + (c0 * m.cols / 32 * 8) as u64);
                     let args = [Arg::P(m.buf.ptr), Arg::P(q8), Arg::P(ds), Arg::P(yc), Arg::I(rows), Arg::I(cols), acc, Arg::I(n as i32), Arg::I(ldy as i32)];
                     let (name, rows_per_block) = if n == 1 { (k.one, MV_ROWS) } else { (k.several, MV_ROWS_N) };
-                    self.launch(name, (m.rows.div_ceil(rows_per_block as usize) as u32, 1, 1), mv_threads(m, k, self.thread_slots), 0, &args)?
+                    self.launch(name, (m.rows.div_ceil(rows_per_block as usize) as u32, 1, 1), mv_threads(m.rows, m.cols, k, self.thread_slots), 0, &args)?
                 }
                 None => {
                     let xc = x.f32 + (c0 * m.cols * 4) as u64;
@@ -666,4 +666,27 @@ pub struct AttnArgs<'a> {
     pub part: u64,
     /// Partial (max, sum) pairs: `t × n_heads × nsplit` float2.
     pub ml: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The thread counts that measured fastest per Llama-3-8B Q4_K_M matrix on an H200 (132
+    /// multiprocessors of 2048 threads; `cargo bench --bench cuda_matvec`, BENCHMARKS.md).
+    #[test]
+    fn mat_vec_threads_follow_the_measured_best() {
+        let slots = 132 * 2048;
+        let k = |ty| mv_kernels(QuantFormat::Ggml(ty)).expect("a quantized type");
+        let cases = [
+            ("v", GgmlType::Q6K, 1024, 4096, 256),
+            ("down", GgmlType::Q6K, 4096, 14336, 256),
+            ("LM head", GgmlType::Q6K, 128256, 4096, 64),
+            ("q+k", GgmlType::Q4K, 5120, 4096, 64),
+            ("gate+up", GgmlType::Q4K, 28672, 4096, 64),
+        ];
+        for (what, ty, rows, cols, want) in cases {
+            assert_eq!(mv_threads(rows, cols, k(ty), slots), want, "{what}");
+        }
+    }
 }
