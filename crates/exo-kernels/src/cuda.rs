@@ -116,9 +116,9 @@ fn mv_kernels(f: QuantFormat) -> Option<&'static MvKernels> {
     MV_KERNELS.iter().find(|k| k.ty == ty)
 }
 
-/// Threads per block of the quantized mat-vecs of a `rows` × `cols` matrix: 64, doubled while a one-token launch
-/// holds fewer than two threads per thread slot of the GPU and each thread keeps at least two
-/// slices of a row. Each thread waits on its loads one slice at a time, so a matrix of few rows
+/// Threads per block of the quantized mat-vecs of a `rows` × `cols` matrix: 64, doubled while a
+/// one-token launch holds fewer than two threads per thread slot of the GPU and each thread keeps
+/// at least two slices of a row. Each thread waits on its loads one slice at a time, so a matrix of few rows
 /// (a 1024-row value projection) needs more threads per row to keep enough bytes in flight;
 /// one of many rows (the LM head) loses to the longer reduction. Measured with `cargo bench
 /// --bench cuda_matvec` on an H200: Q6_K 1024×4096 7.5 -> 3.8 µs, 4096×14336 29.9 -> 24.4 µs.
@@ -376,16 +376,17 @@ impl Gpu {
     pub fn matvec(&self, m: &GpuMatrix, x: Act, t: usize, y: u64, ldy: usize, accumulate: bool) -> Result<()> {
         let acc = Arg::I(accumulate as i32);
         let (rows, cols) = (m.rows as i32, m.cols as i32);
-        let per_launch = if mv_kernels(m.ty).is_some() { MV_COLS } else { 1 };
+        let kernels = mv_kernels(m.ty).map(|k| (k, mv_threads(m.rows, m.cols, k, self.thread_slots)));
+        let per_launch = if kernels.is_some() { MV_COLS } else { 1 };
         for c0 in (0..t).step_by(per_launch) {
             let n = per_launch.min(t - c0);
             let yc = y + (c0 * ldy * 4) as u64;
-            match mv_kernels(m.ty) {
-                Some(k) => {
+            match kernels {
+                Some((k, threads)) => {
                     let (q8, ds) = (x.q8 + (c0 * m.cols) as u64, x.ds + (c0 * m.cols / 32 * 8) as u64);
                     let args = [Arg::P(m.buf.ptr), Arg::P(q8), Arg::P(ds), Arg::P(yc), Arg::I(rows), Arg::I(cols), acc, Arg::I(n as i32), Arg::I(ldy as i32)];
                     let (name, rows_per_block) = if n == 1 { (k.one, MV_ROWS) } else { (k.several, MV_ROWS_N) };
-                    self.launch(name, (m.rows.div_ceil(rows_per_block as usize) as u32, 1, 1), mv_threads(m.rows, m.cols, k, self.thread_slots), 0, &args)?
+                    self.launch(name, (m.rows.div_ceil(rows_per_block as usize) as u32, 1, 1), threads, 0, &args)?
                 }
                 None => {
                     let xc = x.f32 + (c0 * m.cols * 4) as u64;

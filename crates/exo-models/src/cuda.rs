@@ -2,7 +2,8 @@
 //! `transformer.rs`, one kernel (or cuBLAS GEMM) per step. Read [`CudaModel::step`] top to
 //! bottom for the whole computation.
 //!
-//! Weights are uploaded in their GGUF block layout. A call runs any batch of sequences' tokens
+//! Weights are uploaded in the layout of the type loading gives them (the file's GGUF blocks, or
+//! those `--quantize` makes, NF4 and FP8 in exo's own). A call runs any batch of sequences' tokens
 //! ([`Segment`]s, as the CPU path does), their K/V rows in a paged f16 cache whose blocks are the
 //! scheduler's. Up to [`MATVEC_MAX_TOKENS`] tokens, products are quantized mat-vecs on int8
 //! activations that read each weight once for up to 8 tokens; more tokens (prompts), each weight
@@ -531,7 +532,6 @@ impl CudaScratch {
         let map_len = 4 + 3 * max_tokens + max_tokens * max_pos.div_ceil(BLOCK_TOKENS);
         Ok(Self {
             gpu: m.gpu.clone(),
-
             max_pos,
             vocab: c.vocab_size,
             io: g.alloc(map_len * 4, "batch map")?,

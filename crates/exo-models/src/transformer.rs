@@ -228,7 +228,6 @@ impl Transformer {
     /// their products on the CPU.
     #[cfg(feature = "metal")]
     fn offload_to_metal(&mut self, w: &Weights, ordinal: usize) -> Result<(), ModelError> {
-        use exo_formats::GgmlType;
         use exo_kernels::metal::{MetalDevice, MetalMatrix};
         use exo_quant::QuantFormat;
         let dev = MetalDevice::new(ordinal)?;
@@ -238,13 +237,8 @@ impl Transformer {
         let upload = |parts: &[(String, usize)], cols: usize| -> Result<Option<MetalMatrix>, ModelError> {
             let (mut ty, mut bytes, mut rows) = (None, Vec::new(), 0);
             for (name, r) in parts {
-                let (format, b) = w.device_matrix(name, *r, cols)?;
-                let t = match format {
-                    QuantFormat::Ggml(t) => t,
-                    QuantFormat::Int8 => GgmlType::Q8_0,
-                    QuantFormat::Int4 => GgmlType::Q4_1,
-                    QuantFormat::Nf4 | QuantFormat::Fp8E4M3 => return Ok(None),
-                };
+                // INT8 and INT4 arrive as their Q8_0 and Q4_1 carriers; NF4 and FP8 in exo's layouts.
+                let (QuantFormat::Ggml(t), b) = w.device_matrix(name, *r, cols)? else { return Ok(None) };
                 if !MetalMatrix::supported(t) || ty.is_some_and(|x| x != t) {
                     return Ok(None);
                 }

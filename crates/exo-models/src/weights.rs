@@ -170,21 +170,26 @@ impl<'a> Weights<'a> {
     /// layouts, which the GPU has kernels for.
     pub fn device_type(&self, name: &str, rows: usize, cols: usize) -> Result<QuantFormat, ModelError> {
         let (ty, _) = self.raw_matrix(name, rows, cols)?;
-        Ok(match self.target(name, ty, cols) {
+        Ok(Self::device_format(ty, self.target(name, ty, cols)))
+    }
+
+    /// The format a matrix stored as `ty` takes on the device when loading does `target` to it.
+    fn device_format(ty: GgmlType, target: Target<'_>) -> QuantFormat {
+        match target {
             Target::Keep => QuantFormat::Ggml(ty),
             Target::Dequantize => QuantFormat::Ggml(GgmlType::F32),
             Target::Pack(QuantFormat::Int8, _) => QuantFormat::Ggml(GgmlType::Q8_0),
             Target::Pack(QuantFormat::Int4, _) => QuantFormat::Ggml(GgmlType::Q4_1),
             Target::Pack(f, _) => f,
-        })
+        }
     }
 
     /// A `rows × cols` matrix in the layout [`Weights::device_type`] says: the file's bytes, or
     /// its values re-packed as [`Weights::matrix`] packs them.
     pub fn device_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<(QuantFormat, DeviceBytes), ModelError> {
-        let to = self.device_type(name, rows, cols)?;
         let (ty, bytes) = self.raw_matrix(name, rows, cols)?;
         let target = self.target(name, ty, cols);
+        let to = Self::device_format(ty, target);
         let m = match target {
             Target::Keep => return Ok((to, DeviceBytes::File(bytes))),
             _ => Matrix::new(name, ty, rows, cols, bytes)?,

@@ -163,9 +163,10 @@ fn compare(name: &str, prompt: &str, cpu: &LoadedModel, gpu: &LoadedModel, refer
 /// distance, or to SENSITIVITY_FACTOR times the model's own distance between its prompt fed in
 /// one call and token by token, when that is larger: the one-token and several-token kernels
 /// (and the attention for one or several tokens) add in different orders, and random weights
-/// can amplify that rounding. Seen on an H200: 6e-5 on the Qwen2.5-1.5B shape; 2.4e-2 and
-/// 2.7e-2 on the all-Q6_K and mixed-type llamas once the one-token Q4_K kernel took wider
-/// slices. A wrong position, block or row is off by tens of percent.
+/// can amplify that rounding. Seen on an H200: 6e-5 on the Qwen2.5-1.5B shape; 2.7e-2 on the
+/// mixed-type llama (5.4e-3 before the one-token Q4_K kernel took wider slices) and 2.4e-2 on
+/// the all-Q6_K llama (not run by this test before, cause not established). A wrong position,
+/// block or row is off by tens of percent.
 const SAME_PATH_REL_ERR: f64 = 1e-2;
 const SENSITIVITY_FACTOR: f64 = 2.0;
 /// Greedy steps each sequence takes in the batched test.

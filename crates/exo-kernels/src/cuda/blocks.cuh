@@ -4,7 +4,8 @@
 // and each type's `load` + `dot` takes one slice of a block against activations quantized to int8
 // in groups of 32 (`xq`, with `xds[g] = (scale, scale * sum of the group's int8 values)`), four
 // products per `dp4a`. Block sizes that are not a multiple of 4 bytes (Q4_0, Q5_0, Q8_0, Q6_K)
-// leave words only 2-byte aligned, so those are read as two 16-bit halves.
+// leave words only 2-byte aligned, so those are read as two 16-bit halves, or for Q6_K's
+// 16-byte runs as aligned words joined by funnel shifts (ld16_a2).
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>

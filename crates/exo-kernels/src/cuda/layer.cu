@@ -243,11 +243,12 @@ extern "C" __global__ void softcap(float* x, size_t n, float cap) {
 }
 
 // Prefill attention on the tensor cores (flash attention): block (query tile, head) holds 64
-// queries of one sequence's t consecutive tokens from token tok0 of the call, four warps of 16 rows each, and walks the keys in tiles of 64 with an
-// online softmax, so scores never leave registers. Keys and values come from the f16 cache,
-// which rope_kv has filled up to the call's last position. S = Q·Kᵀ and O += P·V are
-// m16n8k16 f16 MMAs with f32 accumulators; V is stored transposed in shared memory so both
-// products read their B operands as 32-bit pairs. No sliding window (those take attn_partial).
+// queries of one sequence's t consecutive tokens from token tok0 of the call, four warps of 16
+// rows each, and walks the keys in tiles of 64 with an online softmax, so scores never leave
+// registers. Keys and values come from the f16 cache, which rope_kv has filled up to the call's
+// last position. S = Q·Kᵀ and O += P·V are m16n8k16 f16 MMAs with f32 accumulators; V is stored
+// transposed in shared memory so both products read their B operands as 32-bit pairs. No
+// sliding window (those take attn_partial).
 #define FA_Q 64
 #define FA_K 64
 
