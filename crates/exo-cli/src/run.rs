@@ -145,7 +145,8 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
     let mut session = Session::with_kv_type(&model, ctx, BATCH, a.kv_type).context("--ctx-size")?;
     let spec = SpecConfig { draft_max: a.draft_max, draft_min: a.draft_min, gate: !a.spec_always };
     if let Some(draft) = &a.draft {
-        let draft = Arc::new(crate::model_path::load(draft).context("--draft")?);
+        // The draft runs where the target does: on a GPU a CPU draft costs more than it saves.
+        let draft = Arc::new(crate::model_path::load_path(&crate::model_path::resolve(draft)?, &opts).context("--draft")?);
         session.set_drafter(Some(Drafter::model(&model, draft, ctx, BATCH, spec)?));
     } else if let Some(SpecKind::Ngram) = a.spec {
         session.set_drafter(Some(Drafter::ngram(spec)?));
