@@ -6,6 +6,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use exo_models::LogitsRow;
 use exo_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::constrain::ConstraintState;
@@ -78,15 +79,23 @@ impl Decoder {
     pub(crate) fn step(
         &mut self,
         tok: &Tokenizer,
-        logits: &[f32],
+        row: LogitsRow<'_>,
         history: &[u32],
         on_text: &mut impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
     ) -> Result<Option<u32>, EngineError> {
-        let masked = match self.constraint.as_mut() {
-            Some(c) => c.mask_logits(logits)?,
-            None => logits,
+        // Plain greedy decoding needs only the argmax, which a GPU finds without copying the
+        // logits back.
+        let fast = self.constraint.is_none() && self.logprobs.is_none() && self.sampler.is_plain_greedy();
+        let id = if fast {
+            row.argmax()
+        } else {
+            let logits = row.values();
+            let masked = match self.constraint.as_mut() {
+                Some(c) => c.mask_logits(logits)?,
+                None => logits,
+            };
+            self.sampler.sample(masked, history)
         };
-        let id = self.sampler.sample(masked, history);
         self.mark_first_token();
         if !self.ignore_eos && tok.is_eog(id) {
             self.out.stop_reason = StopReason::Eog;
@@ -95,7 +104,7 @@ impl Decoder {
         if let Some(c) = self.constraint.as_mut() {
             c.accept(id)?;
         }
-        let logprob = self.logprobs.map(|n_top| self.scratch.token(logits, id, n_top));
+        let logprob = self.logprobs.map(|n_top| self.scratch.token(row.values(), id, n_top));
         Ok(self.push(id, logprob, on_text).map(|()| id))
     }
 

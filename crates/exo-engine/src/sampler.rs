@@ -87,6 +87,13 @@ impl Sampler {
         &self.cfg
     }
 
+    /// Whether this sampler always takes the raw logits' [`argmax`]: greedy, with every penalty
+    /// neutral, so that the logits themselves need not be read (on a GPU, only the index is).
+    pub fn is_plain_greedy(&self) -> bool {
+        let c = &self.cfg;
+        c.temperature <= 0.0 && c.repeat_penalty == 1.0 && c.presence_penalty == 0.0 && c.frequency_penalty == 0.0
+    }
+
     /// Picks the next token from `logits` given the tokens so far (`history`, for penalties).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         self.distribution(logits, history);
@@ -192,16 +199,7 @@ pub fn draw(dist: &[(u32, f32)], r: f32) -> u32 {
     dist.iter().rev().find(|c| c.1 > 0.0).or(dist.first()).map_or(0, |c| c.0)
 }
 
-/// Index of the largest value (the first one on ties, as llama.cpp's greedy sampler).
-pub fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in xs.iter().enumerate() {
-        if v > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use exo_models::argmax;
 
 fn softmax_candidates(c: &mut [(u32, f32)], temperature: f32) {
     let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);

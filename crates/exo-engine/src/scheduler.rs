@@ -459,7 +459,7 @@ impl Scheduler {
             if s.computed < s.tokens.len() {
                 continue;
             }
-            let logits = self.scratch.logits_row(row);
+            let logits = self.scratch.row(row);
             row += 1;
             if s.prompt_done.is_none() {
                 s.prompt_done = Some(Instant::now());

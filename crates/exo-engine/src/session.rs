@@ -247,7 +247,7 @@ impl Session {
         dec: &mut Decoder,
         on_text: &mut impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
     ) -> Result<Option<StopReason>, EngineError> {
-        while let Some(id) = dec.step(&model.tokenizer, self.state.last_logits(), &self.cached, on_text)? {
+        while let Some(id) = dec.step(&model.tokenizer, self.state.last_row(), &self.cached, on_text)? {
             if let Some(reason) = self.no_room_or_cancelled(params) {
                 return Ok(Some(reason));
             }

@@ -286,7 +286,7 @@ impl Gpu {
         let matvec: Vec<&'static str> = MV_KERNELS.iter().flat_map(|k| [k.one, k.several]).chain(["mv_float", "mv_lut", "dequant_f16", "f32_to_f16"]).collect();
         for (src, names) in [
             (MATVEC_PTX, &matvec[..]),
-            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap"][..]),
+            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap", "argmax_rows"][..]),
         ] {
             let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
             for &name in names {
@@ -569,6 +569,12 @@ impl Gpu {
     /// `out = act(gate) · up` for `t` rows `[gate | up]` of `gu`; `gelu` picks tanh-GELU over SiLU.
     pub fn glu(&self, gu: u64, ffn: usize, t: usize, gelu: bool, out: Act) -> Result<()> {
         self.launch("glu", (ffn.div_ceil(256) as u32, t as u32, 1), 256, 0, &[Arg::P(gu), Arg::I(ffn as i32), Arg::I(gelu as i32), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds)])
+    }
+
+    /// `out[i]` (an `i32`) = the index of the largest of the `vocab` values of row `i` of `x`, for
+    /// `rows` rows: the lowest index among equal maxima; NaN never wins.
+    pub fn argmax_rows(&self, x: u64, rows: usize, vocab: usize, out: u64) -> Result<()> {
+        self.launch("argmax_rows", (rows as u32, 1, 1), 256, 0, &[Arg::P(x), Arg::I(vocab as i32), Arg::P(out)])
     }
 
     /// `x = tanh(x / cap) · cap` over `n` values.

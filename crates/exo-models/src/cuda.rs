@@ -15,7 +15,7 @@
 //! The device may hold only the last layers (`--gpu-layers`): the host embeds the tokens, runs
 //! the layers before [`CudaModel::first_layer`] on the CPU and hands their output rows over.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use exo_kernels::cuda::{Act, AttnArgs, DeviceBuf, Gpu, GpuGraph, GpuMatrix, LayerHeads, RopeArgs, MAP_TILED};
 use exo_kernels::kv::BLOCK_TOKENS;
@@ -262,7 +262,10 @@ impl CudaModel {
         // cannot overtake the kernels still reading this one's.
         self.gpu.sync()?;
         s.n_logits = call.n_out;
-        s.host_logits = OnceLock::new();
+        s.host_ids = OnceLock::new();
+        if let Some(v) = s.host_logits.take() {
+            *s.spare.get_mut().unwrap_or_else(PoisonError::into_inner) = v;
+        }
         Ok(())
     }
 
@@ -514,6 +517,14 @@ pub struct CudaScratch {
     /// KV cache).
     graphs: Vec<((usize, usize, usize, u64), GpuGraph)>,
     host_logits: OnceLock<Vec<f32>>,
+    /// Each logits row's argmax (`i32`s), found on the device on first request after a call.
+    ids: DeviceBuf,
+    host_ids: OnceLock<Vec<u32>>,
+    /// The previous call's host logits, reused by the next copy: a fresh allocation faults in
+    /// every page as the copy writes it (16 MB a step for 32 sequences of a 128K vocabulary;
+    /// copying 16 MB into a fresh allocation took 1.9-9.5 ms on the 2-core build machine, into
+    /// pages already mapped 1 ms).
+    spare: Mutex<Vec<f32>>,
 }
 
 impl CudaScratch {
@@ -559,6 +570,9 @@ impl CudaScratch {
             n_logits: 0,
             graphs: Vec::new(),
             host_logits: OnceLock::new(),
+            ids: g.alloc(max_tokens.max(1) * 4, "argmax indices")?,
+            host_ids: OnceLock::new(),
+            spare: Mutex::new(Vec::new()),
         })
     }
 
@@ -634,7 +648,8 @@ impl CudaScratch {
     /// prompt chunks) move none across the bus.
     pub fn logits(&self) -> &[f32] {
         self.host_logits.get_or_init(|| {
-            let mut v = vec![0f32; self.n_logits * self.vocab];
+            let mut v = std::mem::take(&mut *self.spare.lock().unwrap_or_else(PoisonError::into_inner));
+            v.resize(self.n_logits * self.vocab, 0.0);
             // A failed copy after a forward pass that succeeded means the device is gone; NaN
             // logits make every sampler stop rather than continue on stale numbers.
             if self.gpu.read(self.logits.ptr(), &mut v).is_err() {
@@ -642,5 +657,23 @@ impl CudaScratch {
             }
             v
         })
+    }
+
+    /// [`crate::argmax`] of logits row `i`: from the host copy when there is one, else found on
+    /// the device, all rows at once, with only the indices copied back. A failed launch or copy
+    /// (the device gone) gives 0, as NaN logits do on the host.
+    pub fn argmax_row(&self, i: usize) -> u32 {
+        if let Some(v) = self.host_logits.get() {
+            return crate::argmax(&v[i * self.vocab..(i + 1) * self.vocab]);
+        }
+        let ids = self.host_ids.get_or_init(|| {
+            let mut ids = vec![0u32; self.n_logits];
+            let found = self.gpu.argmax_rows(self.logits.ptr(), self.n_logits, self.vocab, self.ids.ptr()).and_then(|()| self.gpu.read(self.ids.ptr(), &mut ids));
+            if found.is_err() {
+                ids.fill(0);
+            }
+            ids
+        });
+        ids[i]
     }
 }

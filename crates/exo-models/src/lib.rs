@@ -34,7 +34,7 @@ pub use embed::{is_embedding_model, Embedder, Embedding, Pooling};
 use exo_formats::{GgufFile, HfModelDir};
 pub use exo_kernels::kv::{KvType, BLOCK_TOKENS};
 use exo_tokenizer::Tokenizer;
-pub use transformer::{KvCache, Logits, Scratch, Segment, State, Transformer};
+pub use transformer::{KvCache, Logits, LogitsRow, Scratch, Segment, State, Transformer};
 pub use weights::QuantMix;
 use weights::{WeightFile, Weights};
 
@@ -154,6 +154,17 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab: usize,
     },
+}
+
+/// Index of the largest value (the first one on ties, as llama.cpp's greedy sampler).
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in xs.iter().enumerate() {
+        if v > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// The local model cache: `$EXO_HOME/models`, default `~/.exo/models` (where

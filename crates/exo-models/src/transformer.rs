@@ -729,6 +729,43 @@ impl Scratch {
     pub fn logits_row(&self, i: usize) -> &[f32] {
         &self.logits()[i * self.vocab..(i + 1) * self.vocab]
     }
+
+    /// [`crate::argmax`] of row `i` of [`Scratch::logits`]. On the GPU it is found there and
+    /// only the index crosses the bus, unless the logits were already copied; the device's
+    /// pick differs only where the row's first value is NaN (the host keeps index 0, the device
+    /// skips NaN).
+    pub fn argmax_row(&self, i: usize) -> u32 {
+        #[cfg(feature = "cuda")]
+        if let (true, Some(g)) = (self.on_gpu, &self.gpu) {
+            return g.argmax_row(i);
+        }
+        crate::argmax(self.logits_row(i))
+    }
+
+    /// Row `i` of the last call's logits, to read whole or only for its largest value.
+    pub fn row(&self, i: usize) -> LogitsRow<'_> {
+        LogitsRow { scratch: self, row: i }
+    }
+}
+
+/// One token's logits from a forward call, read as the sampler needs them: every value, or only
+/// the index of the largest ([`Scratch::argmax_row`], cheaper on a GPU).
+#[derive(Clone, Copy)]
+pub struct LogitsRow<'a> {
+    scratch: &'a Scratch,
+    row: usize,
+}
+
+impl<'a> LogitsRow<'a> {
+    /// All `vocab` values.
+    pub fn values(&self) -> &'a [f32] {
+        self.scratch.logits_row(self.row)
+    }
+
+    /// The index of the largest value (the first one on ties).
+    pub fn argmax(&self) -> u32 {
+        self.scratch.argmax_row(self.row)
+    }
 }
 
 /// One sequence's KV cache (its own blocks, in order) and scratch buffers, all allocated once:
@@ -787,6 +824,11 @@ impl State {
 
     /// Logits of the newest token.
     pub fn last_logits(&self) -> &[f32] {
-        self.scratch.logits_row(self.scratch.n_logits.max(1) - 1)
+        self.last_row().values()
+    }
+
+    /// Logits of the newest token, to read whole or only for their largest value.
+    pub fn last_row(&self) -> LogitsRow<'_> {
+        self.scratch.row(self.scratch.n_logits.max(1) - 1)
     }
 }

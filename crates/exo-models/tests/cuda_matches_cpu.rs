@@ -125,6 +125,15 @@ fn compare(name: &str, prompt: &str, cpu: &LoadedModel, gpu: &LoadedModel, refer
     prefill(cpu, &mut sc, &tokens, "CPU");
     prefill(gpu, &mut sg, &tokens, "GPU");
     prefill(reference, &mut sr, &tokens, "reference");
+    // The device's argmax (asked before anything copies the logits back) picks what the host
+    // picks from the same logits.
+    let device_argmax = |sg: &State, step: &str, failures: &mut Vec<String>| {
+        let (device, host) = (sg.last_row().argmax(), argmax(sg.last_logits()));
+        if device != host {
+            failures.push(format!("{name} {prompt:?} {step}: argmax on the device {device}, on the host {host}"));
+        }
+    };
+    device_argmax(&sg, "prompt", failures);
     let errs =
         |sg: &State, sc: &State, sr: &State| (rel_err(sg.last_logits(), sr.last_logits()), rel_err(sc.last_logits(), sr.last_logits()));
     let (prefill_gpu, prefill_cpu) = errs(&sg, &sc, &sr);
@@ -139,6 +148,7 @@ fn compare(name: &str, prompt: &str, cpu: &LoadedModel, gpu: &LoadedModel, refer
         same += 1;
         cpu.transformer.forward(&mut sc, &[tc], false).expect("CPU decode");
         gpu.transformer.forward(&mut sg, &[tg], false).expect("GPU decode");
+        device_argmax(&sg, &format!("step {step}"), failures);
         reference.transformer.forward(&mut sr, &[tc], false).expect("reference decode");
         let (eg, ec) = errs(&sg, &sc, &sr);
         worst_gpu = worst_gpu.max(eg);

@@ -242,6 +242,46 @@ extern "C" __global__ void softcap(float* x, size_t n, float cap) {
         x[i] = tanhf(x[i] / cap) * cap;
 }
 
+// out[row] = the index of row's largest logit (grid x: rows), the lowest index among equal
+// maxima as the host's greedy pick takes it; NaN never wins.
+extern "C" __global__ void argmax_rows(const float* x, int vocab, int* out) {
+    const float* r = x + (size_t)blockIdx.x * vocab;
+    float best = -INFINITY;
+    int at = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = r[i];
+        if (v > best) {  // strided ascending: a later equal value has a higher index
+            best = v;
+            at = i;
+        }
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float v = __shfl_xor_sync(0xffffffffu, best, o);
+        int j = __shfl_xor_sync(0xffffffffu, at, o);
+        if (v > best || (v == best && j < at)) {
+            best = v;
+            at = j;
+        }
+    }
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = at;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (sv[w] > best || (sv[w] == best && si[w] < at)) {
+                best = sv[w];
+                at = si[w];
+            }
+        out[blockIdx.x] = at == 0x7fffffff ? 0 : at;
+    }
+}
+
 // Prefill attention on the tensor cores (flash attention): block (query tile, head) holds 64
 // queries of one sequence's t consecutive tokens from token tok0 of the call, four warps of 16
 // rows each, and walks the keys in tiles of 64 with an online softmax, so scores never leave
