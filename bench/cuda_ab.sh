@@ -2,9 +2,10 @@
 # A/B of exo builds (or settings) on one GPU machine, on the random Llama-3-8B-shaped Q4_K_M GGUF
 # that cuda_vs_llamacpp.sh uses. From the folder tests/gpu/pack.sh filled:
 #
-#   sh .gpu/cuda_ab.sh base=BASE.xz new=.gpu/exo.xz nopdl=.gpu/exo.xz:EXO_CUDA_PDL=0 ...
+#   sh .gpu/cuda_ab.sh base=BASE.xz new=.gpu/exo.xz f16=.gpu/exo.xz@--gpu-f16-weights ...
 #
-# Each argument is NAME=BINARY.xz, optionally :VAR=VALUE for an environment setting of that run.
+# Each argument is NAME=BINARY.xz, optionally :VAR=VALUE for an environment setting of that run
+# and @FLAG[,FLAG...] for extra `exo bench` flags.
 # Prints, for ROUNDS rounds (default 2) alternating over the variants so that drift hits all
 # alike, `exo bench -p 512 -n 128 -r 3` (pp512, tg128), then `exo bench --parallel 8,32` once per
 # variant when PARALLEL=1 (the default).
@@ -20,25 +21,26 @@ model="$work/llama3-8b-q4_k_m.gguf"
 names=""
 for v in "$@"; do
   name=${v%%=*} rest=${v#*=}
+  case "$rest" in *@*) echo "${rest#*@}" | tr ',' ' ' > "$work/ab/$name.flags"; rest=${rest%%@*} ;; *) : > "$work/ab/$name.flags" ;; esac
   bin=${rest%%:*}
   [ -x "$work/ab/$name" ] || { xz -dc "$bin" > "$work/ab/$name"; chmod +x "$work/ab/$name"; }
   case "$rest" in *:*) echo "${rest#*:}" > "$work/ab/$name.env" ;; *) : > "$work/ab/$name.env" ;; esac
   names="$names $name"
 done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-run() {  # NAME ARGS...: the variant's binary with its environment setting
+run() {  # NAME ARGS...: the variant's binary with its environment setting and flags
   name=$1; shift
-  env $(cat "$work/ab/$name.env") "$work/ab/$name" bench "$model" --device cuda "$@" 2>&1
+  env $(cat "$work/ab/$name.env") "$work/ab/$name" bench "$model" --device cuda $(cat "$work/ab/$name.flags") "$@" 2>&1
 }
 for r in $(seq 1 "${ROUNDS:-2}"); do
   for n in $names; do
-    echo "== $n round $r $(cat "$work/ab/$n.env")"
+    echo "== $n round $r $(cat "$work/ab/$n.env" "$work/ab/$n.flags")"
     run "$n" -p 512 -n 128 -r 3 | grep -E "pp512|tg128|rror"
   done
 done
 if [ "${PARALLEL:-1}" = 1 ]; then
   for n in $names; do
-    echo "== $n --parallel 8,32 $(cat "$work/ab/$n.env")"
+    echo "== $n --parallel 8,32 $(cat "$work/ab/$n.env" "$work/ab/$n.flags")"
     run "$n" --parallel 8,32 -p 512 -n 128 -r 2 | grep -E "^\| (PP|512)|rror"
   done
 fi

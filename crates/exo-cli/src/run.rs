@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// in its free memory, the CPU running the others first; 0: none).
     #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
     gpu_layers: exo_models::GpuLayers,
+    /// With a GPU: keep an f16 copy of each weight matrix there for prompts and batches of more
+    /// than 16 tokens, which then skip widening the weights on every call (faster prompts and
+    /// large batches for 2 more bytes per weight of device memory).
+    #[arg(long = "gpu-f16-weights")]
+    gpu_f16_weights: bool,
     /// Context size in tokens (default: the model's training context, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -119,6 +124,7 @@ pub fn main(a: RunArgs) -> anyhow::Result<()> {
     let opts = exo_models::LoadOptions {
         device: crate::model_path::device(&a.device)?,
         gpu_layers: a.gpu_layers,
+        gpu_f16_weights: a.gpu_f16_weights,
         gpu_ctx: a.ctx_size,
         ..Default::default()
     };

@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// in its free memory next to a KV cache for --ctx-size, the CPU running the others first).
     #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
     gpu_layers: exo_models::GpuLayers,
+    /// With a GPU: keep an f16 copy of each weight matrix there for prompts and batches of more
+    /// than 16 tokens, which then skip widening the weights on every call (faster prompts and
+    /// large batches for 2 more bytes per weight of device memory).
+    #[arg(long = "gpu-f16-weights")]
+    gpu_f16_weights: bool,
 }
 
 pub fn main(a: ServeArgs) -> anyhow::Result<()> {
@@ -118,6 +123,7 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: a.max_body,
         device: crate::model_path::device(&a.device)?,
         gpu_layers: a.gpu_layers,
+        gpu_f16_weights: a.gpu_f16_weights,
         speculation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

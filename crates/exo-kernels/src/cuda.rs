@@ -167,6 +167,9 @@ pub struct GpuMatrix {
     rows: usize,
     cols: usize,
     buf: Arc<DeviceBuf>,
+    /// The whole matrix widened to f16 once ([`Gpu::keep_f16`]), which GEMMs then read instead
+    /// of widening it again on every call.
+    f16: Option<Arc<DeviceBuf>>,
 }
 
 impl GpuMatrix {
@@ -187,7 +190,7 @@ impl GpuMatrix {
 
     /// Another handle on the same device data (no copy).
     pub fn share(&self) -> GpuMatrix {
-        GpuMatrix { ty: self.ty, rows: self.rows, cols: self.cols, buf: self.buf.clone() }
+        GpuMatrix { ty: self.ty, rows: self.rows, cols: self.cols, buf: self.buf.clone(), f16: self.f16.clone() }
     }
 }
 
@@ -352,7 +355,7 @@ impl Gpu {
         if expect != Some(bytes.len()) || !cols.is_multiple_of(32) {
             return Err(GpuError(format!("tensor '{name}': {} bytes for {rows}×{cols} {} (columns must be a multiple of 32 and of the block size)", bytes.len(), ty.name())));
         }
-        Ok(GpuMatrix { ty, rows, cols, buf: Arc::new(self.upload(bytes, name)?) })
+        Ok(GpuMatrix { ty, rows, cols, buf: Arc::new(self.upload(bytes, name)?), f16: None })
     }
 
     fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, smem: u32, args: &[Arg]) -> Result<()> {
@@ -405,42 +408,72 @@ impl Gpu {
     // The arguments are cuBLAS's own (operands, leading dimension, beta) plus the scratch.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(&self, m: &GpuMatrix, x_f16: u64, t: usize, y: u64, ldy: usize, accumulate: bool, scratch: &DeviceBuf) -> Result<()> {
+        if let Some(w16) = &m.f16 {
+            return self.gemm_rows(w16.ptr, m.rows, m.cols, x_f16, t, y, ldy, accumulate);
+        }
         let chunk = (scratch.bytes / 2 / m.cols).min(m.rows);
         assert!(chunk > 0, "f16 scratch smaller than one matrix row");
         let row_bytes = m.ty.row_bytes(m.cols).expect("GPU matrices have whole blocks per row");
-        let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
         for r0 in (0..m.rows).step_by(chunk) {
             let rows = chunk.min(m.rows - r0);
-            let w = m.buf.ptr + (r0 * row_bytes) as u64;
-            self.launch("dequant_f16", ((rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(type_id(m.ty)), Arg::P(w), Arg::I(rows as i32), Arg::I(m.cols as i32), Arg::P(scratch.ptr)])?;
-            // Column-major view: Yᵀ (rows × t) = W (rows × cols, stored as its transpose) · Xᵀ.
-            // SAFETY: sizes are those of the buffers above; the handle runs on our stream.
-            unsafe {
-                blas::gemm_ex(
-                    *self.blas.handle(),
-                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    rows as i32,
-                    t as i32,
-                    m.cols as i32,
-                    (&alpha as *const f32).cast(),
-                    scratch.ptr as *const _,
-                    blas_sys::cudaDataType::CUDA_R_16F,
-                    m.cols as i32,
-                    x_f16 as *const _,
-                    blas_sys::cudaDataType::CUDA_R_16F,
-                    m.cols as i32,
-                    (&beta as *const f32).cast(),
-                    (y + (r0 * 4) as u64) as *mut _,
-                    blas_sys::cudaDataType::CUDA_R_32F,
-                    ldy as i32,
-                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
-            .map_err(|e| GpuError::at(format!("cuBLAS GEMM {rows}×{}×{t}", m.cols), e))?;
+            self.widen(m, r0 * row_bytes, rows, scratch.ptr)?;
+            self.gemm_rows(scratch.ptr, rows, m.cols, x_f16, t, y + (r0 * 4) as u64, ldy, accumulate)?;
         }
         Ok(())
+    }
+
+    /// Widens `rows` rows of `m`, from byte `offset` of its blocks, to f16 at `out`.
+    fn widen(&self, m: &GpuMatrix, offset: usize, rows: usize, out: u64) -> Result<()> {
+        let w = m.buf.ptr + offset as u64;
+        self.launch("dequant_f16", ((rows * m.cols / 32).div_ceil(256).min(8192) as u32, 1, 1), 256, 0, &[Arg::I(type_id(m.ty)), Arg::P(w), Arg::I(rows as i32), Arg::I(m.cols as i32), Arg::P(out)])
+    }
+
+    /// `y (+)= x · Wᵀ` for `rows` f16 rows of `cols` at `w16` and `t` f16 rows of `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_rows(&self, w16: u64, rows: usize, cols: usize, x_f16: u64, t: usize, y: u64, ldy: usize, accumulate: bool) -> Result<()> {
+        let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
+        // Column-major view: Yᵀ (rows × t) = W (rows × cols, stored as its transpose) · Xᵀ.
+        // SAFETY: sizes are those of the caller's buffers; the handle runs on our stream.
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                rows as i32,
+                t as i32,
+                cols as i32,
+                (&alpha as *const f32).cast(),
+                w16 as *const _,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                cols as i32,
+                x_f16 as *const _,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                cols as i32,
+                (&beta as *const f32).cast(),
+                y as *mut _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                ldy as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| GpuError::at(format!("cuBLAS GEMM {rows}×{cols}×{t}"), e))
+    }
+
+    /// Keeps `m` widened to f16 in device memory (2 bytes a weight) from now on, so that
+    /// [`Gpu::gemm`] no longer widens it on every call; a quarter to a half of a prompt's time
+    /// goes to that widening, and a batched step of more than 16 tokens writes and reads again
+    /// the whole model in f16. `what` names the matrix in errors.
+    pub fn keep_f16(&self, m: &mut GpuMatrix, what: &str) -> Result<()> {
+        let buf = self.alloc(Self::f16_bytes(m.rows, m.cols), &format!("{what} in f16"))?;
+        self.widen(m, 0, m.rows, buf.ptr)?;
+        m.f16 = Some(Arc::new(buf));
+        Ok(())
+    }
+
+    /// Bytes [`Gpu::keep_f16`] takes for a `rows` × `cols` matrix.
+    pub fn f16_bytes(rows: usize, cols: usize) -> usize {
+        rows * cols * 2
     }
 
     /// `n` f32 values to f16.

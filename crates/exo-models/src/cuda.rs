@@ -23,7 +23,7 @@ use exo_kernels::ops::RopeTable;
 
 use crate::config::{Activation, ModelConfig};
 use crate::weights::Weights;
-use crate::GpuLayers;
+use crate::{GpuLayers, LoadOptions};
 use crate::ModelError;
 use crate::{Logits, Segment};
 
@@ -88,16 +88,12 @@ pub struct CudaModel {
 }
 
 impl CudaModel {
-    /// Uploads the LM head and the last layers to device `ordinal`: as many as `layers` asks
-    /// for, or with [`GpuLayers::Auto`] as many as its free memory holds next to a KV cache of
-    /// `ctx` tokens (4096 when not given). `None` when that is no layer at all.
-    pub fn load(
-        config: &ModelConfig,
-        w: &Weights,
-        ordinal: usize,
-        layers: GpuLayers,
-        ctx: Option<usize>,
-    ) -> Result<Option<Self>, ModelError> {
+    /// Uploads the LM head and the last layers to device `ordinal`: as many as
+    /// `opts.gpu_layers` asks for, or with [`GpuLayers::Auto`] as many as its free memory holds
+    /// next to a KV cache of `opts.gpu_ctx` tokens (4096 when not given), with their f16 copies
+    /// when `opts.gpu_f16_weights` asks for them. `None` when that is no layer at all.
+    pub fn load(config: &ModelConfig, w: &Weights, ordinal: usize, opts: &LoadOptions) -> Result<Option<Self>, ModelError> {
+        let (layers, ctx, keep_f16) = (opts.gpu_layers, opts.gpu_ctx, opts.gpu_f16_weights);
         let c = config;
         if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 {
             return Err(ModelError::Config {
@@ -110,7 +106,7 @@ impl CudaModel {
             GpuLayers::Count(n) => n.min(c.n_layers),
             GpuLayers::Auto => {
                 let free = gpu.free_memory()?;
-                let n = layers_that_fit(c, w, free, ctx.unwrap_or(AUTO_CTX))?;
+                let n = layers_that_fit(c, w, free, ctx.unwrap_or(AUTO_CTX), keep_f16)?;
                 if n < c.n_layers {
                     tracing::warn!(
                         "{} of {} layers fit in the {} MiB free on {}; the CPU runs the rest",
@@ -180,9 +176,20 @@ impl CudaModel {
         }
         // Token embeddings are looked up on the host (as llama.cpp keeps them there): the device
         // holds the table only when it doubles as the LM head.
-        let output = matrix(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
+        let mut output = matrix(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
         largest = largest.max(output.rows() * output.cols());
-        let w16_elems = largest.min(W16_MAX.max(c.ffn_dim.max(c.q_dim()).max(h)));
+        let mut w16_elems = largest.min(W16_MAX.max(c.ffn_dim.max(c.q_dim()).max(h)));
+        if keep_f16 {
+            for (i, l) in layers.iter_mut().enumerate() {
+                let li = first_layer + i;
+                for m in l.qkv.0.iter_mut().chain(l.gate_up.0.iter_mut()).map(|p| &mut p.0).chain([&mut l.wo, &mut l.w_down]) {
+                    gpu.keep_f16(m, &format!("a matrix of layer {li}"))?;
+                }
+            }
+            gpu.keep_f16(&mut output, "the LM head")?;
+            // Every GEMM reads the kept copies: no widening scratch.
+            w16_elems = 0;
+        }
         let output_norm = norm("output_norm.weight", h)?;
         Ok(Some(Self { gpu, config: config.clone(), first_layer, layers, output_norm, output, w16_elems, busy: Default::default() }))
     }
@@ -388,11 +395,12 @@ impl CudaModel {
 
 /// How many of the last layers fit in `free` bytes of device memory after the LM head, the
 /// working buffers of a prefill call and a reserve, each with its KV cache for `ctx` tokens.
-fn layers_that_fit(c: &ModelConfig, w: &Weights, free: usize, ctx: usize) -> Result<usize, ModelError> {
+fn layers_that_fit(c: &ModelConfig, w: &Weights, free: usize, ctx: usize, keep_f16: bool) -> Result<usize, ModelError> {
     let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn_dim);
     let bytes = |name: &str, rows: usize, cols: usize| -> Result<usize, ModelError> {
         let ty = w.device_type(name, rows, cols)?;
-        Ok(ty.row_bytes(cols).unwrap_or(cols * 4) * rows)
+        let f16 = if keep_f16 { Gpu::f16_bytes(rows, cols) } else { 0 };
+        Ok(ty.row_bytes(cols).unwrap_or(cols * 4) * rows + f16)
     };
     let head = bytes(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
     let widest = h.max(q).max(f);

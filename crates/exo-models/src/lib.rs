@@ -243,6 +243,10 @@ pub struct LoadOptions {
     /// With a GPU device and [`GpuLayers::Auto`]: the context the GPU keeps room for in its KV
     /// cache (default 4096 tokens).
     pub gpu_ctx: Option<usize>,
+    /// With a GPU device: keep an f16 copy of each of its weight matrices for the products of
+    /// calls of more than 16 tokens (prompts, large batches), which then skip widening the
+    /// weights on every call; 2 bytes more per weight (`--gpu-f16-weights`).
+    pub gpu_f16_weights: bool,
 }
 
 /// How many of a model's layers run on the GPU; the others run on the CPU before them.

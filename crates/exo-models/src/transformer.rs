@@ -207,7 +207,7 @@ impl Transformer {
         match opts.device {
             Device::Cpu => {}
             #[cfg(feature = "cuda")]
-            Device::Cuda(n) => t.gpu = crate::cuda::CudaModel::load(&t.config, w, n, opts.gpu_layers, opts.gpu_ctx)?,
+            Device::Cuda(n) => t.gpu = crate::cuda::CudaModel::load(&t.config, w, n, opts)?,
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => {
                 return Err(ModelError::Device(format!("--device {}: this exo was built without the cuda feature", opts.device)));

@@ -104,6 +104,37 @@ fn compare_prompts(name: &str, cpu: &LoadedModel, gpu: &LoadedModel, reference: 
     }
 }
 
+/// Kept f16 copies of the weights (`--gpu-f16-weights`) change where a long call's GEMMs read
+/// the widened weights from, not their values: the long prompt's logits match the default
+/// load's, which widens the same blocks on every call, up to cuBLAS picking another algorithm
+/// for the whole matrix than for its chunks.
+#[test]
+fn gpu_f16_weights_match_widening_per_call() {
+    let mut failures = Vec::new();
+    for path in gpu_models() {
+        let path = path.as_path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let plain = load(path, &LoadOptions { device: Device::Cuda(0), ..Default::default() }).expect("GPU load");
+        let kept = load(path, &LoadOptions { device: Device::Cuda(0), gpu_f16_weights: true, ..Default::default() }).expect("GPU load with f16 weights");
+        let vocab = plain.transformer.config().vocab_size;
+        let mut tokens = plain.tokenizer.encode(PROMPTS[3], plain.tokenizer.adds_bos(), false).expect("encode");
+        tokens.retain(|&t| (t as usize) < vocab);
+        let (mut sp, mut sk) = (state(&plain, tokens.len() + 1), state(&kept, tokens.len() + 1));
+        prefill(&plain, &mut sp, &tokens, "GPU");
+        prefill(&kept, &mut sk, &tokens, "GPU with f16 weights");
+        let e = rel_err(sk.last_logits(), sp.last_logits());
+        println!("{name}: long prompt with kept f16 weights vs widened per call: relative L2 {e:.2e}");
+        if e > F16_KEPT_REL_ERR {
+            failures.push(format!("{name}: logits with kept f16 weights {e:.2e} from those widened per call"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// See gpu_f16_weights_match_widening_per_call: the same f16 products summed by possibly
+/// different cuBLAS kernels.
+const F16_KEPT_REL_ERR: f64 = 1e-3;
+
 /// Runs the prompt through `m` in chunks of the state's batch size, as the engine does.
 fn prefill(m: &LoadedModel, s: &mut State, tokens: &[u32], what: &str) {
     for chunk in tokens.chunks(s.max_batch()) {

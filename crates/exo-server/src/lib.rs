@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub device: exo_models::Device,
     /// With a GPU device, how many of each model's last layers it runs.
     pub gpu_layers: exo_models::GpuLayers,
+    /// With a GPU device, keep f16 copies of its weight matrices for long calls
+    /// ([`exo_models::LoadOptions::gpu_f16_weights`]).
+    pub gpu_f16_weights: bool,
     /// Requests each model generates (or embeds) at once.
     pub parallel: usize,
     /// How KV rows are stored.
@@ -200,6 +203,7 @@ fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerErr
         device: config.device,
         gpu_layers: config.gpu_layers,
         gpu_ctx: config.ctx_size,
+        gpu_f16_weights: config.gpu_f16_weights,
         ..Default::default()
     };
     let speculation = match &config.speculation {
