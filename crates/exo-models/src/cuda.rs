@@ -248,8 +248,12 @@ impl CudaModel {
             s.logits = self.gpu.alloc(call.n_out * c.vocab_size * 4, "logits")?;
             s.graphs.clear();
         }
-        if call.decode {
-            let key = (t, call.n_out, call.decode_splits, kv.k.first().map_or(0, DeviceBuf::ptr));
+        // Calls that stay on the mat-vec path launch the same kernels for the same token and
+        // logits counts (positions and blocks are read from the map on the device), so they
+        // replay from a graph too: a draft's verification, a short prompt or chunk.
+        if call.decode || t <= MATVEC_MAX_TOKENS {
+            let splits = if call.decode { call.decode_splits } else { 0 };
+            let key = (t, call.n_out, call.decode, splits, kv.k.first().map_or(0, DeviceBuf::ptr));
             let i = match s.graphs.iter().position(|(k, _)| *k == key) {
                 Some(i) => i,
                 None => {
@@ -470,6 +474,10 @@ impl CudaKv {
     }
 }
 
+/// What a captured call's launches depend on: tokens, logits rows, one token per sequence,
+/// decode attention splits, and the KV cache's address.
+type GraphKey = (usize, usize, bool, usize, u64);
+
 /// What one forward call runs, after its batch map is on the device.
 struct Call {
     /// Tokens.
@@ -521,9 +529,8 @@ pub struct CudaScratch {
     ml: DeviceBuf,
     logits: DeviceBuf,
     n_logits: usize,
-    /// Decode steps captured once and replayed, keyed by (tokens, logits rows, attention splits,
-    /// KV cache).
-    graphs: Vec<((usize, usize, usize, u64), GpuGraph)>,
+    /// Calls captured once and replayed.
+    graphs: Vec<(GraphKey, GpuGraph)>,
     host_logits: OnceLock<Vec<f32>>,
     /// Each logits row's argmax (`i32`s), found on the device on first request after a call.
     ids: DeviceBuf,
