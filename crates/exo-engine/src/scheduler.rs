@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use exo_models::{KvCache, LoadedModel, Logits, Scratch, Segment, BLOCK_TOKENS};
+use exo_models::{KvCache, LoadedModel, Logits, LogitsRow, Scratch, Segment, BLOCK_TOKENS};
 use tokio::sync::mpsc;
 
 use crate::blocks::{chain, BlockPool, PrefixStats, ROOT};
@@ -447,7 +447,7 @@ impl Scheduler {
             let s = &mut self.running[i];
             if s.spec.as_ref().is_some_and(|sp| sp.drafts > 0) {
                 let scratch = &self.scratch;
-                let ended = accept(s, &self.model, |j| scratch.logits_row(row + j), costs(n));
+                let ended = accept(s, &self.model, |j| scratch.row(row + j), costs(n));
                 row += n;
                 match ended {
                     Some(reason) => done.push((i, reason)),
@@ -794,7 +794,7 @@ impl Scheduler {
 /// token one by one through the same end checks as plain decoding (EOS, stop strings,
 /// `max_tokens`), so the output ends where it would have. Returns how the sequence ended, if
 /// it did (`Some(None)`: the decoder holds the reason).
-fn accept<'a>(s: &mut Seq, model: &LoadedModel, row: impl Fn(usize) -> &'a [f32], costs: Option<Costs>) -> Option<Option<StopReason>> {
+fn accept<'a>(s: &mut Seq, model: &LoadedModel, row: impl Fn(usize) -> LogitsRow<'a>, costs: Option<Costs>) -> Option<Option<StopReason>> {
     let sp = s.spec.as_mut().expect("only speculating sequences have drafts");
     let m = std::mem::take(&mut sp.drafts);
     let kept = s.tokens.len() - m;

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use exo_models::{LoadedModel, State};
+use exo_models::{LoadedModel, LogitsRow, State};
 
 use crate::sampler::{draw, Sampler};
 use crate::EngineError;
@@ -270,10 +270,8 @@ impl Drafter {
         cached.extend_from_slice(&feed);
         let verify_secs = t_verify.elapsed().as_secs_f64();
 
-        let vocab = target.transformer.config().vocab_size;
-        let logits = state.logits();
         let kept = history.len();
-        let next = verify_drafts(|i| &logits[i * vocab..(i + 1) * vocab], &self.tokens, &self.dists, &mut history, sampler);
+        let next = verify_drafts(|i| state.row(i), &self.tokens, &self.dists, &mut history, sampler);
         let accepted = history.len() - kept;
         out.extend_from_slice(&history[kept..]);
         out.push(next);
@@ -388,22 +386,35 @@ pub(crate) fn propose(
 /// after them: a rejected draft's replacement, or one sampled from `row(drafts.len())` when
 /// every draft was accepted.
 pub(crate) fn verify_drafts<'a>(
-    row: impl Fn(usize) -> &'a [f32],
+    row: impl Fn(usize) -> LogitsRow<'a>,
     drafts: &[u32],
     dists: &[Option<Vec<(u32, f32)>>],
     history: &mut Vec<u32>,
     sampler: &mut Sampler,
 ) -> u32 {
+    // Plain greedy: the target's distribution is a point mass on its argmax, so a draft is
+    // accepted exactly when it is that argmax, and otherwise replaced by it; a GPU finds the
+    // argmaxes without copying the rows back.
+    if sampler.is_plain_greedy() {
+        for (i, &d) in drafts.iter().enumerate() {
+            let t = row(i).argmax();
+            if t != d {
+                return t;
+            }
+            history.push(d);
+        }
+        return row(drafts.len()).argmax();
+    }
     let mut p = Vec::new();
     for (i, &d) in drafts.iter().enumerate() {
         p.clear();
-        p.extend_from_slice(sampler.distribution(row(i), history));
+        p.extend_from_slice(sampler.distribution(row(i).values(), history));
         if let Some(x) = verify(&p, dists[i].as_deref(), d, sampler) {
             return x;
         }
         history.push(d);
     }
-    sampler.sample(row(drafts.len()), history)
+    sampler.sample(row(drafts.len()).values(), history)
 }
 
 /// A model draft stops before a token its own softmax gives less than this: such tokens are

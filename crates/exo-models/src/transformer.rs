@@ -831,4 +831,9 @@ impl State {
     pub fn last_row(&self) -> LogitsRow<'_> {
         self.scratch.row(self.scratch.n_logits.max(1) - 1)
     }
+
+    /// Row `i` of [`State::logits`], to read whole or only for its largest value.
+    pub fn row(&self, i: usize) -> LogitsRow<'_> {
+        self.scratch.row(i)
+    }
 }
