@@ -8,10 +8,10 @@
 # attention, with exo / peer ratios, for the random model and any GGUF files given; then the peak
 # GPU memory of each engine holding an 8K context of the random model (nvidia-smi's per-process
 # figure, sampled every 50 ms; f16 KV cache in both); then batched decode of the random model,
-# `exo bench --parallel 8,32` against `llama-batched-bench -npl 8,32` (prompt 512 and 128
-# generated tokens per sequence, flash attention off and on; PAR_REPS repetitions of exo, 2 by
-# default, each llama-batched-bench figure one run as that tool measures). JSON and logs go to
-# $OUT (or /tmp/exo-gpu).
+# `exo bench --parallel 8,32` (also with `--gpu-f16-weights`) against `llama-batched-bench -npl
+# 8,32` (prompt 512 and 128 generated tokens per sequence, flash attention off and on; PAR_REPS
+# repetitions of exo, 2 by default, each llama-batched-bench figure one run as that tool
+# measures). JSON and logs go to $OUT (or /tmp/exo-gpu).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/exo-gpu}
@@ -98,6 +98,10 @@ done
 PAR_REPS=${PAR_REPS:-2}
 timeout "${PAR_TIMEOUT:-240}" "$work/exo" bench "$model" --device cuda --parallel 8,32 -p 512 -n 128 -r "$PAR_REPS" --json > "$out/exo-parallel.json" \
   || echo "exo bench --parallel failed (exit $?; 124: it ran past PAR_TIMEOUT)" >&2
+# Again with the weights kept widened to f16 (2 more bytes per weight): steps of more than 16
+# tokens then read them instead of widening them every call.
+timeout "${PAR_TIMEOUT:-240}" "$work/exo" bench "$model" --device cuda --gpu-f16-weights --parallel 8,32 -p 512 -n 128 -r "$PAR_REPS" --json > "$out/exo-parallel-f16.json" \
+  || echo "exo bench --gpu-f16-weights --parallel failed (exit $?)" >&2
 for fa in 0 1; do
   "$work/llama.cpp/b/bin/llama-batched-bench" -m "$model" -ngl 99 -fa $fa -c 20480 -npp 512 -ntg 128 -npl 8,32 \
     --output-format jsonl > "$out/llama-parallel-fa$fa.jsonl" 2> "$out/llama-parallel-fa$fa.log" \
@@ -112,20 +116,23 @@ def rows(path, parse):
     except (OSError, ValueError, KeyError) as e:
         print(f"{path}: {e}")
         return {}
-exo = rows(f"{out}/exo-parallel.json", lambda t: {r["b"]: r for r in json.loads(t)["parallel"]})
+by_b = lambda t: {r["b"]: r for r in json.loads(t)["parallel"]}
+engines = [("exo --device cuda", rows(f"{out}/exo-parallel.json", by_b)),
+           ("exo --gpu-f16-weights", rows(f"{out}/exo-parallel-f16.json", by_b))]
 peer = {fa: rows(f"{out}/llama-parallel-fa{fa}.jsonl",
                  lambda t: {r["pl"]: {"s_pp": r["speed_pp"], "s_tg": r["speed_tg"], "s": r["speed"]}
                             for r in map(json.loads, (l for l in t.splitlines() if l.startswith("{")))})
         for fa in (0, 1)}
-print("\n| B | engine | S_PP t/s | S_TG t/s | S t/s | exo/peer S_TG |")
+print("\n| B | engine | S_PP t/s | S_TG t/s | S t/s | exo/peer S_TG (fa 0 / fa 1) |")
 print("|---:|---|---:|---:|---:|---:|")
 for b in (8, 32):
-    e = exo.get(b)
-    if e:
-        print(f"| {b} | exo --device cuda | {e['s_pp']:.0f} ± {e['s_pp_sd']:.0f} | {e['s_tg']:.1f} ± {e['s_tg_sd']:.1f} | {e['s']:.0f} | |")
+    for name, exo in engines:
+        e = exo.get(b)
+        if e:
+            ratios = " / ".join(f"{e['s_tg'] / peer[fa][b]['s_tg']:.2f}" if b in peer[fa] else "-" for fa in (0, 1))
+            print(f"| {b} | {name} | {e['s_pp']:.0f} ± {e['s_pp_sd']:.0f} | {e['s_tg']:.1f} ± {e['s_tg_sd']:.1f} | {e['s']:.0f} | {ratios} |")
     for fa in (0, 1):
         p = peer[fa].get(b)
         if p:
-            ratio = f"{e['s_tg'] / p['s_tg']:.2f}" if e else ""
-            print(f"| {b} | llama.cpp -fa {fa} | {p['s_pp']:.0f} | {p['s_tg']:.1f} | {p['s']:.0f} | {ratio} |")
+            print(f"| {b} | llama.cpp -fa {fa} | {p['s_pp']:.0f} | {p['s_tg']:.1f} | {p['s']:.0f} | |")
 PY
