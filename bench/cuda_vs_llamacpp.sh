@@ -2,7 +2,7 @@
 # exo on the GPU against llama.cpp (CUDA, sm_90) on the same random-weight Llama-3-8B-shaped
 # Q4_K_M GGUF, in one run on one machine. From the folder tests/gpu/pack.sh filled:
 #
-#   sh .gpu/cuda_vs_llamacpp.sh [REAL.gguf ...]     (about 8 minutes: llama.cpp builds for ~5)
+#   sh .gpu/cuda_vs_llamacpp.sh [REAL.gguf ...]     (about 9 minutes: llama.cpp builds for ~5)
 #
 # Prints llama-bench-style pp512 / tg128 figures for exo, llama.cpp and llama.cpp with flash
 # attention, with exo / peer ratios, for the random model and any GGUF files given; then the peak
