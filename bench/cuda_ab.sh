@@ -8,7 +8,7 @@
 # and @FLAG[,FLAG...] for extra `exo bench` flags.
 # Prints, for ROUNDS rounds (default 2) alternating over the variants so that drift hits all
 # alike, `exo bench -p 512 -n 128 -r 3` (pp512, tg128), then `exo bench --parallel 8,32` once per
-# variant when PARALLEL=1 (the default).
+# variant when PARALLEL=1 (the default), and with SAMPLING=1 `exo run` sampling and greedy.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/exo-gpu}
@@ -38,6 +38,17 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
     run "$n" -p 512 -n 128 -r 3 | grep -E "pp512|tg128|rror"
   done
 done
+# SAMPLING=1: `exo run` on the same model, 256 tokens with the default sampler (top-k 40,
+# top-p 0.95, min-p 0.05, temperature 0.8) and greedy, where the sampler's work shows.
+if [ "${SAMPLING:-0}" = 1 ]; then
+  for n in $names; do
+    for how in "--seed 1" "--temperature 0"; do
+      echo "== $n exo run $how $(cat "$work/ab/$n.env" "$work/ab/$n.flags")"
+      env $(cat "$work/ab/$n.env") "$work/ab/$n" run "$model" "Once upon a time" -n 256 --device cuda --verbose \
+        $(cat "$work/ab/$n.flags") $how 2>&1 >/dev/null | grep -E "generated|rror"
+    done
+  done
+fi
 if [ "${PARALLEL:-1}" = 1 ]; then
   for n in $names; do
     echo "== $n --parallel 8,32 $(cat "$work/ab/$n.env" "$work/ab/$n.flags")"
