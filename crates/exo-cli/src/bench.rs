@@ -30,20 +30,8 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
-    /// else the CPU), cpu, cuda, cuda:N, metal or metal:N (Apple GPUs, in a build with the
-    /// metal feature: the matrix products run there).
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// With a GPU: how many of the model's layers it runs, the last ones (auto: as many as fit
-    /// in its free memory, the CPU running the others first; 0: none).
-    #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
-    gpu_layers: exo_models::GpuLayers,
-    /// With a GPU: keep an f16 copy of each weight matrix there for prompts and batches of more
-    /// than 16 tokens, which then skip widening the weights on every call (faster prompts and
-    /// large batches for 2 more bytes per weight of device memory).
-    #[arg(long = "gpu-f16-weights")]
-    gpu_f16_weights: bool,
+    #[command(flatten)]
+    placement: crate::model_path::DeviceArgs,
     /// Tokens evaluated per forward call during prompt processing.
     #[arg(short = 'b', long, default_value_t = 512)]
     batch: usize,
@@ -100,13 +88,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         parallel::check_flags(&a)?;
     }
     let t_load = Instant::now();
-    let opts = exo_models::LoadOptions {
-        device: crate::model_path::device(&a.device)?,
-        gpu_layers: a.gpu_layers,
-        gpu_f16_weights: a.gpu_f16_weights,
-        gpu_ctx: Some(if batched { parallel::kv_tokens(&a) } else { a.ctx_size.unwrap_or(a.n_prompt.max(a.n_gen + 1)) }),
-        ..Default::default()
-    };
+    let opts = a.placement.load_options(Some(if batched { parallel::kv_tokens(&a) } else { a.ctx_size.unwrap_or(a.n_prompt.max(a.n_gen + 1)) }))?;
     let model = crate::model_path::load_path(&crate::model_path::resolve(&a.model)?, &opts)?;
     let load_s = t_load.elapsed().as_secs_f64();
     if batched {

@@ -49,6 +49,41 @@ pub fn quantize_format(name: Option<&str>) -> anyhow::Result<Option<exo_quant::Q
     }
 }
 
+/// Where a model runs: `--device`, `--gpu-layers` and `--gpu-f16-weights` (run, serve, bench).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
+    /// else the CPU), cpu, cuda, cuda:N, metal or metal:N (Apple GPUs, in a build with the
+    /// metal feature: the matrix products run there). On a CUDA GPU the KV cache lives in device
+    /// memory.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// With a GPU: how many of each model's layers it runs, the last ones (auto: as many as fit
+    /// in its free memory next to a KV cache for the context, the CPU running the others first;
+    /// 0: none).
+    #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
+    pub gpu_layers: exo_models::GpuLayers,
+    /// With a GPU: keep an f16 copy of each weight matrix there for prompts and batches of more
+    /// than 16 tokens, which then skip widening the weights on every call (faster prompts and
+    /// large batches for 2 more bytes per weight of device memory).
+    #[arg(long = "gpu-f16-weights")]
+    pub gpu_f16_weights: bool,
+}
+
+impl DeviceArgs {
+    /// The load options these flags ask for, with `auto` GPU layers leaving room for a KV cache
+    /// of `gpu_ctx` tokens.
+    pub fn load_options(&self, gpu_ctx: Option<usize>) -> anyhow::Result<exo_models::LoadOptions> {
+        Ok(exo_models::LoadOptions {
+            device: device(&self.device)?,
+            gpu_layers: self.gpu_layers,
+            gpu_f16_weights: self.gpu_f16_weights,
+            gpu_ctx,
+            ..Default::default()
+        })
+    }
+}
+
 /// The flags that go with `--quantize auto`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct AutoQuantArgs {

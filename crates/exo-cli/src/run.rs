@@ -55,20 +55,8 @@ pub struct RunArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
-    /// else the CPU), cpu, cuda, cuda:N, metal or metal:N (Apple GPUs, in a build with the
-    /// metal feature: the matrix products run there).
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// With a GPU: how many of the model's layers it runs, the last ones (auto: as many as fit
-    /// in its free memory, the CPU running the others first; 0: none).
-    #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
-    gpu_layers: exo_models::GpuLayers,
-    /// With a GPU: keep an f16 copy of each weight matrix there for prompts and batches of more
-    /// than 16 tokens, which then skip widening the weights on every call (faster prompts and
-    /// large batches for 2 more bytes per weight of device memory).
-    #[arg(long = "gpu-f16-weights")]
-    gpu_f16_weights: bool,
+    #[command(flatten)]
+    placement: crate::model_path::DeviceArgs,
     /// Context size in tokens (default: the model's training context, at most 4096).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -121,13 +109,7 @@ const BATCH: usize = 512;
 pub fn main(a: RunArgs) -> anyhow::Result<()> {
     crate::set_threads(a.threads)?;
     let quantize = crate::model_path::quantize_flags(a.quantize.as_deref(), &a.auto_quant)?;
-    let opts = exo_models::LoadOptions {
-        device: crate::model_path::device(&a.device)?,
-        gpu_layers: a.gpu_layers,
-        gpu_f16_weights: a.gpu_f16_weights,
-        gpu_ctx: a.ctx_size,
-        ..Default::default()
-    };
+    let opts = a.placement.load_options(a.ctx_size)?;
     let model = crate::model_path::load_quantized(&crate::model_path::resolve(&a.model)?, &opts, quantize.as_ref())?;
     let train_ctx = model.transformer.config().train_ctx;
     let ctx = a.ctx_size.unwrap_or(train_ctx.min(4096));

@@ -79,21 +79,8 @@ pub struct ServeArgs {
     quantize: Option<String>,
     #[command(flatten)]
     auto_quant: crate::model_path::AutoQuantArgs,
-    /// Where to run: auto (a CUDA GPU when this build has the cuda feature and one is present,
-    /// else the CPU), cpu, cuda, cuda:N, metal or metal:N (Apple GPUs, in a build with the
-    /// metal feature: the matrix products run there). On a CUDA GPU the KV cache lives in device
-    /// memory.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// With a GPU: how many of each model's layers it runs, the last ones (auto: as many as fit
-    /// in its free memory next to a KV cache for --ctx-size, the CPU running the others first).
-    #[arg(long = "gpu-layers", default_value = "auto", value_parser = crate::parse_gpu_layers)]
-    gpu_layers: exo_models::GpuLayers,
-    /// With a GPU: keep an f16 copy of each weight matrix there for prompts and batches of more
-    /// than 16 tokens, which then skip widening the weights on every call (faster prompts and
-    /// large batches for 2 more bytes per weight of device memory).
-    #[arg(long = "gpu-f16-weights")]
-    gpu_f16_weights: bool,
+    #[command(flatten)]
+    placement: crate::model_path::DeviceArgs,
 }
 
 pub fn main(a: ServeArgs) -> anyhow::Result<()> {
@@ -121,9 +108,9 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         context_policy: a.context_policy,
         queue: a.queue,
         max_body_bytes: a.max_body,
-        device: crate::model_path::device(&a.device)?,
-        gpu_layers: a.gpu_layers,
-        gpu_f16_weights: a.gpu_f16_weights,
+        device: crate::model_path::device(&a.placement.device)?,
+        gpu_layers: a.placement.gpu_layers,
+        gpu_f16_weights: a.placement.gpu_f16_weights,
         speculation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
