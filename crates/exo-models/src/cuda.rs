@@ -176,7 +176,7 @@ impl CudaModel {
         }
         // Token embeddings are looked up on the host (as llama.cpp keeps them there): the device
         // holds the table only when it doubles as the LM head.
-        let mut output = matrix(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
+        let mut output = matrix(w.lm_head(), c.vocab_size, h)?;
         largest = largest.max(output.rows() * output.cols());
         let mut w16_elems = largest.min(W16_MAX.max(c.ffn_dim.max(c.q_dim()).max(h)));
         if keep_f16 {
@@ -406,7 +406,7 @@ fn layers_that_fit(c: &ModelConfig, w: &Weights, free: usize, ctx: usize, keep_f
         let f16 = if keep_f16 { Gpu::f16_bytes(rows, cols) } else { 0 };
         Ok(ty.row_bytes(cols).unwrap_or(cols * 4) * rows + f16)
     };
-    let head = bytes(if w.has("output.weight") { "output.weight" } else { "token_embd.weight" }, c.vocab_size, h)?;
+    let head = bytes(w.lm_head(), c.vocab_size, h)?;
     let widest = h.max(q).max(f);
     let buffers = AUTO_BATCH * 4 * (2 * h + 2 * widest + 2 * q + 2 * kv + 3 * f) + W16_MAX * 2 + c.vocab_size * 4;
     let mut used = head + buffers + AUTO_RESERVE;

@@ -261,8 +261,7 @@ impl Transformer {
                 l.w_down.offload(gpu);
             }
         }
-        let head = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
-        if let Some(gpu) = upload(&[(head.to_string(), vocab)], h)? {
+        if let Some(gpu) = upload(&[(w.lm_head().to_string(), vocab)], h)? {
             self.output.offload(gpu);
         }
         Ok(())

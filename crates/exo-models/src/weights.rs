@@ -115,6 +115,16 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The LM head's tensor: `output.weight`, or the token embeddings where the model ties the
+    /// two.
+    pub fn lm_head(&self) -> &'static str {
+        if self.has("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        }
+    }
+
     /// Whether the tensor exists.
     pub fn has(&self, name: &str) -> bool {
         match self.file {

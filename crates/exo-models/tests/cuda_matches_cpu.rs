@@ -17,9 +17,9 @@
 //! differs between the two paths. So the GPU's logits must be no further from the reference
 //! than the larger of 3% (relative L2) and 1.5 times the CPU's quantized path's largest distance
 //! on that model over all prompts (after the prompt, and over the greedy steps of prompts where
-//! the CPU's own steps stay within 100%), and greedy tokens must match the CPU's quantized path until the
-//! CPU's top two logits are closer than 5% of the logits' spread (a near-tie, where either
-//! choice is right within rounding).
+//! the CPU's own steps stay within 100%), and greedy tokens must match the CPU's quantized path
+//! until the CPU's top two logits are closer than 5% of the logits' spread (a near-tie, where
+//! either choice is right within rounding).
 #![cfg(feature = "cuda")]
 
 use exo_models::{load, Device, GpuLayers, KvType, LoadOptions, LoadedModel, Logits, Segment, State, BLOCK_TOKENS};
