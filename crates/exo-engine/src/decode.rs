@@ -83,11 +83,14 @@ impl Decoder {
         history: &[u32],
         on_text: &mut impl FnMut(&str, &[TokenLogprob]) -> ControlFlow<()>,
     ) -> Result<Option<u32>, EngineError> {
-        // Plain greedy decoding needs only the argmax, which a GPU finds without copying the
-        // logits back.
-        let fast = self.constraint.is_none() && self.logprobs.is_none() && self.sampler.is_plain_greedy();
-        let id = if fast {
+        // Plain greedy decoding needs only the argmax, and sampling with a top-k and no
+        // penalties only the top-k logits, which a GPU finds without copying the logits back.
+        let plain = self.constraint.is_none() && self.logprobs.is_none();
+        let top = plain.then(|| self.sampler.top_k_suffices()).flatten().and_then(|k| row.top_k(k));
+        let id = if plain && self.sampler.is_plain_greedy() {
             row.argmax()
+        } else if let Some(top) = top {
+            self.sampler.sample_top_k(&top)
         } else {
             let logits = row.values();
             let masked = match self.constraint.as_mut() {

@@ -68,6 +68,8 @@ pub struct Sampler {
     cfg: SamplerConfig,
     rng: StdRng,
     candidates: Vec<(u32, f32)>,
+    /// The candidates' logits before the softmax, in their sorted order.
+    raw: Vec<f32>,
     counts: HashMap<u32, u32>,
     logits: Vec<f32>,
 }
@@ -79,7 +81,7 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        Self { cfg, rng, candidates: Vec::new(), counts: HashMap::new(), logits: Vec::new() }
+        Self { cfg, rng, candidates: Vec::new(), raw: Vec::new(), counts: HashMap::new(), logits: Vec::new() }
     }
 
     /// The settings.
@@ -118,7 +120,6 @@ impl Sampler {
             return &self.candidates;
         }
         self.candidates.extend(self.logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
 
         // top-k: partial selection, then sort only the survivors.
         let k = if self.cfg.top_k == 0 { self.candidates.len() } else { self.cfg.top_k.min(self.candidates.len()) };
@@ -126,7 +127,36 @@ impl Sampler {
             self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
             self.candidates.truncate(k);
         }
+        self.truncate_top_k_survivors();
+        &self.candidates
+    }
+
+    /// `Some(top_k)` when this sampler's draw depends on the logits only through their `top_k`
+    /// largest (sampling with a top-k and every penalty neutral), so that a GPU can select
+    /// those and [`Sampler::sample_top_k`] finish the draw from them.
+    pub fn top_k_suffices(&self) -> Option<usize> {
+        let c = &self.cfg;
+        let neutral = c.repeat_penalty == 1.0 && c.presence_penalty == 0.0 && c.frequency_penalty == 0.0;
+        (c.temperature > 0.0 && c.top_k > 0 && neutral).then_some(c.top_k)
+    }
+
+    /// [`Sampler::sample`] from the `top_k` largest logits alone (`(token, logit)` in any order,
+    /// all of them when the vocabulary is smaller), for a sampler whose
+    /// [`Sampler::top_k_suffices`]: the same chain from top-p on, and the same draw.
+    pub fn sample_top_k(&mut self, top: &[(u32, f32)]) -> u32 {
+        self.candidates.clear();
+        self.candidates.extend_from_slice(top);
+        self.truncate_top_k_survivors();
+        let r = self.uniform();
+        draw(&self.candidates, r)
+    }
+
+    /// The chain after top-k on `candidates` (`(token, logit)`): sorted most likely first, cut by
+    /// top-p and min-p at temperature 1, then the survivors' probabilities at the temperature.
+    fn truncate_top_k_survivors(&mut self) {
         self.candidates.sort_unstable_by(by_logit_desc);
+        self.raw.clear();
+        self.raw.extend(self.candidates.iter().map(|c| c.1));
 
         // Probabilities at temperature 1 for top-p and min-p, as llama.cpp's chain computes them
         // before the temperature step.
@@ -149,12 +179,11 @@ impl Sampler {
             self.candidates.truncate(keep.max(1));
         }
 
-        // Temperature on the surviving logits.
-        for c in self.candidates.iter_mut() {
-            c.1 = self.logits[c.0 as usize];
+        // Temperature on the surviving logits (cuts keep a prefix, so `raw` lines up).
+        for (c, &l) in self.candidates.iter_mut().zip(&self.raw) {
+            c.1 = l;
         }
         softmax_candidates(&mut self.candidates, self.cfg.temperature);
-        &self.candidates
     }
 
     /// A uniform draw in `[0, 1)` from the sampler's seeded stream.
@@ -201,6 +230,10 @@ pub fn draw(dist: &[(u32, f32)], r: f32) -> u32 {
 
 pub use exo_models::argmax;
 
+fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1)
+}
+
 fn softmax_candidates(c: &mut [(u32, f32)], temperature: f32) {
     let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
@@ -245,6 +278,36 @@ mod tests {
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));
+    }
+
+    #[test]
+    fn sampling_from_the_top_k_alone_draws_what_sampling_from_all_logits_draws() {
+        let logits: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 4.0 + (i % 7) as f32 * 0.1).collect();
+        for (top_k, top_p, min_p, temperature) in [(40, 0.95, 0.05, 0.8), (5, 1.0, 0.0, 1.5), (200, 0.5, 0.0, 0.3)] {
+            let c = SamplerConfig { top_k, top_p, min_p, temperature, seed: Some(7), ..cfg() };
+            let mut all = Sampler::new(c.clone());
+            let mut top = Sampler::new(c);
+            assert_eq!(top.top_k_suffices(), Some(top_k));
+            // The k largest in reverse index order, as a GPU may return them.
+            let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+            order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+            let mut k_largest: Vec<(u32, f32)> = order[..top_k].iter().map(|&i| (i, logits[i as usize])).collect();
+            k_largest.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+            let from_all: Vec<u32> = (0..200).map(|_| all.sample(&logits, &[])).collect();
+            let from_top: Vec<u32> = (0..200).map(|_| top.sample_top_k(&k_largest)).collect();
+            assert_eq!(from_all, from_top, "top_k {top_k}");
+            assert!(from_all.iter().collect::<std::collections::HashSet<_>>().len() > 1, "the draws vary");
+        }
+    }
+
+    #[test]
+    fn top_k_suffices_only_without_penalties_when_sampling_with_a_top_k() {
+        assert_eq!(Sampler::new(cfg()).top_k_suffices(), Some(40));
+        assert_eq!(Sampler::new(SamplerConfig { top_k: 0, ..cfg() }).top_k_suffices(), None);
+        assert_eq!(Sampler::new(SamplerConfig::greedy()).top_k_suffices(), None);
+        assert_eq!(Sampler::new(SamplerConfig { repeat_penalty: 1.1, ..cfg() }).top_k_suffices(), None);
+        assert_eq!(Sampler::new(SamplerConfig { presence_penalty: 0.5, ..cfg() }).top_k_suffices(), None);
+        assert_eq!(Sampler::new(SamplerConfig { frequency_penalty: 0.5, ..cfg() }).top_k_suffices(), None);
     }
 
     #[test]

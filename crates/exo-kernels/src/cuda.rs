@@ -289,7 +289,7 @@ impl Gpu {
         let matvec: Vec<&'static str> = MV_KERNELS.iter().flat_map(|k| [k.one, k.several]).chain(["mv_float", "mv_lut", "dequant_f16", "f32_to_f16"]).collect();
         for (src, names) in [
             (MATVEC_PTX, &matvec[..]),
-            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap", "argmax_rows"][..]),
+            (LAYER_PTX, &["rms_norm_rows", "add_rows", "rope_kv", "attn_partial", "attn_combine", "attn_prefill_64", "attn_prefill_128", "attn_decode", "glu", "softcap", "argmax_rows", "topk_rows"][..]),
         ] {
             let m = ctx.load_module(Ptx::from_src(src)).map_err(|e| GpuError::at("loading the PTX module", e))?;
             for &name in names {
@@ -608,6 +608,13 @@ impl Gpu {
     /// `rows` rows: the lowest index among equal maxima; NaN never wins.
     pub fn argmax_rows(&self, x: u64, rows: usize, vocab: usize, out: u64) -> Result<()> {
         self.launch("argmax_rows", (rows as u32, 1, 1), 256, 0, &[Arg::P(x), Arg::I(vocab as i32), Arg::P(out)])
+    }
+
+    /// The `k` largest of each of `rows` rows of `vocab` logits at `x`, as `k` (`i32` index, `f32`
+    /// value) pairs per row in no set order at `ids` and `vals`; `k` at most `vocab`.
+    pub fn topk_rows(&self, x: u64, rows: usize, vocab: usize, k: usize, ids: u64, vals: u64) -> Result<()> {
+        assert!(k >= 1 && k <= vocab, "top-k of {k} from {vocab} values");
+        self.launch("topk_rows", (rows as u32, 1, 1), 1024, 0, &[Arg::P(x), Arg::I(vocab as i32), Arg::I(k as i32), Arg::P(ids), Arg::P(vals)])
     }
 
     /// `x = tanh(x / cap) · cap` over `n` values.

@@ -30,6 +30,9 @@ use crate::{Logits, Segment};
 /// Keys per attention split when decoding: small enough that a long context spreads over many
 /// blocks, large enough that a short one is a single split.
 const DECODE_CHUNK: usize = 256;
+/// Most logits [`CudaScratch::top_k_row`] selects on the device.
+pub const TOP_K_MAX: usize = 256;
+
 /// Most sequences a decode step attends to in one launch (and captures as a graph); larger
 /// steps take the general path.
 const DECODE_GRAPH_MAX: usize = 64;
@@ -534,6 +537,9 @@ pub struct CudaScratch {
     host_logits: OnceLock<Vec<f32>>,
     /// Each logits row's argmax (`i32`s), found on the device on first request after a call.
     ids: DeviceBuf,
+    /// One row's largest logits ([`CudaScratch::top_k_row`]): [`TOP_K_MAX`] `i32` indices, then
+    /// as many `f32` values.
+    top: DeviceBuf,
     host_ids: OnceLock<Vec<u32>>,
     /// The previous call's host logits, reused by the next copy: a fresh allocation faults in
     /// every page as the copy writes it (16 MB a step for 32 sequences of a 128K vocabulary;
@@ -586,6 +592,7 @@ impl CudaScratch {
             graphs: Vec::new(),
             host_logits: OnceLock::new(),
             ids: g.alloc(max_tokens.max(1) * 4, "argmax indices")?,
+            top: g.alloc(TOP_K_MAX * 8, "top-k logits")?,
             host_ids: OnceLock::new(),
             spare: Mutex::new(Vec::new()),
         })
@@ -690,5 +697,22 @@ impl CudaScratch {
             ids
         });
         ids[i]
+    }
+
+    /// The `k` largest logits of row `i` with their indices, in no set order, selected on the
+    /// device so that only they cross the bus. `None` where the host already holds the logits,
+    /// for `k` above [`TOP_K_MAX`] or the vocabulary, or on a failed launch or copy (the caller
+    /// then reads the whole row).
+    pub fn top_k_row(&self, i: usize, k: usize) -> Option<Vec<(u32, f32)>> {
+        if self.host_logits.get().is_some() || k == 0 || k > TOP_K_MAX.min(self.vocab) || i >= self.n_logits {
+            return None;
+        }
+        let (ids_at, vals_at) = (self.top.ptr(), self.top.at(TOP_K_MAX * 4));
+        let row = self.logits.ptr() + (i * self.vocab * 4) as u64;
+        let (mut ids, mut vals) = (vec![0u32; k], vec![0f32; k]);
+        self.gpu.topk_rows(row, 1, self.vocab, k, ids_at, vals_at).ok()?;
+        self.gpu.read(ids_at, &mut ids).ok()?;
+        self.gpu.read(vals_at, &mut vals).ok()?;
+        Some(ids.into_iter().zip(vals).collect())
     }
 }

@@ -741,14 +741,28 @@ impl Scratch {
         crate::argmax(self.logits_row(i))
     }
 
-    /// Row `i` of the last call's logits, to read whole or only for its largest value.
+    /// The `k` largest values of row `i` of [`Scratch::logits`] with their indices, in no set
+    /// order, where a GPU holds the row and can select them there (only they then cross the
+    /// bus); `None` otherwise, and the caller reads the row.
+    pub fn top_k_row(&self, i: usize, k: usize) -> Option<Vec<(u32, f32)>> {
+        #[cfg(feature = "cuda")]
+        if let (true, Some(g)) = (self.on_gpu, &self.gpu) {
+            return g.top_k_row(i, k);
+        }
+        // Read only by a GPU build.
+        let _ = (i, k);
+        None
+    }
+
+    /// Row `i` of the last call's logits, to read whole or only for its largest values.
     pub fn row(&self, i: usize) -> LogitsRow<'_> {
         LogitsRow { scratch: self, row: i }
     }
 }
 
 /// One token's logits from a forward call, read as the sampler needs them: every value, or only
-/// the index of the largest ([`Scratch::argmax_row`], cheaper on a GPU).
+/// the index of the largest ([`Scratch::argmax_row`]) or the largest few
+/// ([`Scratch::top_k_row`]), cheaper on a GPU.
 #[derive(Clone, Copy)]
 pub struct LogitsRow<'a> {
     scratch: &'a Scratch,
@@ -764,6 +778,12 @@ impl<'a> LogitsRow<'a> {
     /// The index of the largest value (the first one on ties).
     pub fn argmax(&self) -> u32 {
         self.scratch.argmax_row(self.row)
+    }
+
+    /// The `k` largest values with their indices, in no set order, when the row is on a GPU
+    /// that selects them there ([`Scratch::top_k_row`]); `None` for a row on the host.
+    pub fn top_k(&self, k: usize) -> Option<Vec<(u32, f32)>> {
+        self.scratch.top_k_row(self.row, k)
     }
 }
 

@@ -67,6 +67,28 @@ fn near_tie(v: &[f32]) -> bool {
     s[0] - s[1] < TIE_FRACTION * spread.max(1e-6)
 }
 
+/// How many of the largest logits the device's selection is checked for (the samplers' default
+/// top-k).
+const TOP_K_CHECKED: usize = 40;
+
+/// Whether `top` (the device's selection, in any order) holds the `TOP_K_CHECKED` largest of
+/// `logits`: the same values, and the same tokens wherever the value is not tied with the
+/// smallest one kept (which of equal values is kept is unspecified).
+fn same_top_k(top: Option<Vec<(u32, f32)>>, logits: &[f32]) -> Result<(), String> {
+    let mut top = top.ok_or("no selection")?;
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut host: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    host.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    host.truncate(TOP_K_CHECKED);
+    let last = host[host.len() - 1].1;
+    let differs = top.len() != host.len()
+        || top.iter().zip(&host).any(|(d, h)| d.1.to_bits() != h.1.to_bits() || (d.1 != last && d.0 != h.0));
+    if differs {
+        return Err(format!("{:?} against the host's {:?}", &top[..top.len().min(5)], &host[..5]));
+    }
+    Ok(())
+}
+
 /// The GGUF files `EXO_GPU_MODELS` names (comma-separated); none when it is unset.
 fn gpu_models() -> Vec<std::path::PathBuf> {
     let paths = std::env::var("EXO_GPU_MODELS").unwrap_or_else(|_| {
@@ -184,12 +206,16 @@ fn compare(name: &str, prompt: &str, cpu: &LoadedModel, gpu: &LoadedModel, refer
     prefill(cpu, &mut sc, &tokens, "CPU");
     prefill(gpu, &mut sg, &tokens, "GPU");
     prefill(reference, &mut sr, &tokens, "reference");
-    // The device's argmax (asked before anything copies the logits back) picks what the host
-    // picks from the same logits.
+    // The device's argmax and top-k (asked before anything copies the logits back) pick what
+    // the host picks from the same logits.
     let device_argmax = |sg: &State, step: &str, failures: &mut Vec<String>| {
-        let (device, host) = (sg.last_row().argmax(), argmax(sg.last_logits()));
+        let (device, top) = (sg.last_row().argmax(), sg.last_row().top_k(TOP_K_CHECKED));
+        let host = argmax(sg.last_logits());
         if device != host {
             failures.push(format!("{name} {prompt:?} {step}: argmax on the device {device}, on the host {host}"));
+        }
+        if let Err(e) = same_top_k(top, sg.last_logits()) {
+            failures.push(format!("{name} {prompt:?} {step}: top-{TOP_K_CHECKED} on the device: {e}"));
         }
     };
     device_argmax(&sg, "prompt", failures);

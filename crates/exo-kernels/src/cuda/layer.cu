@@ -242,6 +242,70 @@ extern "C" __global__ void softcap(float* x, size_t n, float cap) {
         x[i] = tanhf(x[i] / cap) * cap;
 }
 
+// Floats as unsigned keys in f32::total_cmp's order (the host sampler's), larger key larger value.
+__device__ __forceinline__ unsigned int order_key(float v) {
+    unsigned int u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The k largest logits of each row (grid x: rows) as (index, value) pairs, in no set order, at
+// ids/vals + row·k: a radix select finds the k-th largest key 8 bits a pass, counting in shared
+// memory only the values that share the bits found so far; a last pass collects the larger
+// values and as many equal to the k-th as k leaves room for (which of several equal ones is
+// unspecified, as on the host).
+extern "C" __global__ void topk_rows(const float* x, int vocab, int k, int* ids, float* vals) {
+    const float* r = x + (size_t)blockIdx.x * vocab;
+    __shared__ unsigned int hist[256];
+    __shared__ unsigned int s_prefix, s_left;
+    __shared__ int s_above, s_equal;
+    unsigned int prefix = 0, mask = 0, left = k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            unsigned int key = order_key(r[i]);
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFFu], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            // The digit holding the left-th largest of the values still in play: the counts of
+            // the larger digits are below it.
+            unsigned int above = 0;
+            int b = 255;
+            for (; b > 0 && above + hist[b] < left; b--) above += hist[b];
+            s_prefix = prefix | ((unsigned int)b << shift);
+            s_left = left - above;
+        }
+        __syncthreads();
+        prefix = s_prefix;
+        left = s_left;
+        mask |= 0xFFu << shift;
+    }
+    if (threadIdx.x == 0) {
+        s_above = 0;
+        s_equal = 0;
+    }
+    __syncthreads();
+    int n_above = k - (int)left;
+    int* out_ids = ids + (size_t)blockIdx.x * k;
+    float* out_vals = vals + (size_t)blockIdx.x * k;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = r[i];
+        unsigned int key = order_key(v);
+        int at = -1;
+        if (key > prefix) {
+            at = atomicAdd(&s_above, 1);
+        } else if (key == prefix) {
+            int e = atomicAdd(&s_equal, 1);
+            if (e < (int)left) at = n_above + e;
+        }
+        if (at >= 0) {
+            out_ids[at] = i;
+            out_vals[at] = v;
+        }
+    }
+}
+
 // out[row] = the index of row's largest logit (grid x: rows), the lowest index among equal
 // maxima as the host's greedy pick takes it; NaN never wins.
 extern "C" __global__ void argmax_rows(const float* x, int vocab, int* out) {
