@@ -485,7 +485,10 @@ impl Gpu {
     /// With `pick` non-zero, output row `i` normalises input row `pick[i]` (an `i32` array).
     #[allow(clippy::too_many_arguments)]
     pub fn rms_norm(&self, x: u64, pick: u64, w: u64, out: Act, rows: usize, n: usize, eps: f32) -> Result<()> {
-        let per_row = if rows == 1 { n.div_ceil(256) as u32 } else { 1 };
+        // A few rows (a decode step's, a verification's) are each spread over several blocks,
+        // up to one per 256 values, so that the launch still covers the GPU's SMs; a prompt's
+        // hundreds of rows fill it with one block each.
+        let per_row = n.div_ceil(256).min((256 / rows.max(1)).max(1)) as u32;
         self.launch("rms_norm_rows", (per_row, rows as u32, 1), 256, 0, &[Arg::P(x), Arg::P(pick), Arg::P(w), Arg::P(out.f32), Arg::P(out.q8), Arg::P(out.ds), Arg::I(n as i32), Arg::F(eps)])
     }
 

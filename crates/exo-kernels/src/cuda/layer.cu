@@ -13,8 +13,8 @@
 
 // out = x / rms(x) · w for each row (grid y; input row rows[y] when rows is set, else y), plus
 // its int8 groups when q is set. The gridDim.x blocks of a row each sum the whole row's squares
-// (a re-read from L2 that costs less than a second launch) and normalise their own slice: at one
-// token this spreads the row over many SMs.
+// (a re-read from L2 that costs less than a second launch) and normalise their own slice: at a
+// few tokens this spreads the rows over many SMs. out must not alias x.
 extern "C" __global__ void rms_norm_rows(const float* x, const int* rows, const float* w, float* out, int8_t* q,
                                          float2* ds, int n, float eps) {
     size_t r = blockIdx.y;
