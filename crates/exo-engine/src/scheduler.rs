@@ -479,10 +479,20 @@ impl Scheduler {
                 Err(e) => failed.push((i, e)),
             }
         }
+        let emitted: usize = plan[..decoding].iter().map(|&(i, _)| self.running[i].dec.out.tokens.len()).sum::<usize>() - emitted_before;
+        let secs = t_step.elapsed().as_secs_f64();
+        tracing::debug!(
+            decoding,
+            fed = fed_total,
+            speculate,
+            emitted,
+            draft_ms = draft_secs * 1e3,
+            forward_ms = verify_secs * 1e3,
+            step_ms = secs * 1e3,
+            "scheduler step"
+        );
         if let Some(gate) = self.spec.as_mut().and_then(|sp| sp.gate.as_mut()).filter(|_| decoding > 0) {
-            let emitted: usize = plan[..decoding].iter().map(|&(i, _)| self.running[i].dec.out.tokens.len()).sum();
-            let secs = t_step.elapsed().as_secs_f64();
-            gate.record(decoding, speculate, secs, emitted - emitted_before, !prompts && !catching_up);
+            gate.record(decoding, speculate, secs, emitted, !prompts && !catching_up);
         }
         self.register_full_blocks();
         let mut ended: Vec<(usize, Result<Option<StopReason>, EngineError>)> =

@@ -260,11 +260,13 @@ impl CudaModel {
             let i = match s.graphs.iter().position(|(k, _)| *k == key) {
                 Some(i) => i,
                 None => {
+                    let t0 = std::time::Instant::now();
                     self.gpu.begin_capture()?;
                     let captured = self.step(kv, s, &call);
                     let graph = self.gpu.end_capture();
                     captured?;
                     s.graphs.push((key, graph?));
+                    tracing::debug!(tokens = t, logits_rows = call.n_out, graphs = s.graphs.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "captured a CUDA graph");
                     s.graphs.len() - 1
                 }
             };
