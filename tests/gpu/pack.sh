@@ -25,7 +25,7 @@ for b in "$target/fast/exo:exo" "$test_bin:cuda_matches_cpu"; do
   strip --strip-debug -o "$dir/${b##*:}" "${b%:*}"
   xz -T0 -6 -f "$dir/${b##*:}"
 done
-cp bench/gguf_random.py bench/cuda_vs_llamacpp.sh bench/cuda_ab.sh bench/cuda_kernel_times.py bench/spec_decode.py bench/_spec_prompts.py bench/_machine.py tests/gpu/check.sh "$dir/"
+cp bench/gguf_random.py bench/cuda_vs_llamacpp.sh bench/cuda_ab.sh bench/cuda_kernel_times.py bench/spec_decode.py bench/spec_serve.py bench/_spec_prompts.py bench/_machine.py tests/gpu/check.sh "$dir/"
 ver=$("$py" -c 'import importlib.metadata as m; print(m.version("gguf"))')
 [ -n "$(ls "$dir"/gguf-"$ver"-*.whl 2>/dev/null)" ] || "$py" -m pip download -q --no-deps --only-binary=:all: -d "$dir" "gguf==$ver"
 [ -f "$dir/tok.gguf" ] || "$py" bench/gguf_random.py tokenizer "$HOME/.exo/models/qwen2.5-coder-1.5b-instruct.gguf" "$dir/tok.gguf"
