@@ -92,8 +92,14 @@ impl Sampler {
     /// Whether this sampler always takes the raw logits' [`argmax`]: greedy, with every penalty
     /// neutral, so that the logits themselves need not be read (on a GPU, only the index is).
     pub fn is_plain_greedy(&self) -> bool {
+        self.cfg.temperature <= 0.0 && self.penalties_neutral()
+    }
+
+    /// Whether every penalty leaves the logits as they are (the draw then depends on the logits
+    /// alone, not on the history).
+    fn penalties_neutral(&self) -> bool {
         let c = &self.cfg;
-        c.temperature <= 0.0 && c.repeat_penalty == 1.0 && c.presence_penalty == 0.0 && c.frequency_penalty == 0.0
+        c.repeat_penalty == 1.0 && c.presence_penalty == 0.0 && c.frequency_penalty == 0.0
     }
 
     /// Picks the next token from `logits` given the tokens so far (`history`, for penalties).
@@ -136,8 +142,7 @@ impl Sampler {
     /// those and [`Sampler::sample_top_k`] finish the draw from them.
     pub fn top_k_suffices(&self) -> Option<usize> {
         let c = &self.cfg;
-        let neutral = c.repeat_penalty == 1.0 && c.presence_penalty == 0.0 && c.frequency_penalty == 0.0;
-        (c.temperature > 0.0 && c.top_k > 0 && neutral).then_some(c.top_k)
+        (c.temperature > 0.0 && c.top_k > 0 && self.penalties_neutral()).then_some(c.top_k)
     }
 
     /// [`Sampler::sample`] from the `top_k` largest logits alone (`(token, logit)` in any order,
@@ -193,7 +198,7 @@ impl Sampler {
 
     fn apply_penalties(&mut self, history: &[u32]) {
         let c = &self.cfg;
-        if c.penalty_last_n == 0 || (c.repeat_penalty == 1.0 && c.presence_penalty == 0.0 && c.frequency_penalty == 0.0) {
+        if c.penalty_last_n == 0 || self.penalties_neutral() {
             return;
         }
         self.counts.clear();
