@@ -108,9 +108,7 @@ pub fn main(a: ServeArgs) -> anyhow::Result<()> {
         context_policy: a.context_policy,
         queue: a.queue,
         max_body_bytes: a.max_body,
-        device: crate::model_path::device(&a.placement.device)?,
-        gpu_layers: a.placement.gpu_layers,
-        gpu_f16_weights: a.placement.gpu_f16_weights,
+        placement: a.placement.load_options(a.ctx_size)?,
         speculation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

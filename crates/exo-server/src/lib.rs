@@ -57,13 +57,9 @@ pub struct ServerConfig {
     pub models: Vec<ModelSpec>,
     /// Context size per slot in tokens; `None`: the model's training context, at most 4096.
     pub ctx_size: Option<usize>,
-    /// Where generators run (embedding models always run on the CPU).
-    pub device: exo_models::Device,
-    /// With a GPU device, how many of each model's last layers it runs.
-    pub gpu_layers: exo_models::GpuLayers,
-    /// With a GPU device, keep f16 copies of its weight matrices for long calls
-    /// ([`exo_models::LoadOptions::gpu_f16_weights`]).
-    pub gpu_f16_weights: bool,
+    /// Where generators run: device, GPU layers and f16 weight copies (embedding models always
+    /// run on the CPU). Its `gpu_ctx` is replaced by `ctx_size`.
+    pub placement: exo_models::LoadOptions,
     /// Requests each model generates (or embeds) at once.
     pub parallel: usize,
     /// How KV rows are stored.
@@ -199,13 +195,7 @@ impl Server {
 }
 
 fn load_models(config: &ServerConfig) -> Result<Vec<Arc<ServedModel>>, ServerError> {
-    let options = exo_models::LoadOptions {
-        device: config.device,
-        gpu_layers: config.gpu_layers,
-        gpu_ctx: config.ctx_size,
-        gpu_f16_weights: config.gpu_f16_weights,
-        ..Default::default()
-    };
+    let options = exo_models::LoadOptions { gpu_ctx: config.ctx_size, ..config.placement.clone() };
     let speculation = match &config.speculation {
         None => None,
         Some(SpeculationSpec { draft: None, config }) => Some(Speculation { source: DraftSource::Ngram, config: *config }),
